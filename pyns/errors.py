@@ -1,0 +1,66 @@
+"""One exception root for everything pyns reports to a person.
+
+The CLI catches `PynsError`, prints `str(err)` and exits with status 2; anything else is a bug.
+Subclasses carry where the problem is (file, line, column, source line) so messages can point at it,
+in the manner of lark's `UnexpectedInput.get_context`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourcePos:
+    """A position in an .arch source: 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+    source_line: str = ""
+
+    def context(self) -> str:
+        """`file:line:col`, the source line, and a caret under the column."""
+        head = f"{self.file}:{self.line}:{self.column}"
+        if not self.source_line:
+            return head
+        caret = " " * (max(self.column, 1) - 1) + "^"
+        return f"{head}\n    {self.source_line.rstrip()}\n    {caret}"
+
+
+class PynsError(Exception):
+    """Root of every error pyns raises on purpose."""
+
+    def __init__(self, message: str, *, pos: SourcePos | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.pos = pos
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.pos is not None:
+            text = f"{self.pos.context()}\nerror: {self.message}" if self.pos.source_line else (
+                f"{self.pos.file}:{self.pos.line}:{self.pos.column}: error: {self.message}")
+        if self.hint:
+            text += f"\nhint: {self.hint}"
+        return text
+
+
+class DSLError(PynsError):
+    """A syntax or semantic error in an .arch source."""
+
+
+class BudgetError(PynsError):
+    """A budget that cannot be met, or a malformed budget/profile."""
+
+
+class ProfileError(BudgetError):
+    """A scaling profile that is missing, malformed or inconsistent with its architecture."""
+
+
+class DataError(PynsError):
+    """A data set folder that is missing or not in the expected layout."""
+
+
+class RunError(PynsError):
+    """A run folder that cannot be used (wrong contents, config mismatch on resume, ...)."""
