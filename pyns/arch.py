@@ -1,0 +1,177 @@
+"""`pyns.load(...)` -> `Arch`: a parsed .arch file with its settings, able to count, build and scale.
+
+An Arch holds the declarations (parsed once) and caches one IR + compiled cost program per
+(depth multiplier, resolution). Widths are passed as `{symbol: int}`; missing symbols take defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from pyns import ir
+from pyns.cost import oracle
+from pyns.cost.program import compile_program
+from pyns.dsl.declarations import ArchSource, collect, suggest
+from pyns.dsl.elaborate import Settings, elaborate
+from pyns.errors import DSLError, PynsError
+from pyns.policies import ScalingPolicy, get_policy
+from pyns.resources import archs_dir, shipped_archs
+
+
+@dataclass
+class Cost:
+    params: int
+    macs: int
+    widths: dict[str, int]
+    resolution: int
+    depth_mult: float
+    layers: list[oracle.LayerCost] = field(default_factory=list)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def resolve_arch_path(name_or_path: str | Path) -> tuple[Path, str | None]:
+    """`vgg11`, `resnet18:tinyimagenet`, or a path to an .arch file (optionally `path:variant`)."""
+    text = str(name_or_path)
+    variant = None
+    base = text
+    if ":" in text and not Path(text).exists():
+        base, variant = text.rsplit(":", 1)
+    path = Path(base)
+    if path.suffix == ".arch" or path.exists():
+        if not path.is_file():
+            raise PynsError(f"architecture file not found: {path}")
+        return path, variant
+    shipped = archs_dir() / f"{base}.arch"
+    if shipped.is_file():
+        return shipped, variant
+    raise PynsError(f"unknown architecture `{base}`" + suggest(base, shipped_archs())
+                    + f"; shipped: {', '.join(shipped_archs())} (or pass a path to an .arch file)")
+
+
+class Arch:
+    def __init__(self, source: ArchSource, *, variant: str | None = None, policy: str | None = None,
+                 params: Mapping[str, float] | None = None):
+        self.source = source
+        self.variant = variant
+        self.params = dict(params or {})
+        self.policy: ScalingPolicy = get_policy(policy or source.policy)
+        self._cache: dict[tuple[float, int | None], tuple[ir.Network, object, list[str]]] = {}
+        self.network  # elaborate once now, so every error surfaces at load time
+
+    # ---- IR and programs --------------------------------------------------------------------
+    def _settings(self, depth: float, resolution: int | None) -> Settings:
+        return Settings(params=self.params, variant=self.variant, policy=self.policy.name,
+                        depth_mult=depth, resolution=resolution)
+
+    def compiled(self, depth: float = 1.0, resolution: int | None = None):
+        key = (float(depth), resolution)
+        if key not in self._cache:
+            network = elaborate(self.source, self._settings(depth, resolution))
+            program, names = compile_program(network)
+            self._cache[key] = (network, program, names)
+        return self._cache[key]
+
+    def ir(self, depth: float = 1.0, resolution: int | None = None) -> ir.Network:
+        return self.compiled(depth, resolution)[0]
+
+    @cached_property
+    def network(self) -> ir.Network:
+        return self.ir()
+
+    @property
+    def name(self) -> str:
+        return self.source.name + (f":{self.variant}" if self.variant else "")
+
+    @property
+    def symbols(self) -> list[ir.WidthSymbol]:
+        return self.network.symbols
+
+    @property
+    def searchable(self) -> list[str]:
+        return [s.name for s in self.network.searchable]
+
+    @property
+    def defaults(self) -> dict[str, int]:
+        return self.network.defaults()
+
+    @property
+    def resolution(self) -> int:
+        return self.network.resolution
+
+    # ---- widths -----------------------------------------------------------------------------
+    def widths(self, widths: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Complete a partial width assignment with defaults; reject unknown or non-positive widths."""
+        full = self.defaults
+        for key, value in (widths or {}).items():
+            if key not in full:
+                raise PynsError(f"{self.name} has no width symbol `{key}`" + suggest(key, full)
+                                + f" (symbols: {', '.join(full)})")
+            if int(value) != value or value < 1:
+                raise PynsError(f"width `{key}` must be a whole number >= 1, got {value}")
+            full[key] = int(value)
+        return full
+
+    def uniform_widths(self, ratio: float) -> dict[str, int]:
+        """Every searchable width scaled by `ratio` under this arch's policy (the uniform baseline)."""
+        out = self.defaults
+        for sym in self.network.searchable:
+            out[sym.name] = self.policy.width(sym.default, ratio, sym.roles)
+        return out
+
+    def vector(self, widths: Mapping[str, int] | None = None) -> np.ndarray:
+        full = self.widths(widths)
+        return np.array([full[s] for s in self.network.symbol_names], dtype=np.float64)
+
+    # ---- counting ---------------------------------------------------------------------------
+    def count(self, widths: Mapping[str, int] | None = None, *, depth: float = 1.0,
+              resolution: int | None = None, per_layer: bool = False) -> Cost:
+        network, program, names = self.compiled(depth, resolution)
+        full = self.widths(widths)
+        vec = np.array([full[s] for s in network.symbol_names], dtype=np.float64)
+        params, macs = program.evaluate(vec)
+        layers = oracle.count_layers(network, full) if per_layer else []
+        return Cost(int(params), int(macs), full, network.resolution, depth, layers)
+
+    def count_batch(self, widths: np.ndarray, *, depth: float = 1.0,
+                    resolution: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Totals for many width vectors at once: `widths` is [batch, len(symbols)] in symbol order."""
+        _, program, _ = self.compiled(depth, resolution)
+        return program.evaluate_batch(np.asarray(widths, dtype=np.float64))
+
+    # ---- building ---------------------------------------------------------------------------
+    def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
+              resolution: int | None = None, init: str | None = None):
+        from pyns.builder import build_module
+        return build_module(self.ir(depth, resolution), self.widths(widths), gates=gates, init=init)
+
+    def __repr__(self) -> str:
+        return f"Arch({self.name}, {len(self.symbols)} widths, resolution {self.resolution})"
+
+
+def load(name_or_path: str | Path, *, variant: str | None = None, policy: str | None = None,
+         **params: float) -> Arch:
+    """Load a shipped architecture by name (`vgg11`, `resnet18:tinyimagenet`) or an .arch file path."""
+    path, named_variant = resolve_arch_path(name_or_path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PynsError(f"cannot read {path}: {err}") from None
+    display = str(path) if not str(path).startswith(str(archs_dir())) else f"{path.stem}.arch"
+    source = collect(text, display)
+    return Arch(source, variant=variant or named_variant, policy=policy, params=params)
+
+
+def loads(text: str, *, filename: str = "<string>", variant: str | None = None, policy: str | None = None,
+          **params: float) -> Arch:
+    """Load an architecture from .arch source text."""
+    return Arch(collect(text, filename), variant=variant, policy=policy, params=params)
+
+
+__all__ = ["Arch", "Cost", "load", "loads", "DSLError"]

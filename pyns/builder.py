@@ -1,0 +1,188 @@
+"""IR + concrete widths -> torch.nn.Module.
+
+The module mirrors the IR tree: a `Sequential` of layers, with `ResidualBlock`s holding a body and an
+optional projection. Parameter order follows the .arch source, so a file written in the order of a
+public implementation yields the same `parameters()` shapes in the same order.
+With `gates=True`, a `TaylorGate` follows every BatchNorm whose width is a searchable symbol; the gate
+records which symbol it belongs to (tied widths share a symbol, hence one pruning group).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from pyns import ir
+from pyns.dsl.expr import Sym, evaluate
+from pyns.errors import PynsError
+
+_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True), "swish": nn.SiLU,
+    "silu": nn.SiLU, "hswish": nn.Hardswish, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "tanh": nn.Tanh,
+}
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int, act: str, gate: str):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.act = _ACTIVATIONS[act]()
+        self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.gate = _ACTIVATIONS[gate]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
+        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+
+
+class ResidualBlock(nn.Module):
+    """body(x) + shortcut(x); `add=False` is torchvision MobileNetV2's "no residual when shapes differ"."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None, add: bool):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.add = add
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if not self.add:
+            return out
+        return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+def _value(expr, env: Mapping[str, int]) -> int:
+    return int(evaluate(expr, env))
+
+
+def _gate(channels: int, symbol: str):
+    from pyns.gate import TaylorGate
+    gate = TaylorGate(channels)
+    gate.symbol = symbol
+    return gate
+
+
+def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable: set[str]) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for node in nodes:
+        if isinstance(node, ir.Conv):
+            cin, cout, groups = _value(node.in_ch, env), _value(node.out_ch, env), _value(node.groups, env)
+            if cin % groups or cout % groups:
+                raise PynsError(f"{node.name}: groups {groups} does not divide widths {cin} -> {cout}")
+            conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, groups=groups, bias=node.bias)
+            conv.pyns_layer = node  # type: ignore[attr-defined]  # lets the pruner map weights back to the IR
+            modules.append(conv)
+        elif isinstance(node, ir.BatchNorm):
+            c = _value(node.channels, env)
+            bn = nn.BatchNorm2d(c) if node.spatial else nn.BatchNorm1d(c)
+            bn.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(bn)
+            if gates and isinstance(node.channels, Sym) and node.channels.name in searchable:
+                modules.append(_gate(c, node.channels.name))
+        elif isinstance(node, ir.Activation):
+            modules.append(_ACTIVATIONS[node.kind]())
+        elif isinstance(node, ir.Pool):
+            if node.kind == "max":
+                modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding))
+            elif node.kind == "avg":
+                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding))
+            else:
+                modules.append(nn.AdaptiveAvgPool2d(node.out_hw))
+        elif isinstance(node, ir.Flatten):
+            modules.append(nn.Flatten(1))
+        elif isinstance(node, ir.Linear):
+            lin = nn.Linear(_value(node.in_features, env), _value(node.out_features, env), bias=node.bias)
+            lin.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(lin)
+        elif isinstance(node, ir.Dropout):
+            modules.append(nn.Dropout(node.p))
+        elif isinstance(node, ir.SqueezeExcite):
+            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate)
+            se.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(se)
+        elif isinstance(node, ir.Residual):
+            modules.append(_build_residual(node, env, gates, searchable))
+    return nn.Sequential(*modules)
+
+
+def _build_residual(node: ir.Residual, env, gates, searchable) -> ResidualBlock:
+    body = _build(node.body, env, gates, searchable)
+    differs = bool(evaluate(node.project_when, env))
+    if node.mode == "identity":
+        a, b = _value(node.in_ch, env), _value(node.out_ch, env)
+        if a != b:
+            raise PynsError(f"{node.name}: identity shortcut joins widths {a} and {b}; these widths are tied "
+                            "and must be equal")
+        return ResidualBlock(body, None, True)
+    if node.mode == "none":
+        return ResidualBlock(body, None, not differs)
+    shortcut = _build(node.shortcut, env, gates=False, searchable=searchable) if differs else None
+    return ResidualBlock(body, shortcut, True)
+
+
+def init_neuralscale(module: nn.Module) -> None:
+    """SPEC §4 init: Kaiming normal (fan_out) convs, BN gamma 0.5 / beta 0, linear N(0, 0.01)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.constant_(m.weight, 0.5)  # the NeuralScale reference code's gamma
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def init_default(module: nn.Module) -> None:
+    """torchvision-style: Kaiming fan_out convs, BN gamma 1, linear uniform(+-1/sqrt(fan_in))."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.weight.shape[1])
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+INITS = {"neuralscale": init_neuralscale, "default": init_default}
+
+
+class Network(nn.Module):
+    """The built model; `.widths` and `.network` (the IR) travel with it."""
+
+    def __init__(self, network: ir.Network, widths: Mapping[str, int], layers: nn.Sequential):
+        super().__init__()
+        self.layers = layers
+        self.widths = dict(widths)
+        self.ir = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def gates(self):
+        from pyns.gate import TaylorGate
+        return [m for m in self.modules() if isinstance(m, TaylorGate)]
+
+
+def build_module(network: ir.Network, widths: Mapping[str, int], *, gates: bool = False,
+                 init: str | None = None) -> Network:
+    searchable = {s.name for s in network.searchable}
+    env = dict(network.defaults())
+    env.update(widths)
+    model = Network(network, env, _build(network.layers, env, gates, searchable))
+    init_name = init or network.params.get("init", None) or "neuralscale"
+    if isinstance(init_name, (int, float)):
+        init_name = "neuralscale"
+    INITS[init_name](model)
+    return model

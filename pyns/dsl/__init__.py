@@ -1,0 +1,1 @@
+"""The .arch language: grammar loading, parsing to an AST, and elaboration into the IR."""

@@ -1,0 +1,432 @@
+"""Elaboration: an `ArchSource` plus settings (parameter overrides, depth, resolution) -> IR `Network`.
+
+Blocks are expanded, repeats unrolled (scaled by the depth multiplier under the policy), channel counts
+tracked symbolically through every layer and spatial sizes concretely. Every semantic check happens
+here, before anything is counted or built, and reports the source position.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import lark
+
+from pyns import ir
+from pyns.dsl.declarations import STANDARD_PARAMS, ArchSource, BlockDef, suggest
+from pyns.dsl.expr import FUNCTIONS, Const, Expr, ExprError, Number, Sym, evaluate, is_integral, op, to_source
+from pyns.errors import DSLError
+from pyns.policies import ScalingPolicy, get_policy, scale_resolution
+
+# Guards that turn absurd inputs into errors instead of hangs or memory blow-ups.
+MAX_REPEAT = 1000        # deepest real CNNs repeat a block ~50 times per stage
+MAX_LAYERS = 20_000      # ~100x ResNet-152's layer count
+MAX_WIDTH = 1 << 20      # a million channels: far past any real layer
+MAX_RESOLUTION = 16_384  # beyond gigapixel inputs
+MAX_CALL_DEPTH = 64      # nested block calls; deeper means recursion
+
+ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "sigmoid", "gelu", "tanh")
+SHORTCUTS = ("identity", "conv", "conv_bn", "none")
+
+
+@dataclass(frozen=True)
+class Word:
+    """A bare name passed where a keyword is expected (`act = swish`), carried through block params."""
+
+    name: str
+
+
+# layer -> (positional parameter names, defaults, parameters that take words)
+LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]]] = {
+    "conv": (("out", "k", "stride", "pad", "groups", "bias"),
+             {"k": 3, "stride": 1, "pad": None, "groups": 1, "bias": 0}, ()),
+    "dwconv": (("k", "stride", "pad", "bias", "mult"), {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1}, ()),
+    "bn": ((), {}, ()),
+    "maxpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
+    "avgpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
+    "gap": ((), {}, ()),
+    "adaptive_avgpool": (("size",), {}, ()),
+    "flatten": ((), {}, ()),
+    "linear": (("out", "bias"), {"bias": 1}, ()),
+    "dropout": (("p",), {"p": 0.5}, ()),
+    "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
+    **{a: ((), {}, ()) for a in ACTIVATIONS},
+}
+RESIDUAL_SPEC = (("shortcut", "bias"), {"shortcut": "identity", "bias": 0}, ("shortcut",))
+
+
+@dataclass
+class Settings:
+    params: dict[str, Number] = field(default_factory=dict)
+    variant: str | None = None
+    policy: str | None = None
+    depth_mult: float = 1.0
+    res_mult: float = 1.0
+    resolution: int | None = None
+
+
+class _Scope:
+    def __init__(self, values: dict[str, object], parent: "_Scope | None" = None):
+        self.values = values
+        self.parent = parent
+
+    def lookup(self, name: str):
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.values:
+                return scope.values[name]
+            scope = scope.parent
+        raise KeyError(name)
+
+    def names(self) -> set[str]:
+        out = set(self.values)
+        return out | self.parent.names() if self.parent else out
+
+
+@dataclass
+class _State:
+    ch: Expr | None
+    hw: tuple[int, int] | None
+    first: bool | None = None
+    block_in: Expr | None = None
+
+
+class _Namer:
+    """Readable layer names: `preact3.conv2` — a counter per kind within each block invocation."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, kind: str) -> str:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        return f"{self.prefix}{kind}{self.counts[kind]}"
+
+
+class Elaborator:
+    def __init__(self, src: ArchSource, settings: Settings):
+        self.src = src
+        self.settings = settings
+        self.policy: ScalingPolicy = get_policy(settings.policy or src.policy)
+        self.layer_count = 0
+        self.used: set[str] = set()
+        self.call_stack: list[str] = []
+
+    # ---- errors and expressions -------------------------------------------------------------
+    def error(self, message: str, meta) -> DSLError:
+        return DSLError(message, pos=self.src.pos(meta))
+
+    def expr(self, tree, scope: _Scope, state: _State | None) -> Expr:
+        value = self.value(tree, scope, state)
+        if isinstance(value, Word):
+            # A bare name that was let through as a keyword (`act = swish`) but is used as a number.
+            raise self.error(f"`{value.name}` is not defined" + suggest(value.name, scope.names() | {"in"}),
+                             tree.meta)
+        return value
+
+    def value(self, tree, scope: _Scope, state: _State | None):
+        """Evaluate an expression tree to an Expr (or a Word for an undefined bare name, if allowed)."""
+        kind = tree.data
+        try:
+            if kind == "number":
+                text = str(tree.children[0])
+                number = float(text)
+                return Const(int(number) if number.is_integer() and "." not in text and "e" not in text.lower()
+                             else number)
+            if kind == "var":
+                return self.lookup(str(tree.children[0]), tree, scope, state)
+            if kind == "neg":
+                return op("neg", self.expr(tree.children[0], scope, state))
+            if kind in ("add", "sub", "mul", "truediv", "floordiv", "mod"):
+                a, b = (self.expr(c, scope, state) for c in tree.children)
+                return op(kind, a, b)
+            if kind == "func":
+                return self.call_function(tree, scope, state)
+        except ExprError as err:
+            raise self.error(f"cannot evaluate this expression: {err}", tree.meta) from None
+        raise self.error(f"unexpected expression `{kind}`", tree.meta)
+
+    def lookup(self, name: str, tree, scope: _Scope, state: _State | None):
+        if name == "in":
+            if state is None or state.ch is None:
+                raise self.error("`in` (the current channel count) is not available here", tree.meta)
+            return state.ch
+        if name == "block_in":
+            if state is None or state.block_in is None:
+                raise self.error("`block_in` is only available inside a block", tree.meta)
+            return state.block_in
+        if name in ("true", "false"):
+            return Const(int(name == "true"))
+        try:
+            value = scope.lookup(name)
+        except KeyError:
+            raise self.error(f"`{name}` is not defined" + suggest(name, scope.names() | {"in"}), tree.meta) from None
+        self.used.add(name)
+        return value
+
+    def call_function(self, tree, scope: _Scope, state: _State | None) -> Expr:
+        fname = str(tree.children[0])
+        args = [c for c in tree.children[1:] if isinstance(c, lark.Tree)]
+        if fname == "first":
+            if len(args) != 2:
+                raise self.error("first(a, b) takes two arguments", tree.meta)
+            if state is None or state.first is None:
+                raise self.error("first(a, b) is only meaningful inside repeat(...) { }", tree.meta)
+            return self.expr(args[0] if state.first else args[1], scope, state)
+        if fname not in FUNCTIONS:
+            raise self.error(f"unknown function `{fname}`" + suggest(fname, list(FUNCTIONS) + ["first"]),
+                             tree.meta)
+        lo, hi = FUNCTIONS[fname][:2]
+        if not lo <= len(args) <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            raise self.error(f"{fname}() takes {want} arguments, got {len(args)}", tree.meta)
+        return op(fname, *(self.expr(a, scope, state) for a in args))
+
+    def expr_value(self, value, meta) -> Expr:
+        """A bound argument that must be a number/width, not a keyword."""
+        if isinstance(value, Word):
+            raise self.error(f"`{value.name}` is not defined", meta)
+        if isinstance(value, (int, float)):
+            return Const(value)
+        return value
+
+    def static_int(self, value, what: str, meta, minimum: int = 0) -> int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = Const(value)
+        if isinstance(value, Word) or not isinstance(value, Const):
+            shown = value.name if isinstance(value, Word) else to_source(value)
+            raise self.error(f"{what} must be a number known before widths are chosen, not `{shown}`", meta)
+        if not float(value.value).is_integer():
+            raise self.error(f"{what} must be a whole number, got {value.value}", meta)
+        number = int(value.value)
+        if number < minimum:
+            raise self.error(f"{what} must be at least {minimum}, got {number}", meta)
+        return number
+
+    def check_width(self, expr: Expr, what: str, meta) -> Expr:
+        """Widths must be integer-valued, positive and sane at the default widths."""
+        if not is_integral(expr):
+            raise self.error(f"{what} `{to_source(expr)}` may not be a whole number; wrap it in round(), "
+                             "int() or make_divisible()", meta)
+        try:
+            value = evaluate(expr, self.defaults)
+        except ExprError as err:
+            raise self.error(f"cannot evaluate {what}: {err}", meta) from None
+        if value < 1:
+            raise self.error(f"{what} is {value} at the default widths; it must be at least 1", meta)
+        if value > MAX_WIDTH:
+            raise self.error(f"{what} is {value} at the default widths, which is absurd (limit {MAX_WIDTH})",
+                             meta)
+        return expr
+
+    # ---- top level --------------------------------------------------------------------------
+    def run(self) -> ir.Network:
+        src, settings = self.src, self.settings
+        raw: dict[str, object] = dict(src.params)
+        if settings.variant is not None:
+            if settings.variant not in src.variants:
+                raise DSLError(f"{src.name} has no variant `{settings.variant}`"
+                               + (f"; variants: {', '.join(src.variants)}" if src.variants else ""))
+            raw.update(src.variants[settings.variant])
+        header = _Scope({})
+        values: dict[str, Number] = dict(STANDARD_PARAMS)
+        for pname, tree in raw.items():
+            values[pname] = self.static_number(self.expr(tree, header, None), pname, tree.meta)
+        for pname, value in settings.params.items():
+            if pname not in values:
+                raise DSLError(f"{src.name} has no parameter `{pname}`" + suggest(pname, values)
+                               + f" (parameters: {', '.join(sorted(values))})")
+            values[pname] = value
+        base_res = int(values["resolution"])
+        resolution = settings.resolution if settings.resolution is not None else (
+            scale_resolution(base_res, settings.res_mult))
+        if not 1 <= resolution <= MAX_RESOLUTION:
+            raise DSLError(f"input resolution {resolution} is out of range (1..{MAX_RESOLUTION})")
+        values["resolution"] = resolution
+        in_channels = int(values["in_channels"])
+        if not 1 <= in_channels <= MAX_WIDTH:
+            raise DSLError(f"in_channels = {in_channels} is out of range")
+        top = _Scope({k: Const(v) for k, v in values.items()})
+
+        symbols: list[ir.WidthSymbol] = []
+        self.defaults: dict[str, int] = {}
+        for decl in src.widths:
+            value = self.expr(decl.value, top, None)
+            default = self.static_int(value, f"the default of `{decl.name}`", decl.value.meta, minimum=1)
+            if default > MAX_WIDTH:
+                raise DSLError(f"width `{decl.name}` = {default} is absurd (limit {MAX_WIDTH})", pos=decl.pos)
+            symbols.append(ir.WidthSymbol(decl.name, default, decl.searchable, decl.roles, decl.pos))
+            top.values[decl.name] = Sym(decl.name) if decl.searchable else Const(default)
+            self.defaults[decl.name] = default
+        for lname, tree, _pos in src.lets:
+            top.values[lname] = self.value(tree, top, None)
+
+        state = _State(ch=Const(in_channels), hw=(resolution, resolution))
+        layers = self.statements(src.body, top, state, _Namer())
+        for sym in symbols:
+            if sym.name not in self.used:
+                raise DSLError(f"width symbol `{sym.name}` is declared but never used", pos=sym.pos)
+        out = state.ch if state.ch is not None else Const(0)
+        return ir.Network(name=src.name, variant=settings.variant, params=values, policy=self.policy.name,
+                          symbols=symbols, layers=layers, in_channels=in_channels, resolution=resolution,
+                          depth_mult=settings.depth_mult, out_features=out, source_file=src.filename)
+
+    def static_number(self, value: Expr, what: str, meta) -> Number:
+        if not isinstance(value, Const):
+            raise self.error(f"parameter `{what}` must be a number", meta)
+        return value.value
+
+    # ---- statements -------------------------------------------------------------------------
+    def statements(self, stmts, scope: _Scope, state: _State, namer: _Namer) -> list[ir.Node]:
+        nodes: list[ir.Node] = []
+        for stmt in stmts:
+            kind = stmt.data
+            if kind == "empty":
+                continue
+            if kind == "let_decl":
+                scope.values[str(stmt.children[0])] = self.value(stmt.children[1], scope, state)
+            elif kind == "repeat":
+                nodes += self.repeat(stmt, scope, state, namer)
+            elif kind == "residual":
+                nodes.append(self.residual(stmt, scope, state, namer))
+            else:
+                nodes += self.call(stmt, scope, state, namer)
+        return nodes
+
+    def bind_args(self, stmt, names, defaults, words, scope, state, what: str) -> dict[str, object]:
+        args_tree = stmt.children[1] if len(stmt.children) > 1 else None
+        args = [a for a in args_tree.children if isinstance(a, lark.Tree)] if args_tree is not None else []
+        bound: dict[str, object] = {}
+        positional = True
+        for a in args:
+            if a.data == "kw_arg":
+                positional = False
+                key, tree = str(a.children[0]), a.children[1]
+                if key not in names:
+                    raise self.error(f"{what} has no parameter `{key}`" + suggest(key, names)
+                                     + (f" (parameters: {', '.join(names)})" if names else ""), a.meta)
+            else:
+                if not positional:
+                    raise self.error("a positional argument cannot follow a keyword argument", a.meta)
+                if len(bound) >= len(names):
+                    raise self.error(f"{what} takes at most {len(names)} arguments", a.meta)
+                key, tree = names[len(bound)], a.children[0]
+            if key in bound:
+                raise self.error(f"{what} got `{key}` twice", a.meta)
+            if tree.data == "var" and (key in words or what.startswith("block")):
+                name = str(tree.children[0])
+                try:
+                    bound[key] = self.lookup(name, tree, scope, state)
+                except DSLError:
+                    if key in words or what.startswith("block"):
+                        bound[key] = Word(name)
+                    else:
+                        raise
+            else:
+                bound[key] = self.value(tree, scope, state)
+        for key in names:
+            if key not in bound:
+                if key not in defaults:
+                    raise self.error(f"{what} needs `{key}`", stmt.meta)
+                bound[key] = defaults[key]
+        return bound
+
+    def call(self, stmt, scope: _Scope, state: _State, namer: _Namer) -> list[ir.Node]:
+        name = str(stmt.children[0])
+        if name in self.src.blocks:
+            return self.call_block(self.src.blocks[name], stmt, scope, state, namer)
+        if name not in LAYER_SPECS:
+            options = list(LAYER_SPECS) + list(self.src.blocks)
+            raise self.error(f"unknown layer or block `{name}`" + suggest(name, options), stmt.meta)
+        names, defaults, words = LAYER_SPECS[name]
+        args = self.bind_args(stmt, names, defaults, words, scope, state, f"`{name}`")
+        self.layer_count += 1
+        if self.layer_count > MAX_LAYERS:
+            raise self.error(f"the network has more than {MAX_LAYERS} layers; is a repeat count too large?",
+                             stmt.meta)
+        from pyns.dsl.layers import make_layer  # the per-layer rules live in their own module
+        return make_layer(self, name, args, state, namer, stmt)
+
+    def call_block(self, block: BlockDef, stmt, scope, state: _State, namer: _Namer) -> list[ir.Node]:
+        if len(self.call_stack) >= MAX_CALL_DEPTH or block.name in self.call_stack:
+            raise self.error(f"block `{block.name}` calls itself (recursion is not allowed)", stmt.meta)
+        defaults = {k: v for k, v in block.defaults.items()}
+        args = self.bind_args(stmt, block.params, defaults, (), scope, state, f"block `{block.name}`")
+        for key, value in list(args.items()):
+            if isinstance(value, lark.Tree):  # a default: evaluated in the block's definition scope
+                args[key] = self.value(value, _Scope(dict(args), self.top_scope(scope)), state)
+        inner = _State(ch=state.ch, hw=state.hw, first=state.first, block_in=state.ch)
+        self.call_stack.append(block.name)
+        nodes = self.statements(block.body, _Scope(dict(args), self.top_scope(scope)), inner,
+                                _Namer(f"{namer(block.name)}."))
+        self.call_stack.pop()
+        state.ch, state.hw = inner.ch, inner.hw
+        return nodes
+
+    @staticmethod
+    def top_scope(scope: _Scope) -> _Scope:
+        while scope.parent is not None:
+            scope = scope.parent
+        return scope
+
+    def repeat(self, stmt, scope, state: _State, namer: _Namer) -> list[ir.Node]:
+        count_tree = stmt.children[0]
+        count = self.static_int(self.expr(count_tree, scope, state), "a repeat count", count_tree.meta, 1)
+        if count > MAX_REPEAT:
+            raise self.error(f"repeat count {count} is absurd (limit {MAX_REPEAT})", count_tree.meta)
+        scaled = self.policy.depth(count, self.settings.depth_mult)
+        if scaled > MAX_REPEAT:
+            raise self.error(f"repeat count {scaled} after depth scaling is absurd (limit {MAX_REPEAT})",
+                             count_tree.meta)
+        nodes: list[ir.Node] = []
+        body = [c for c in stmt.children[1:] if isinstance(c, lark.Tree)]
+        outer_first = state.first
+        for i in range(scaled):
+            state.first = i == 0
+            nodes += self.statements(body, _Scope({}, scope), state, namer)
+        state.first = outer_first
+        return nodes
+
+    def residual(self, stmt, scope, state: _State, namer: _Namer) -> ir.Residual:
+        names, defaults, words = RESIDUAL_SPEC
+        args = self.bind_args(stmt, names, defaults, words, scope, state, "`residual`")
+        mode = args["shortcut"].name if isinstance(args["shortcut"], Word) else str(args["shortcut"])
+        if mode not in SHORTCUTS:
+            raise self.error(f"unknown shortcut `{mode}`; choose one of {', '.join(SHORTCUTS)}"
+                             + suggest(mode, SHORTCUTS), stmt.meta)
+        bias = bool(self.static_int(args["bias"], "bias", stmt.meta))
+        if state.hw is None:
+            raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
+        in_ch, in_hw = state.ch, state.hw
+        body_stmts = [c for c in stmt.children[1:] if isinstance(c, lark.Tree) and c.data != "args"]
+        body = self.statements(body_stmts, _Scope({}, scope), state, namer)
+        if state.hw is None:
+            raise self.error("a residual body must keep a spatial output (no flatten/linear inside)", stmt.meta)
+        out_ch, out_hw = state.ch, state.hw
+        stride = max(1, math.ceil(in_hw[0] / out_hw[0]))
+        if (in_hw[0] - 1) // stride + 1 != out_hw[0] or (in_hw[1] - 1) // stride + 1 != out_hw[1]:
+            raise self.error(f"the residual body turns {in_hw[0]}x{in_hw[1]} into {out_hw[0]}x{out_hw[1]}, "
+                             "which no strided 1x1 shortcut can match", stmt.meta)
+        differs = Const(1) if stride != 1 else op("ne", in_ch, out_ch)
+        name = namer("residual")
+        shortcut: list[ir.Node] = []
+        if mode == "identity":
+            if stride != 1:
+                raise self.error(f"identity shortcut, but the body has stride {stride}; "
+                                 "use residual(shortcut = conv) or conv_bn", stmt.meta)
+            a, b = evaluate(in_ch, self.defaults), evaluate(out_ch, self.defaults)
+            if a != b:
+                raise self.error(f"width mismatch at identity add: block input `{to_source(in_ch)}` is {a} "
+                                 f"but the body outputs `{to_source(out_ch)}` = {b}; "
+                                 "use residual(shortcut = conv) for a projection", stmt.meta)
+        elif mode in ("conv", "conv_bn"):
+            pos = self.src.pos(stmt.meta)
+            shortcut.append(ir.Conv(f"{name}.shortcut.conv", in_ch, out_ch, 1, stride, 0, Const(1), bias,
+                                    in_hw, out_hw, pos))
+            if mode == "conv_bn":
+                shortcut.append(ir.BatchNorm(f"{name}.shortcut.bn", out_ch, True, pos))
+        return ir.Residual(name, body, shortcut, "project" if mode.startswith("conv") else mode, in_ch, out_ch,
+                           stride, differs if mode != "identity" else Const(0), self.src.pos(stmt.meta))
+
+
+def elaborate(src: ArchSource, settings: Settings | None = None) -> ir.Network:
+    return Elaborator(src, settings or Settings()).run()

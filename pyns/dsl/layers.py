@@ -1,0 +1,123 @@
+"""The built-in layers of the .arch language: argument checks, shape rules and IR construction."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pyns import ir
+from pyns.dsl.expr import Const, Expr, op
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyns.dsl.elaborate import Elaborator, _Namer, _State
+
+POOLS = {"maxpool": "max", "avgpool": "avg"}
+
+
+def _out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1  # floor((H + 2p - k) / s) + 1, SPEC §3
+
+
+def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, int]:
+    if state.hw is None:
+        raise el.error(f"`{what}` needs a spatial input, but the input was already flattened", stmt.meta)
+    return state.hw
+
+
+def _shrink(el, state, stmt, what: str, k: int, s: int, p: int) -> tuple[int, int]:
+    h, w = _spatial(el, state, what, stmt)
+    out = (_out_size(h, k, s, p), _out_size(w, k, s, p))
+    if min(out) < 1:
+        raise el.error(f"spatial size reaches zero at `{what}`: input {h}x{w}, kernel {k}, stride {s}, "
+                       f"padding {p}", stmt.meta)
+    return out
+
+
+def _word(value) -> str:
+    return getattr(value, "name", value)  # a Word or a plain default string
+
+
+def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: "_Namer", stmt) -> list[ir.Node]:
+    pos = el.src.pos(stmt.meta)
+    meta = stmt.meta
+    if kind in ("conv", "dwconv"):
+        k = el.static_int(args["k"], "the kernel size", meta, 1)
+        s = el.static_int(args["stride"], "the stride", meta, 1)
+        p = k // 2 if args["pad"] is None else el.static_int(args["pad"], "the padding", meta, 0)
+        bias = bool(el.static_int(args["bias"], "bias", meta))
+        in_ch = state.ch
+        if kind == "dwconv":
+            mult = el.static_int(args["mult"], "the depth multiplier", meta, 1)
+            out_ch: Expr = op("mul", in_ch, Const(mult)) if mult != 1 else in_ch
+            groups: Expr = in_ch
+        else:
+            out_ch = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
+            groups = el.expr_value(args["groups"], meta)
+        _check_groups(el, in_ch, out_ch, groups, meta)
+        out_hw = _shrink(el, state, stmt, kind, k, s, p)
+        node = ir.Conv(namer("conv"), in_ch, out_ch, k, s, p, groups, bias, state.hw, out_hw, pos)
+        state.ch, state.hw = out_ch, out_hw
+        return [node]
+    if kind == "bn":
+        return [ir.BatchNorm(namer("bn"), state.ch, state.hw is not None, pos)]
+    if kind in POOLS:
+        k = el.static_int(args["k"], "the kernel size", meta, 1)
+        s = k if args["stride"] is None else el.static_int(args["stride"], "the stride", meta, 1)
+        p = el.static_int(args["pad"], "the padding", meta, 0)
+        if 2 * p > k:
+            raise el.error(f"padding {p} is more than half the kernel {k}", meta)
+        in_hw = _spatial(el, state, kind, stmt)
+        out_hw = _shrink(el, state, stmt, kind, k, s, p)
+        state.hw = out_hw
+        return [ir.Pool(namer(kind), POOLS[kind], k, s, p, state.ch, in_hw, out_hw, pos)]
+    if kind in ("gap", "adaptive_avgpool"):
+        in_hw = _spatial(el, state, kind, stmt)
+        size = 1 if kind == "gap" else el.static_int(args["size"], "the output size", meta, 1)
+        if size > min(in_hw) and kind == "adaptive_avgpool":
+            raise el.error(f"adaptive_avgpool({size}) on a {in_hw[0]}x{in_hw[1]} input would upsample", meta)
+        state.hw = (size, size)
+        return [ir.Pool(namer("pool"), "adaptive_avg", 0, 0, 0, state.ch, in_hw, (size, size), pos)]
+    if kind == "flatten":
+        h, w = _spatial(el, state, kind, stmt)
+        features = op("mul", state.ch, Const(h * w)) if h * w != 1 else state.ch
+        node = ir.Flatten(namer("flatten"), state.ch, features, pos)
+        state.ch, state.hw = features, None
+        return [node]
+    if kind == "linear":
+        if state.hw is not None:
+            raise el.error("`linear` needs a flattened input; add `flatten` (after `gap`) before it", meta)
+        out = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
+        bias = bool(el.static_int(args["bias"], "bias", meta))
+        node = ir.Linear(namer("linear"), state.ch, out, bias, pos)
+        state.ch = out
+        return [node]
+    if kind == "dropout":
+        p = args["p"]
+        value = p.value if isinstance(p, Const) else None
+        if value is None or not 0 <= value < 1:
+            raise el.error("dropout(p) needs a probability in [0, 1)", meta)
+        return [ir.Dropout(namer("dropout"), float(value), pos)]
+    if kind == "se":
+        _spatial(el, state, kind, stmt)
+        if args["reduced"] is None:
+            # SE ratio 0.25 of the *block input* width, as timm's EfficientNet (SPEC §4).
+            base = state.block_in if state.block_in is not None else state.ch
+            reduced: Expr = op("round", op("mul", Const(0.25), base))
+        else:
+            reduced = el.expr_value(args["reduced"], meta)
+        reduced = el.check_width(reduced, "the squeeze width", meta)
+        act, gate = _word(args["act"]), _word(args["gate"])
+        from pyns.dsl.elaborate import ACTIVATIONS
+        for what, value in (("act", act), ("gate", gate)):
+            if value not in ACTIVATIONS:
+                raise el.error(f"se({what} = {value}): unknown activation; choose one of {', '.join(ACTIVATIONS)}",
+                               meta)
+        return [ir.SqueezeExcite(namer("se"), state.ch, reduced, act, gate, pos)]
+    # activations
+    return [ir.Activation(namer(kind), kind, pos)]
+
+
+def _check_groups(el, in_ch: Expr, out_ch: Expr, groups: Expr, meta) -> None:
+    from pyns.dsl.expr import evaluate
+    g = evaluate(groups, el.defaults)
+    i, o = evaluate(in_ch, el.defaults), evaluate(out_ch, el.defaults)
+    if g < 1 or i % g or o % g:
+        raise el.error(f"groups = {g} must divide both the input width {i} and the output width {o}", meta)

@@ -1,0 +1,172 @@
+"""The typed intermediate representation every part of pyns consumes.
+
+The DSL elaborates an .arch source into a `Network`: a tree of layers (residual blocks nest) whose
+channel counts are `Expr`s over width symbols. Spatial sizes are concrete, because an IR is specialised
+to one resolution and one depth multiplier; widths stay symbolic so that the cost engine, the solvers and
+the pruner can vary them without re-elaborating. Nothing downstream re-parses text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Union
+
+from pyns.dsl.expr import Const, Expr, Number, evaluate
+from pyns.errors import SourcePos
+
+
+@dataclass(frozen=True)
+class WidthSymbol:
+    name: str
+    default: int
+    searchable: bool
+    roles: tuple[str, ...] = ()
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Conv:
+    name: str
+    in_ch: Expr
+    out_ch: Expr
+    kernel: int
+    stride: int
+    padding: int
+    groups: Expr
+    bias: bool
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    pos: SourcePos | None = None
+
+
+@dataclass
+class BatchNorm:
+    name: str
+    channels: Expr
+    spatial: bool  # BatchNorm2d after a conv, BatchNorm1d after flatten/linear
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Activation:
+    name: str
+    kind: str  # relu | relu6 | swish | hswish | sigmoid | gelu
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Pool:
+    name: str
+    kind: str  # max | avg | adaptive_avg
+    kernel: int
+    stride: int
+    padding: int
+    channels: Expr
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Flatten:
+    name: str
+    channels: Expr
+    features: Expr  # channels * H * W
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Linear:
+    name: str
+    in_features: Expr
+    out_features: Expr
+    bias: bool
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Dropout:
+    name: str
+    p: float
+    pos: SourcePos | None = None
+
+
+@dataclass
+class SqueezeExcite:
+    """Global pool, 1x1 conv down to `reduced` (+bias), act, 1x1 conv back up (+bias), gate, multiply."""
+
+    name: str
+    channels: Expr
+    reduced: Expr
+    act: str
+    gate: str
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Residual:
+    """`body(x) + shortcut(x)`.
+
+    mode 'identity': the add always happens, with an identity shortcut (widths must agree).
+    mode 'project': identity when `project_when` is 0, else the `shortcut` layers (a strided 1x1 conv,
+    maybe with BN). mode 'none': the add happens only when `project_when` is 0 (torchvision MobileNetV2).
+    `project_when` is an Expr over widths, 1 when stride or width differs, folded to a Const when static.
+    """
+
+    name: str
+    body: list["Node"]
+    shortcut: list["Node"]
+    mode: str
+    in_ch: Expr
+    out_ch: Expr
+    stride: int
+    project_when: Expr = field(default_factory=lambda: Const(0))
+    pos: SourcePos | None = None
+
+
+Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual]
+COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite)
+
+
+@dataclass
+class Network:
+    name: str
+    variant: str | None
+    params: dict[str, Number]
+    policy: str
+    symbols: list[WidthSymbol]
+    layers: list[Node]
+    in_channels: int
+    resolution: int
+    depth_mult: float
+    out_features: Expr
+    source_file: str = "<string>"
+
+    @property
+    def searchable(self) -> list[WidthSymbol]:
+        return [s for s in self.symbols if s.searchable]
+
+    @property
+    def symbol_names(self) -> list[str]:
+        return [s.name for s in self.symbols]
+
+    def defaults(self) -> dict[str, int]:
+        return {s.name: s.default for s in self.symbols}
+
+
+def walk(nodes: list[Node], active: Mapping[str, Number] | None = None) -> Iterator[tuple[Node, Expr]]:
+    """Yield every leaf layer with its multiplicity Expr (Const(1), or a residual's `project_when`).
+
+    With `active` widths given, shortcut layers whose condition is 0 are skipped and the multiplicity is
+    folded; without, conditions stay symbolic for the cost-program compiler.
+    """
+    for node in nodes:
+        if isinstance(node, Residual):
+            yield from walk(node.body, active)
+            if node.mode == "project" and node.shortcut:
+                if active is None:
+                    for leaf, _ in walk(node.shortcut, None):
+                        yield leaf, node.project_when
+                elif evaluate(node.project_when, active):
+                    yield from walk(node.shortcut, active)
+        else:
+            yield node, Const(1)
