@@ -81,9 +81,10 @@ struct BF16 {
     const uint32_t u = float_bits(f);
     // Round to nearest, ties to even: add 0x7fff plus the lowest kept bit, then truncate.
     const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    // NaN must stay NaN (the rounding add could carry it into infinity): keep the sign, quiet it.
+    // NaN must stay NaN (the rounding add could carry it into infinity): the canonical quiet NaN,
+    // as torch's scalar conversion writes.
     const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
-    return static_cast<uint16_t>(is_nan ? ((u >> 16) | 0x0040u) : rounded);
+    return static_cast<uint16_t>(is_nan ? 0x7fc0u : rounded);
   }
 };
 
@@ -101,23 +102,20 @@ struct F16 {
     return bits_float(sign | (magnitude >= 0x7c00u ? special : finite));
   }
   static inline uint16_t store(float f) {
-    // Round to nearest even (F. Giesen, "float_to_half_fast3_rtne").
+    // Round to nearest even (after F. Giesen's "float_to_half_fast3_rtne"). All three cases are
+    // computed and one is selected, so the loop vectorises instead of branching per element.
     uint32_t u = float_bits(f);
     const uint32_t sign = u & 0x80000000u;
     u ^= sign;
-    uint32_t out;
-    if (u >= ((127u + 16u) << 23)) {  // at or beyond 2^16: overflow to infinity, or NaN
-      out = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
-    } else if (u < (113u << 23)) {  // below 2^-14: result is subnormal or zero
-      // Adding 0.5, whose float ulp (2^-24) is the half-precision subnormal step, lets the FPU do the
-      // rounding; the low mantissa bits are then the half-precision pattern.
-      const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-      out = float_bits(bits_float(u) + bits_float(magic)) - magic;
-    } else {
-      const uint32_t mantissa_odd = (u >> 13) & 1u;
-      u += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + mantissa_odd;
-      out = u >> 13;
-    }
+    // |f| >= 2^16 overflows to infinity; NaN stays a (quiet) NaN.
+    const uint32_t huge = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    // |f| < 2^-14 is subnormal or zero in half precision: adding 0.5, whose float ulp (2^-24) is the
+    // half subnormal step, lets the FPU round; the low mantissa bits are then the half pattern.
+    const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+    const uint32_t tiny = float_bits(bits_float(u) + bits_float(magic)) - magic;
+    // Otherwise rebias the exponent (15 - 127) and round the 13 dropped mantissa bits to even.
+    const uint32_t normal = (u + 0xc8000fffu + ((u >> 13) & 1u)) >> 13;  // 0xc8000000 = (15-127) << 23
+    const uint32_t out = u >= ((127u + 16u) << 23) ? huge : (u < (113u << 23) ? tiny : normal);
     return static_cast<uint16_t>(out | (sign >> 16));
   }
 };

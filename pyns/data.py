@@ -144,7 +144,8 @@ def derive_seed(seed: int, *stream: int | str) -> int:
     words: list[int] = []
     for part in stream:
         words += list(part.encode("utf-8")) + [256] if isinstance(part, str) else [int(part)]
-    state = np.random.SeedSequence(int(seed), spawn_key=tuple(words)).generate_state(2, dtype=np.uint32)
+    # Modulo 2**64: SeedSequence wants a non-negative entropy, and a negative user seed is still a seed.
+    state = np.random.SeedSequence(int(seed) % 2**64, spawn_key=tuple(words)).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))  # < 2**63: a valid torch manual_seed
 
 

@@ -15,7 +15,7 @@ Accuracies are counted over samples (correct / total), never averaged over batch
 reference code). Under torchrun (`WORLD_SIZE` > 1) the model is wrapped in DistributedDataParallel, the
 counts are all-reduced and only rank 0 writes files.
 
-The loaders follow `pyns.data.BatchLoader`'s protocol: iterating yields `(x, y)` batches already on the
+The loaders follow `pyns.augment.BatchLoader`'s protocol: iterating yields `(x, y)` batches already on the
 training device; `len()` is the number of batches; optional `state_dict()` / `load_state_dict()` make
 mid-run resume exact; optional `device`, `rank` and `world_size` attributes are checked when present.
 """
@@ -313,13 +313,12 @@ def make_loaders(
     seed: int | None = None,
     test_batch_size: int | None = None,
 ) -> tuple[Any, Any]:
-    """Build sharded `pyns.data.BatchLoader`s for `train`: per-process batch = recipe.batch_size / W.
+    """Build sharded `pyns.augment.BatchLoader`s for `train`: per-process batch = recipe.batch_size / W.
 
-    `augment` defaults to the data set's standard augmentation (`pyns.data.default_augment`); pass None
+    `augment` defaults to the data set's standard augmentation (`pyns.augment.default_augment`); pass None
     for none. The loader seed defaults to the recipe's seed.
     """
-    from pyns.augment import default_augment
-    from pyns.data import BatchLoader
+    from pyns.augment import BatchLoader, default_augment
 
     ctx = setup_distributed(None if device is None else torch.device(device).type)
     if recipe.batch_size % ctx.world_size:

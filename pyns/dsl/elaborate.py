@@ -293,7 +293,7 @@ class Elaborator:
         return nodes
 
     def bind_args(self, stmt, names, defaults, words, scope, state, what: str) -> dict[str, object]:
-        args_tree = stmt.children[1] if len(stmt.children) > 1 else None
+        args_tree = next((c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "args"), None)
         args = [a for a in args_tree.children if isinstance(a, lark.Tree)] if args_tree is not None else []
         bound: dict[str, object] = {}
         positional = True

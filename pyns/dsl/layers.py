@@ -71,8 +71,6 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
     if kind in ("gap", "adaptive_avgpool"):
         in_hw = _spatial(el, state, kind, stmt)
         size = 1 if kind == "gap" else el.static_int(args["size"], "the output size", meta, 1)
-        if size > min(in_hw) and kind == "adaptive_avgpool":
-            raise el.error(f"adaptive_avgpool({size}) on a {in_hw[0]}x{in_hw[1]} input would upsample", meta)
         state.hw = (size, size)
         return [ir.Pool(namer("pool"), "adaptive_avg", 0, 0, 0, state.ch, in_hw, (size, size), pos)]
     if kind == "flatten":
