@@ -181,7 +181,8 @@ class BatchLoader:
     blocks together covering every image exactly once (block sizes differ by at most one).
 
     Breaking out of an epoch and iterating again continues that epoch where it stopped; the epoch counter
-    advances when an epoch's last batch has been handed out and the iterator is exhausted.
+    advances when the iterator is exhausted (or, if it was abandoned right after the epoch's last batch,
+    when the next iteration starts).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, augment: Augment | None = None,
@@ -231,7 +232,7 @@ class BatchLoader:
 
     @epoch.setter
     def epoch(self, value: int) -> None:
-        """Jump to the start of an epoch (like DistributedSampler.set_epoch)."""
+        # Jumps to the start of that epoch, like DistributedSampler.set_epoch.
         if value != self._epoch or self._position != 0:
             self._epoch, self._position = int(value), 0
 
@@ -269,9 +270,13 @@ class BatchLoader:
         return self._epoch_batches(self._iterator_token)
 
     def _epoch_batches(self, token: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = len(self)
+        if self._position >= batches > 0:
+            # The last batch was handed out but the iterator was not run to its end (a loop that broke
+            # right after it, or a checkpoint taken there): that epoch is over, start the next.
+            self._epoch, self._position = self._epoch + 1, 0
         epoch = self._epoch
         order = self.shard_indices(epoch).to(self.device)
-        batches = len(self)
         self._sync_generator()
         while self._position < batches:
             if token != self._iterator_token or epoch != self._epoch:

@@ -64,9 +64,32 @@ def _gate(channels: int, symbol: str):
     return gate
 
 
+def _gate_symbol(node: ir.Node, following: ir.Node | None, searchable: set[str]) -> str | None:
+    """The searchable symbol whose channels a gate after `node` would mask, or None for no gate.
+
+    Gates go after every BN of a searchable width, and after every conv/linear *producing* a searchable
+    width with no BN right behind it (e.g. a pre-activation block's last conv, whose output joins the
+    residual stream). Masking channel c at all of a symbol's gates then zeroes that channel on every path
+    it takes, identity shortcuts included, which is exactly what removing it does.
+    """
+    if isinstance(node, ir.BatchNorm):
+        width = node.channels
+    elif isinstance(node, ir.Conv):
+        width = node.out_ch
+    elif isinstance(node, ir.Linear):
+        width = node.out_features
+    else:
+        return None
+    if not (isinstance(width, Sym) and width.name in searchable):
+        return None
+    if not isinstance(node, ir.BatchNorm) and isinstance(following, ir.BatchNorm):
+        return None  # the BN right after carries the gate
+    return width.name
+
+
 def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable: set[str]) -> nn.Sequential:
     modules: list[nn.Module] = []
-    for node in nodes:
+    for index, node in enumerate(nodes):
         if isinstance(node, ir.Conv):
             cin, cout, groups = _value(node.in_ch, env), _value(node.out_ch, env), _value(node.groups, env)
             if cin % groups or cout % groups:
@@ -79,8 +102,6 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             bn = nn.BatchNorm2d(c) if node.spatial else nn.BatchNorm1d(c)
             bn.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(bn)
-            if gates and isinstance(node.channels, Sym) and node.channels.name in searchable:
-                modules.append(_gate(c, node.channels.name))
         elif isinstance(node, ir.Activation):
             modules.append(_ACTIVATIONS[node.kind]())
         elif isinstance(node, ir.Pool):
@@ -104,6 +125,11 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
+        if gates:
+            following = nodes[index + 1] if index + 1 < len(nodes) else None
+            symbol = _gate_symbol(node, following, searchable)
+            if symbol is not None:
+                modules.append(_gate(env[symbol], symbol))
     return nn.Sequential(*modules)
 
 
@@ -118,7 +144,7 @@ def _build_residual(node: ir.Residual, env, gates, searchable) -> ResidualBlock:
         return ResidualBlock(body, None, True)
     if node.mode == "none":
         return ResidualBlock(body, None, not differs)
-    shortcut = _build(node.shortcut, env, gates=False, searchable=searchable) if differs else None
+    shortcut = _build(node.shortcut, env, gates, searchable) if differs else None
     return ResidualBlock(body, shortcut, True)
 
 

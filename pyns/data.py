@@ -286,6 +286,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(str, "latin1"): a pure conversion.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> Any:

@@ -170,3 +170,35 @@ def walk(nodes: list[Node], active: Mapping[str, Number] | None = None) -> Itera
                     yield from walk(node.shortcut, active)
         else:
             yield node, Const(1)
+
+
+def tied_groups(network: Network, widths: Mapping[str, Number]) -> list[list[str]]:
+    """Searchable symbols joined by an identity add at these widths, as groups (singletons included).
+
+    Channels that meet in an add must be pruned together, so a group shrinks as one unit.
+    """
+    from pyns.dsl.expr import Sym
+
+    parent = {s.name: s.name for s in network.searchable}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def visit(nodes: list[Node]) -> None:
+        for node in nodes:
+            if not isinstance(node, Residual):
+                continue
+            visit(node.body)
+            adds_identity = node.mode == "identity" or not evaluate(node.project_when, widths)
+            if adds_identity and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym):
+                if node.in_ch.name in parent and node.out_ch.name in parent:
+                    parent[find(node.in_ch.name)] = find(node.out_ch.name)
+
+    visit(network.layers)
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return list(groups.values())

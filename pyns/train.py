@@ -737,6 +737,10 @@ def train(
     if ctx.is_main:
         atomic_write_json(out / RESULT_FILE, result.to_dict())
         log.info("%s", result.summary())
+    if ctx.enabled:
+        # Nobody leaves before rank 0 has written everything: a caller that reads the run folder next
+        # (or resumes it) on another rank must find the files complete.
+        dist.barrier()
     return result
 
 

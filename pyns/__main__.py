@@ -1,0 +1,5 @@
+import sys
+
+from pyns.cli.main import main
+
+sys.exit(main())
