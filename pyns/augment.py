@@ -36,6 +36,8 @@ __all__ = [
     "AugmentDraw",
     "default_augment",
     "draw_augment",
+    "gather_rows",
+    "crop_and_flip",
     "random_crop",
     "horizontal_flip",
     "rotate",
@@ -103,19 +105,46 @@ def draw_augment(augment: Augment, batch_size: int, generator: torch.Generator) 
     return AugmentDraw(offsets, flips, angles)
 
 
-def random_crop(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Zero-pad [B, C, H, W] by `pad` on every side and cut an H x W window at each image's offset.
+def gather_rows(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """images[index] for a contiguous uint8 [N, ...] tensor, moving whole rows as 8- or 4-byte words.
 
-    offsets: int64 [B, 2] with values in [0, 2*pad]; (pad, pad) returns the image unchanged.
+    The CPU kernel gathers uint8 one byte at a time (measured 200x slower than gathering the same rows
+    as int64); viewing each row as wider words is exact because rows are only moved, never mixed.
     """
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p], zeros outside
+    row_bytes = images[0].numel() * images.element_size() if len(images) else 0
+    if images.is_contiguous() and images.dtype == torch.uint8 and row_bytes:
+        for word in (torch.int64, torch.int32):
+            if row_bytes % word.itemsize == 0 and images.storage_offset() % word.itemsize == 0:
+                rows = images.view(len(images), -1).view(word)  # [N, row_bytes / word size]
+                return rows.index_select(0, index).view(torch.uint8).view(-1, *images.shape[1:])
+    return images.index_select(0, index)
+
+
+def crop_and_flip(images: torch.Tensor, pad: int, offsets: torch.Tensor,
+                  flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-pad [B, C, H, W] by `pad`, cut an H x W window at each image's offset and mirror it left-right
+    where `flips` is True, all in one gather.
+
+    offsets: int64 [B, 2] (row, column) with values in [0, 2*pad]; (pad, pad) keeps the image in place.
+    """
+    batch, channels, height, width = images.shape
+    padded_width = width + 2 * pad
+    padded = F.pad(images, (pad, pad, pad, pad)).reshape(batch, channels, -1)  # [B, C, (H+2p)*(W+2p)]
     rows = offsets[:, 0, None] + torch.arange(height, device=images.device)  # [B, H]
-    cols = offsets[:, 1, None] + torch.arange(width, device=images.device)  # [B, W]
-    batch_index = torch.arange(batch, device=images.device)[:, None, None]  # [B, 1, 1]
-    # Advanced indices around a slice move to the front: the result is [B, H, W, C].
-    windows = padded[batch_index, :, rows[:, :, None], cols[:, None, :]]
-    return windows.permute(0, 3, 1, 2).contiguous()  # [B, H, W, C] -> [B, C, H, W]
+    columns = torch.arange(width, device=images.device).expand(batch, width)  # [B, W]
+    if flips is not None:
+        # Output column j of a mirrored window is its column W-1-j.
+        columns = torch.where(flips[:, None], width - 1 - columns, columns)
+    columns = columns + offsets[:, 1, None]
+    flat = rows[:, :, None] * padded_width + columns[:, None, :]  # [B, H, W] positions in the padded plane
+    flat = flat.reshape(batch, 1, height * width).expand(batch, channels, height * width)
+    return torch.gather(padded, 2, flat).reshape(batch, channels, height, width)
+
+
+def random_crop(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Zero-pad [B, C, H, W] by `pad` on every side and cut an H x W window at each image's offset
+    (int64 [B, 2], (row, column), values in [0, 2*pad])."""
+    return crop_and_flip(images, pad, offsets)
 
 
 def horizontal_flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -156,8 +185,8 @@ def apply_augment(images: torch.Tensor, augment: Augment, draw: AugmentDraw) -> 
     """Crop and flip on uint8 (a quarter of the bytes of float), then rotate in float; returns float32
     in 0..255 units, ready for `normalize`. Padding is black before normalisation, as in torchvision."""
     if draw.offsets is not None:
-        images = random_crop(images, augment.pad, draw.offsets)
-    if draw.flips is not None:
+        images = crop_and_flip(images, augment.pad, draw.offsets, draw.flips)
+    elif draw.flips is not None:
         images = horizontal_flip(images, draw.flips)
     images = images.to(torch.float32)
     if draw.angles is not None:
@@ -284,7 +313,7 @@ class BatchLoader:
                                    "loaded a state or changed epoch since it was created")
             start = self._position * self.batch_size
             index = order[start:start + self.batch_size]
-            images = self.images[index]
+            images = gather_rows(self.images, index)
             if self.augment is not None:
                 draw = draw_augment(self.augment, len(index), self._generator)
                 images = apply_augment(images, self.augment, draw.to(self.device))

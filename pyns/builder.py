@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pyns import ir
-from pyns.dsl.expr import Sym, evaluate
+from pyns.dsl.expr import Sym, evaluate, to_source
 from pyns.errors import PynsError
 
 _ACTIVATIONS = {
@@ -54,7 +54,10 @@ class ResidualBlock(nn.Module):
 
 
 def _value(expr, env: Mapping[str, int]) -> int:
-    return int(evaluate(expr, env))
+    value = int(evaluate(expr, env))
+    if value < 1:
+        raise PynsError(f"these widths give a layer width `{to_source(expr)}` = {value}; every layer needs >= 1")
+    return value
 
 
 def _gate(channels: int, symbol: str):
@@ -125,11 +128,12 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
-        if gates:
-            following = nodes[index + 1] if index + 1 < len(nodes) else None
-            symbol = _gate_symbol(node, following, searchable)
-            if symbol is not None:
-                modules.append(_gate(env[symbol], symbol))
+        following = nodes[index + 1] if index + 1 < len(nodes) else None
+        symbol = _gate_symbol(node, following, searchable)
+        if symbol is not None:
+            # An Identity holds the gate's slot in ungated models, so gated and plain models share
+            # state_dict keys (weights move between them with load_state_dict).
+            modules.append(_gate(env[symbol], symbol) if gates else nn.Identity())
     return nn.Sequential(*modules)
 
 
@@ -210,5 +214,6 @@ def build_module(network: ir.Network, widths: Mapping[str, int], *, gates: bool 
     init_name = init or network.params.get("init", None) or "neuralscale"
     if isinstance(init_name, (int, float)):
         init_name = "neuralscale"
-    INITS[init_name](model)
+    if not any(p.is_meta for p in model.parameters()):  # shape-only (meta) modules have nothing to initialise
+        INITS[init_name](model)
     return model

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +70,8 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} "
                              f"{tuple(self.labels.shape)}")
@@ -188,7 +189,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 
 def _split_stats(name: str, root: Path | None, split: str, resolution: int | None, channels: int | None,
-                 reader_options: dict[str, Any], images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                 reader_options: dict[str, Any], images: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     """Statistics of the *training* split matching this load (the test split must not be normalised by
     its own statistics)."""
     if name in _PUBLISHED_STATS and images.shape[1] == 3:
@@ -328,7 +329,8 @@ def _cifar_batch(path: Path, what: str, label_key: str, num_classes: int) -> tup
     except (TypeError, ValueError) as err:
         raise DataError(f"{what} file {path} has unreadable 'data'/'{label_key}' entries ({err})") from err
     # 3072 = 3 channels x 32 x 32, stored channel-major then row-major.
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+    well_formed = data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32
+    if not well_formed or labels.shape != (data.shape[0],):
         raise DataError(f"{what} file {path} has data {data.dtype} {data.shape} and {labels.shape[0]} labels; "
                         f"expected uint8 [N, 3072] and N labels")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -516,7 +518,8 @@ def _read_imagefolder(root: Path | None, split: str, resolution: int | None, cha
     label_array = np.asarray(labels, dtype=np.int64)
     if not has_split_dirs:
         # A single tree: hold out a deterministic stratified part as the test split.
-        train_idx, test_idx = _stratified_holdout(label_array, float(options["test_fraction"]), int(options["split_seed"]))
+        train_idx, test_idx = _stratified_holdout(label_array, float(options["test_fraction"]),
+                                                  int(options["split_seed"]))
         chosen = train_idx if split == "train" else test_idx
         if len(chosen) == 0:
             raise DataError(f"ImageFolder {root}: the {split} split is empty (test_fraction="
@@ -573,8 +576,12 @@ def _read_synthetic(root: Path | None, split: str, resolution: int | None, chann
     single pixels uninformative; the splits draw their noise and labels from different seeds.
     """
     num_classes, seed, noise = int(options["num_classes"]), int(options["seed"]), float(options["noise"])
-    count = int(options["num_samples"]) if split == "train" else int(
-        options["test_samples"] if options["test_samples"] is not None else max(1, int(options["num_samples"]) // 4))
+    if split == "train":
+        count = int(options["num_samples"])
+    elif options["test_samples"] is not None:
+        count = int(options["test_samples"])
+    else:
+        count = max(1, int(options["num_samples"]) // 4)  # a quarter: the usual 80/20 train/test ratio
     if num_classes < 1 or count < 1:
         raise DataError(f"synthetic data needs num_classes >= 1 and samples >= 1, got {num_classes} and {count}")
     side = 32 if resolution is None else resolution

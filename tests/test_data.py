@@ -18,7 +18,9 @@ from pyns.augment import (
     NO_AUGMENT,
     Augment,
     BatchLoader,
+    crop_and_flip,
     default_augment,
+    gather_rows,
     horizontal_flip,
     normalize,
     random_crop,
@@ -339,6 +341,22 @@ def test_random_crop_matches_per_image_slicing() -> None:
         canvas[:, 4:12, 4:12] = images[i]
         dy, dx = offsets[i].tolist()
         assert torch.equal(crops[i], canvas[:, dy:dy + 8, dx:dx + 8])
+
+
+def test_fused_crop_and_flip_and_row_gather() -> None:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (5, 3, 7, 7), generator=generator, dtype=torch.uint8)
+    offsets = torch.randint(0, 5, (5, 2), generator=generator)
+    flips = torch.tensor([True, False, True, True, False])
+    fused = crop_and_flip(images, 2, offsets, flips)
+    for i in range(5):
+        crop = random_crop(images[i:i + 1], 2, offsets[i:i + 1])[0]
+        assert torch.equal(fused[i], torch.flip(crop, dims=[2]) if flips[i] else crop)
+    index = torch.tensor([4, 0, 4, 2])
+    # Rows of 147, 105, 4 and 8 bytes: the plain, int32 and int64 paths.
+    for rows in (images, images[:, :, :, :5], images[:, :1, :2, :2], images[:, :2, :2, :2]):
+        rows = rows.contiguous()
+        assert torch.equal(gather_rows(rows, index), rows[index])
 
 
 def test_flip_rotate_normalize() -> None:

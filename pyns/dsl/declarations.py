@@ -57,7 +57,7 @@ class ArchSource:
 
 
 def suggest(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean `{close[0]}`?" if close else ""
 
 

@@ -397,7 +397,7 @@ class Elaborator:
         if state.hw is None:
             raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
         in_ch, in_hw = state.ch, state.hw
-        body_stmts = [c for c in stmt.children[1:] if isinstance(c, lark.Tree) and c.data != "args"]
+        body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data != "args"]
         body = self.statements(body_stmts, _Scope({}, scope), state, namer)
         if state.hw is None:
             raise self.error("a residual body must keep a spatial output (no flatten/linear inside)", stmt.meta)
