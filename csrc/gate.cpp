@@ -162,6 +162,86 @@ inline void split_range(int64_t total, int parts, int index, int64_t& begin, int
   end = begin + base + (index < extra ? 1 : 0);
 }
 
+// The per-thread loops are built twice where GCC can dispatch at load time (ELF ifunc): with AVX2
+// (8 floats per vector, 2-3x faster software half-precision conversions) and for the baseline x86-64
+// the wheel targets. An ISA name, not "arch=haswell": the arch form matches Intel CPU models only and
+// would leave AMD on the baseline. The OpenMP regions stay outside these functions so that every thread
+// runs the selected clone. Building with -DPYNS_KERNEL_CLONES= (empty) keeps the baseline only.
+#ifndef PYNS_KERNEL_CLONES
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PYNS_KERNEL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYNS_KERNEL_CLONES
+#endif
+#endif
+
+// Planes [first, last) of memory [N][C][HW]; plane p is channel p % C. Adds each plane's sum into
+// partial[channel].
+template <class S>
+PYNS_KERNEL_CLONES void planes_range(const typename S::storage* grad, const typename S::storage* x,
+                                     const typename S::compute* z, typename S::storage* grad_in,
+                                     double* partial, int64_t c, int64_t hw, int64_t first,
+                                     int64_t last) {
+  using A = typename S::compute;
+  for (int64_t p = first; p < last; ++p) {
+    const int64_t ch = p % c;
+    const A zc = z[ch];
+    const typename S::storage* gp = grad + p * hw;
+    const typename S::storage* xp = x + p * hw;
+    typename S::storage* op = grad_in ? grad_in + p * hw : nullptr;
+    double plane_sum = 0.0;
+    for (int64_t start = 0; start < hw; start += kFloatRun) {
+      const int64_t stop = std::min(hw, start + kFloatRun);
+      A run = 0;
+      if (op) {
+#pragma omp simd reduction(+ : run)
+        for (int64_t i = start; i < stop; ++i) {
+          const A gv = S::load(gp[i]);
+          op[i] = S::store(gv * zc);
+          run += gv * S::load(xp[i]);
+        }
+      } else {
+#pragma omp simd reduction(+ : run)
+        for (int64_t i = start; i < stop; ++i) run += S::load(gp[i]) * S::load(xp[i]);
+      }
+      plane_sum += static_cast<double>(run);
+    }
+    partial[ch] += plane_sum;
+  }
+}
+
+// Rows [first, last) of memory [R][C]. The channel loop is innermost and unit-stride, so it
+// vectorises across channels; rows are folded kRowRun at a time into the float row `run` (C
+// elements), which is then flushed into partial.
+template <class S>
+PYNS_KERNEL_CLONES void rows_range(const typename S::storage* grad, const typename S::storage* x,
+                                   const typename S::compute* z, typename S::storage* grad_in,
+                                   double* partial, typename S::compute* run, int64_t c,
+                                   int64_t first, int64_t last) {
+  using A = typename S::compute;
+  for (int64_t block = first; block < last; block += kRowRun) {
+    const int64_t block_end = std::min(last, block + kRowRun);
+    std::fill(run, run + c, A(0));
+    for (int64_t r = block; r < block_end; ++r) {
+      const typename S::storage* gr = grad + r * c;
+      const typename S::storage* xr = x + r * c;
+      if (grad_in) {
+        typename S::storage* orow = grad_in + r * c;
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const A gv = S::load(gr[ch]);
+          orow[ch] = S::store(gv * z[ch]);
+          run[ch] += gv * S::load(xr[ch]);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ++ch) run[ch] += S::load(gr[ch]) * S::load(xr[ch]);
+      }
+    }
+    for (int64_t ch = 0; ch < c; ++ch) partial[ch] += static_cast<double>(run[ch]);
+  }
+}
+
 // Memory [N][C][HW]. Threads take contiguous ranges of the N*C planes, so each streams through
 // memory linearly and any C (even C < threads) keeps every thread busy; each plane's sum goes into the
 // thread's own row of C partials.
@@ -169,85 +249,34 @@ template <class S>
 void backward_planes(const typename S::storage* grad, const typename S::storage* x,
                      const typename S::compute* z, typename S::storage* grad_in, double* partials,
                      int64_t stride, int64_t n, int64_t c, int64_t hw, int threads) {
-  using A = typename S::compute;
-  const int64_t planes = n * c;
   (void)threads;  // used only by the OpenMP pragma
 #ifdef PYNS_WITH_OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
     const int tid = thread_id();
-    double* mine = partials + tid * stride;
     int64_t first, last;
-    split_range(planes, team_size(), tid, first, last);
-    for (int64_t p = first; p < last; ++p) {
-      const int64_t ch = p % c;
-      const A zc = z[ch];
-      const typename S::storage* gp = grad + p * hw;
-      const typename S::storage* xp = x + p * hw;
-      typename S::storage* op = grad_in ? grad_in + p * hw : nullptr;
-      double plane_sum = 0.0;
-      for (int64_t start = 0; start < hw; start += kFloatRun) {
-        const int64_t stop = std::min(hw, start + kFloatRun);
-        A run = 0;
-        if (op) {
-#pragma omp simd reduction(+ : run)
-          for (int64_t i = start; i < stop; ++i) {
-            const A gv = S::load(gp[i]);
-            op[i] = S::store(gv * zc);
-            run += gv * S::load(xp[i]);
-          }
-        } else {
-#pragma omp simd reduction(+ : run)
-          for (int64_t i = start; i < stop; ++i) run += S::load(gp[i]) * S::load(xp[i]);
-        }
-        plane_sum += static_cast<double>(run);
-      }
-      mine[ch] += plane_sum;
-    }
+    split_range(n * c, team_size(), tid, first, last);
+    planes_range<S>(grad, x, z, grad_in, partials + tid * stride, c, hw, first, last);
   }
 }
 
-// Memory [R][C] with R = N*HW rows. Threads take contiguous row ranges; the channel loop is innermost
-// and unit-stride, so it vectorises across channels. Rows are folded kRowRun at a time into a float
-// row, which is then flushed into the thread's float64 partial row.
+// Memory [R][C] with R = N*HW rows. Threads take contiguous row ranges, each with its own float row
+// of C running sums and its own row of C partials.
 template <class S>
 void backward_rows(const typename S::storage* grad, const typename S::storage* x,
                    const typename S::compute* z, typename S::storage* grad_in, double* partials,
                    int64_t stride, int64_t rows, int64_t c, int threads) {
-  using A = typename S::compute;
   (void)threads;  // used only by the OpenMP pragma
 #ifdef PYNS_WITH_OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
     const int tid = thread_id();
-    double* mine = partials + tid * stride;
-    std::vector<A> run(static_cast<size_t>(c));
-    A* acc = run.data();
+    std::vector<typename S::compute> run(static_cast<size_t>(c));
     int64_t first, last;
     split_range(rows, team_size(), tid, first, last);
-    for (int64_t block = first; block < last; block += kRowRun) {
-      const int64_t block_end = std::min(last, block + kRowRun);
-      std::fill(run.begin(), run.end(), A(0));
-      for (int64_t r = block; r < block_end; ++r) {
-        const typename S::storage* gr = grad + r * c;
-        const typename S::storage* xr = x + r * c;
-        if (grad_in) {
-          typename S::storage* orow = grad_in + r * c;
-#pragma omp simd
-          for (int64_t ch = 0; ch < c; ++ch) {
-            const A gv = S::load(gr[ch]);
-            orow[ch] = S::store(gv * z[ch]);
-            acc[ch] += gv * S::load(xr[ch]);
-          }
-        } else {
-#pragma omp simd
-          for (int64_t ch = 0; ch < c; ++ch) acc[ch] += S::load(gr[ch]) * S::load(xr[ch]);
-        }
-      }
-      for (int64_t ch = 0; ch < c; ++ch) mine[ch] += static_cast<double>(acc[ch]);
-    }
+    rows_range<S>(grad, x, z, grad_in, partials + tid * stride, run.data(), c, first, last);
   }
 }
 

@@ -1,3 +1,484 @@
+// Budget solvers over one-dimensional width families (SPEC §5, Algorithm 3 done exactly).
+//
+// A family maps one scalar t > 0 (a width multiplier m, or NeuralScale's τ) to an integer width per symbol:
+//     raw_l(t) = a_l * t^b_l,   w_l(t) = max(floor_l, max(min_l, rounding_l(raw_l(t))))
+// with rounding trunc (int(c*m), the uniform policy), round (Python's round, ties to even: profiles) or
+// make_divisible(·, 8) (EfficientNet / TinyNet), or a fixed width. Python builds a and b from the arch
+// policy and the method (pyns/scaling/solve.py), which also holds a pure-Python oracle of everything here.
+//
+// The answer to a budget is the configuration on the family whose cost is closest to the budget without
+// exceeding it (or from either side with `nearest`). When the cost is provably non-decreasing in t, that
+// is found by bisection on the bit patterns of t (positive doubles order like their bits), which stops at
+// two adjacent doubles: exact on the family, at most 64 steps. When monotonicity cannot be proved (negative
+// β, or a residual shortcut that disappears when two widths become equal), every configuration of the
+// family is enumerated once, breakpoint by breakpoint, and budgets are answered from that table.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cost_program.h"
+
 namespace py = pybind11;
-void register_solver(py::module_& m) { (void)m; }
+using pyns::CostProgram;
+
+namespace {
+
+// Keep in sync with ROUNDING in pyns/scaling/solve.py.
+enum Rounding : int32_t { FIXED = 0, TRUNC = 1, ROUND = 2, MAKE_DIV8 = 3 };
+// Keep in sync with STATUS in pyns/scaling/solve.py.
+enum Status : int32_t { OK = 0, BELOW = 1, ABOVE = 2 };
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+// A table row per configuration: even 16x-wide ResNet/MobileNet families have < 10^5 rows; this bound
+// only stops a pathological profile from eating the machine.
+constexpr size_t kMaxTable = 5'000'000;
+
+int64_t to_bits(double x) {
+  int64_t i;
+  std::memcpy(&i, &x, sizeof i);
+  return i;
+}
+
+double from_bits(int64_t i) {
+  double x;
+  std::memcpy(&x, &i, sizeof x);
+  return x;
+}
+
+// Smallest double in (lo, hi] where `pred` is true, given pred(lo) false, pred(hi) true, 0 < lo < hi and
+// pred monotone. Positive doubles compare like their bit patterns, so this is a bisection over integers.
+template <class Pred>
+double first_true(double lo, double hi, Pred pred) {
+  int64_t a = to_bits(lo), c = to_bits(hi);
+  while (c - a > 1) {
+    const int64_t mid = a + (c - a) / 2;
+    if (pred(from_bits(mid))) c = mid; else a = mid;
+  }
+  return from_bits(c);
+}
+
+struct Answer {
+  int32_t status = OK;
+  double t = 0.0;
+  double params = 0.0, macs = 0.0;
+  int32_t evaluations = 0;  // cost-program runs (bisection) or table rows scanned
+};
+
+// Relative closeness of a configuration to the budgets (only finite budgets count). Feasible: the
+// smallest relative slack (the binding metric's); infeasible: the largest relative overshoot.
+double slack(double p, double m, double bp, double bm) {
+  double d = kInf;
+  if (std::isfinite(bp)) d = std::min(d, (bp - p) / bp);
+  if (std::isfinite(bm)) d = std::min(d, (bm - m) / bm);
+  return d;
+}
+
+double overshoot(double p, double m, double bp, double bm) {
+  double d = 0.0;
+  if (std::isfinite(bp)) d = std::max(d, (p - bp) / bp);
+  if (std::isfinite(bm)) d = std::max(d, (m - bm) / bm);
+  return d;
+}
+
+bool fits(double p, double m, double bp, double bm) { return p <= bp && m <= bm; }
+
+// Every finite budget lies strictly above what the family's largest network costs.
+bool above_all(double pmax, double mmax, double bp, double bm) {
+  return (!std::isfinite(bp) || pmax < bp) && (!std::isfinite(bm) || mmax < bm);
+}
+
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+class Family {
+ public:
+  Family(const CostProgram& program, const DoubleArray& a, const DoubleArray& b, const IntArray& rounding,
+         const DoubleArray& min_width, const DoubleArray& floor_width, double t_lo, double t_hi)
+      : program_(program), n_(static_cast<size_t>(program.n_inputs)), t_lo_(t_lo), t_hi_(t_hi) {
+    for (auto size : {a.size(), b.size(), rounding.size(), min_width.size(), floor_width.size()})
+      if (static_cast<size_t>(size) != n_)
+        throw py::value_error("family: expected " + std::to_string(n_) + " entries per array");
+    if (!(t_lo > 0.0 && t_lo < t_hi && std::isfinite(t_hi)))
+      throw py::value_error("family: need 0 < t_lo < t_hi < inf");
+    a_.assign(a.data(), a.data() + n_);
+    b_.assign(b.data(), b.data() + n_);
+    rounding_.assign(rounding.data(), rounding.data() + n_);
+    min_.assign(min_width.data(), min_width.data() + n_);
+    floor_.assign(floor_width.data(), floor_width.data() + n_);
+    for (size_t l = 0; l < n_; ++l) {
+      if (rounding_[l] < FIXED || rounding_[l] > MAKE_DIV8) throw py::value_error("family: bad rounding code");
+      if (!std::isfinite(a_[l]) || !std::isfinite(b_[l])) throw py::value_error("family: non-finite a or b");
+    }
+    certified_ = certify();
+  }
+
+  size_t size() const { return n_; }
+  bool certified() const { return certified_; }
+  double t_lo() const { return t_lo_; }
+  double t_hi() const { return t_hi_; }
+
+  double width(size_t l, double t) const {
+    const double a = a_[l], b = b_[l];
+    if (rounding_[l] == FIXED) return a;
+    const double raw = b == 1.0 ? a * t : (b == 0.0 ? a : a * std::pow(t, b));
+    double w;
+    switch (rounding_[l]) {
+      case TRUNC: w = std::trunc(raw); break;
+      case ROUND: w = std::nearbyint(raw); break;  // ties to even, as Python's round()
+      default: w = pyns::make_divisible(raw, 8.0, 0.0, 0.9); break;
+    }
+    if (w < min_[l]) w = min_[l];
+    if (w < floor_[l]) w = floor_[l];
+    return w;
+  }
+
+  void widths(double t, double* out) const {
+    for (size_t l = 0; l < n_; ++l) out[l] = width(l, t);
+  }
+
+  void cost(const double* w, double* regs, double& p, double& m) const {
+    program_.run(w, regs);
+    program_.totals(regs, p, m);
+  }
+
+  // The smallest t' in (t, t_hi] where symbol l's width differs from its width at t; inf if none.
+  // Every width is monotone in t, so "differs" is a monotone predicate.
+  double next_breakpoint(size_t l, double t) const {
+    if (rounding_[l] == FIXED || b_[l] == 0.0) return kInf;
+    const double v = width(l, t);
+    if (t >= t_hi_ || width(l, t_hi_) == v) return kInf;
+    return first_true(t, t_hi_, [&](double x) { return width(l, x) != v; });
+  }
+
+  Answer solve(double bp, double bm, bool nearest, double* w_out) {
+    if (!certified_) return solve_table(bp, bm, nearest, w_out);
+    return solve_bisect(bp, bm, nearest, w_out);
+  }
+
+  // (t, widths, params, macs) of every configuration of the family, in increasing t.
+  const std::vector<double>& table_t() { ensure_table(); return tab_t_; }
+  const std::vector<double>& table_w() { ensure_table(); return tab_w_; }
+  const std::vector<double>& table_p() { ensure_table(); return tab_p_; }
+  const std::vector<double>& table_m() { ensure_table(); return tab_m_; }
+
+  // (params_min, macs_min, params_max, macs_max) over the family.
+  std::vector<double> cost_range() {
+    if (!certified_) {
+      ensure_table();
+      return {*std::min_element(tab_p_.begin(), tab_p_.end()), *std::min_element(tab_m_.begin(), tab_m_.end()),
+              *std::max_element(tab_p_.begin(), tab_p_.end()), *std::max_element(tab_m_.begin(), tab_m_.end())};
+    }
+    std::vector<double> w(n_), regs(program_.n_registers);
+    double p0, m0, p1, m1;
+    widths(t_lo_, w.data());
+    cost(w.data(), regs.data(), p0, m0);
+    widths(t_hi_, w.data());
+    cost(w.data(), regs.data(), p1, m1);
+    return {p0, m0, p1, m1};
+  }
+
+  void ensure_table() {
+    if (has_table_) return;
+    std::vector<double> w(n_), regs(program_.n_registers), next(n_);
+    for (size_t l = 0; l < n_; ++l) next[l] = next_breakpoint(l, t_lo_);
+    double t = t_lo_;
+    while (true) {
+      widths(t, w.data());
+      double p, m;
+      cost(w.data(), regs.data(), p, m);
+      tab_t_.push_back(t);
+      tab_w_.insert(tab_w_.end(), w.begin(), w.end());
+      tab_p_.push_back(p);
+      tab_m_.push_back(m);
+      if (tab_t_.size() > kMaxTable) {
+        tab_t_.clear(); tab_w_.clear(); tab_p_.clear(); tab_m_.clear();
+        throw std::runtime_error("this scaling family has more than " + std::to_string(kMaxTable) +
+                                 " distinct configurations; it is too fine to scan exhaustively");
+      }
+      const double tn = *std::min_element(next.begin(), next.end());
+      if (!(tn <= t_hi_)) break;
+      t = tn;
+      for (size_t l = 0; l < n_; ++l)
+        if (next[l] <= t) next[l] = next_breakpoint(l, t);
+    }
+    has_table_ = true;
+  }
+
+ private:
+  // Bisection over the bits of t between t_lo (fits) and t_hi (does not): the invariant is
+  // fits(config(a)) and !fits(config(c)); configurations equal to an end's are not re-costed.
+  Answer solve_bisect(double bp, double bm, bool nearest, double* w_out) {
+    Answer ans;
+    std::vector<double> wa(n_), wc(n_), wm(n_), regs(program_.n_registers);
+    double pa, ma, pc, mc;
+    widths(t_lo_, wa.data());
+    cost(wa.data(), regs.data(), pa, ma);
+    widths(t_hi_, wc.data());
+    cost(wc.data(), regs.data(), pc, mc);
+    ans.evaluations = 2;
+    if (!fits(pa, ma, bp, bm)) { ans.status = BELOW; return ans; }
+    int64_t a = to_bits(t_lo_), c = to_bits(t_hi_);
+    if (fits(pc, mc, bp, bm)) {
+      if (above_all(pc, mc, bp, bm)) { ans.status = ABOVE; return ans; }
+      a = c;  // the largest network meets a budget exactly
+      wa = wc; pa = pc; ma = mc;
+    } else {
+      while (c - a > 1) {
+        const int64_t mid = a + (c - a) / 2;
+        widths(from_bits(mid), wm.data());
+        if (wm == wa) { a = mid; continue; }
+        if (wm == wc) { c = mid; continue; }
+        double pm, mm;
+        cost(wm.data(), regs.data(), pm, mm);
+        ++ans.evaluations;
+        if (fits(pm, mm, bp, bm)) { a = mid; wa.swap(wm); pa = pm; ma = mm; }
+        else { c = mid; wc.swap(wm); pc = pm; mc = mm; }
+      }
+    }
+    bool take_c = nearest && a != c && overshoot(pc, mc, bp, bm) < slack(pa, ma, bp, bm);
+    const std::vector<double>& w = take_c ? wc : wa;
+    // Report the configuration's left end: the smallest t giving it (widths are non-decreasing in t).
+    const double t_end = from_bits(take_c ? c : a);
+    auto reaches = [&](double x) {
+      for (size_t l = 0; l < n_; ++l) if (width(l, x) < w[l]) return false;
+      return true;
+    };
+    ans.t = reaches(t_lo_) ? t_lo_ : first_true(t_lo_, t_end, reaches);
+    ans.params = take_c ? pc : pa;
+    ans.macs = take_c ? mc : ma;
+    std::copy(w.begin(), w.end(), w_out);
+    return ans;
+  }
+
+  Answer solve_table(double bp, double bm, bool nearest, double* w_out) {
+    ensure_table();
+    Answer ans;
+    const size_t rows = tab_t_.size();
+    ans.evaluations = static_cast<int32_t>(std::min<size_t>(rows, std::numeric_limits<int32_t>::max()));
+    size_t best_fit = rows, best_over = rows;
+    double fit_d = kInf, over_d = kInf, pmax = 0.0, mmax = 0.0;
+    for (size_t i = 0; i < rows; ++i) {  // ties among fitting rows: the larger t wins
+      const double p = tab_p_[i], m = tab_m_[i];
+      pmax = std::max(pmax, p);
+      mmax = std::max(mmax, m);
+      if (fits(p, m, bp, bm)) {
+        const double d = slack(p, m, bp, bm);
+        if (d <= fit_d) { fit_d = d; best_fit = i; }
+      } else {
+        const double d = overshoot(p, m, bp, bm);
+        if (d < over_d) { over_d = d; best_over = i; }  // ties: the smaller t, nearest the boundary
+      }
+    }
+    if (best_fit == rows) { ans.status = BELOW; return ans; }
+    if (best_over == rows && above_all(pmax, mmax, bp, bm)) { ans.status = ABOVE; return ans; }
+    const size_t i = (nearest && best_over != rows && over_d < fit_d) ? best_over : best_fit;
+    ans.t = tab_t_[i];
+    ans.params = tab_p_[i];
+    ans.macs = tab_m_[i];
+    std::copy(tab_w_.begin() + i * n_, tab_w_.begin() + (i + 1) * n_, w_out);
+    return ans;
+  }
+
+  // Proves cost(config(t)) non-decreasing in t, or gives up (false: the caller scans a table instead).
+  // Widths are non-decreasing in t when every b >= 0. The cost program is then monotone if every op is
+  // monotone in its input-dependent operands, with one exception handled separately: `a != b` (a residual
+  // shortcut exists only while two widths differ), which is fine as long as it never falls from 1 to 0.
+  bool certify() const {
+    for (size_t l = 0; l < n_; ++l)
+      if (rounding_[l] != FIXED && b_[l] < 0.0) return false;
+    const auto& code = program_.code;
+    const size_t nc = program_.constants.size();
+    std::vector<double> regs(program_.n_registers), w(n_);
+    widths(t_lo_, w.data());
+    program_.run(w.data(), regs.data());  // values of registers that do not depend on widths
+    std::vector<char> dep(program_.n_registers, 0), maybe_neg(program_.n_registers, 0);
+    for (size_t i = nc; i < nc + n_; ++i) dep[i] = 1;
+    for (size_t i = 0; i < nc; ++i) maybe_neg[i] = program_.constants[i] < 0.0;
+    std::vector<std::pair<int32_t, int32_t>> ne_pairs;
+    for (size_t i = 0; i < code.size(); i += pyns::kSlots) {
+      const int32_t op = code[i], dst = code[i + 1], ra = code[i + 2], rb = code[i + 3];
+      const int32_t rc = code[i + 4], rd = code[i + 5];
+      const bool da = dep[ra], db = dep[rb];
+      const bool unary = op == pyns::NEG || op == pyns::ROUND || op == pyns::TRUNC || op == pyns::FLOOR ||
+                         op == pyns::CEIL;
+      const bool any = da || (!unary && (db || (op == pyns::MAKE_DIVISIBLE && (dep[rc] || dep[rd]))));
+      bool neg = false;
+      const double va = regs[ra], vb = regs[rb];
+      switch (op) {
+        case pyns::ADD: neg = (da ? maybe_neg[ra] : va < 0) || (db ? maybe_neg[rb] : vb < 0); break;
+        case pyns::MAX: neg = (da ? maybe_neg[ra] : va < 0) && (db ? maybe_neg[rb] : vb < 0); break;
+        case pyns::MIN: neg = (da ? maybe_neg[ra] : va < 0) || (db ? maybe_neg[rb] : vb < 0); break;
+        case pyns::ROUND: case pyns::TRUNC: case pyns::FLOOR: case pyns::CEIL: neg = maybe_neg[ra]; break;
+        case pyns::MUL:
+          if (da && db && (maybe_neg[ra] || maybe_neg[rb])) return false;
+          if ((da && !db && vb < 0) || (db && !da && va < 0)) return false;
+          neg = false;
+          break;
+        case pyns::SUB:
+          if (db) return false;
+          neg = maybe_neg[ra] || (!da && va - vb < 0) || (da && vb > 0);
+          break;
+        case pyns::TRUEDIV: case pyns::FLOORDIV:
+          if (db || (da && vb <= 0)) return false;
+          neg = maybe_neg[ra];
+          break;
+        case pyns::NEG: case pyns::MOD:
+          if (any) return false;
+          break;
+        case pyns::MAKE_DIVISIBLE:
+          if (db || dep[rc] || dep[rd]) return false;
+          neg = false;
+          break;
+        case pyns::NE:
+          if (da || db) {
+            const bool a_ok = !da || (ra >= static_cast<int32_t>(nc) && ra < static_cast<int32_t>(nc + n_));
+            const bool b_ok = !db || (rb >= static_cast<int32_t>(nc) && rb < static_cast<int32_t>(nc + n_));
+            if (!a_ok || !b_ok) return false;  // compares derived values: not analysed
+            ne_pairs.emplace_back(ra, rb);
+          }
+          neg = false;
+          break;
+        default: return false;
+      }
+      dep[dst] = any;
+      maybe_neg[dst] = any ? neg : regs[dst] < 0;
+    }
+    for (const auto& pair : ne_pairs)
+      if (!never_falls(pair.first, pair.second, nc, regs)) return false;
+    return true;
+  }
+
+  // Walks the breakpoints of the (one or two) widths compared by a `!=` and checks it never goes 1 -> 0.
+  bool never_falls(int32_t ra, int32_t rb, size_t nc, const std::vector<double>& regs) const {
+    const bool ia = static_cast<size_t>(ra) >= nc, ib = static_cast<size_t>(rb) >= nc;
+    const size_t la = ra - nc, lb = rb - nc;
+    if (ia && ib && a_[la] == a_[lb] && b_[la] == b_[lb] && rounding_[la] == rounding_[lb] &&
+        min_[la] == min_[lb] && floor_[la] == floor_[lb])
+      return true;  // the same function of t: always equal
+    auto value = [&](bool input, size_t l, int32_t r, double t) { return input ? width(l, t) : regs[r]; };
+    auto differs = [&](double t) { return value(ia, la, ra, t) != value(ib, lb, rb, t); };
+    double t = t_lo_;
+    bool prev = differs(t);
+    for (size_t steps = 0; steps < kMaxTable; ++steps) {
+      const double tn = std::min(ia ? next_breakpoint(la, t) : kInf, ib ? next_breakpoint(lb, t) : kInf);
+      if (!(tn <= t_hi_)) return true;
+      t = tn;
+      const bool now = differs(t);
+      if (prev && !now) return false;
+      prev = now;
+    }
+    return false;
+  }
+
+  CostProgram program_;
+  size_t n_;
+  double t_lo_, t_hi_;
+  std::vector<double> a_, b_, min_, floor_;
+  std::vector<int32_t> rounding_;
+  bool certified_ = false;
+  bool has_table_ = false;
+  std::vector<double> tab_t_, tab_w_, tab_p_, tab_m_;
+};
+
+double budget_value(double b) { return std::isnan(b) ? kInf : b; }  // NaN = no budget in this metric
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
+}
+
+}  // namespace
+
+void register_solver(py::module_& m) {
+  py::class_<Family>(m, "ScaleFamily",
+                     "A one-dimensional family of width configurations w(t) and its exact budget solver "
+                     "(see pyns.scaling.solve)")
+      .def(py::init<const CostProgram&, const DoubleArray&, const DoubleArray&, const IntArray&,
+                    const DoubleArray&, const DoubleArray&, double, double>(),
+           py::arg("program"), py::arg("a"), py::arg("b"), py::arg("rounding"), py::arg("min_width"),
+           py::arg("floor_width"), py::arg("t_lo"), py::arg("t_hi"))
+      .def_property_readonly("certified", &Family::certified,
+                             "True when the cost is proven non-decreasing in t (bisection is exact)")
+      .def_property_readonly("t_lo", &Family::t_lo)
+      .def_property_readonly("t_hi", &Family::t_hi)
+      .def_property_readonly("n_inputs", &Family::size)
+      .def(
+          "widths",
+          [](const Family& f, double t) {
+            py::array_t<double> out(static_cast<py::ssize_t>(f.size()));
+            f.widths(t, out.mutable_data());
+            return out;
+          },
+          py::arg("t"), "Width of every symbol (program input order) at scalar t.")
+      .def(
+          "next_breakpoint", [](const Family& f, size_t l, double t) {
+            if (l >= f.size()) throw py::index_error("symbol index out of range");
+            return f.next_breakpoint(l, t);
+          },
+          py::arg("symbol"), py::arg("t"), "Smallest t' > t where this symbol's width changes (inf if none).")
+      .def("cost_range", &Family::cost_range, "[params_min, macs_min, params_max, macs_max] over the family")
+      .def(
+          "table",
+          [](Family& f) {
+            const auto& t = f.table_t();
+            const auto& w = f.table_w();
+            py::array_t<double> widths({static_cast<py::ssize_t>(t.size()), static_cast<py::ssize_t>(f.size())});
+            std::copy(w.begin(), w.end(), widths.mutable_data());
+            return py::make_tuple(to_array(t), widths, to_array(f.table_p()), to_array(f.table_m()));
+          },
+          "Every configuration of the family: (t[n], widths[n, L], params[n], macs[n]), t increasing.")
+      .def(
+          "solve",
+          [](Family& f, double bp, double bm, bool nearest) {
+            py::array_t<double> w(static_cast<py::ssize_t>(f.size()));
+            Answer ans = f.solve(budget_value(bp), budget_value(bm), nearest, w.mutable_data());
+            return py::make_tuple(ans.status, ans.t, static_cast<int64_t>(std::llround(ans.params)),
+                                  static_cast<int64_t>(std::llround(ans.macs)), w, ans.evaluations);
+          },
+          py::arg("params"), py::arg("macs"), py::arg("nearest") = false,
+          "(status, t, params, macs, widths, evaluations); a NaN budget means unconstrained; status 0 ok, "
+          "1 below the smallest network, 2 above the largest.")
+      .def(
+          "solve_batch",
+          [](Family& f, const DoubleArray& bp, const DoubleArray& bm, bool nearest) {
+            if (bp.ndim() != 1 || bm.ndim() != 1 || bp.size() != bm.size())
+              throw py::value_error("solve_batch expects two 1-D budget arrays of equal length");
+            const py::ssize_t n = bp.size();
+            const auto L = static_cast<py::ssize_t>(f.size());
+            if (!f.certified()) f.ensure_table();  // built once, with the GIL held
+            py::array_t<int32_t> status(n);
+            py::array_t<double> t(n), widths({n, L});
+            py::array_t<int64_t> params(n), macs(n);
+            auto* st = status.mutable_data();
+            auto* tp = t.mutable_data();
+            auto* wp = widths.mutable_data();
+            auto* pp = params.mutable_data();
+            auto* mp = macs.mutable_data();
+            const double* bpp = bp.data();
+            const double* bmp = bm.data();
+            {
+              py::gil_scoped_release release;
+              for (py::ssize_t i = 0; i < n; ++i) {
+                Answer ans = f.solve(budget_value(bpp[i]), budget_value(bmp[i]), nearest, wp + i * L);
+                if (ans.status != OK) std::fill(wp + i * L, wp + (i + 1) * L, 0.0);
+                st[i] = ans.status;
+                tp[i] = ans.t;
+                pp[i] = std::llround(ans.params);
+                mp[i] = std::llround(ans.macs);
+              }
+            }
+            return py::make_tuple(status, t, params, macs, widths);
+          },
+          py::arg("params"), py::arg("macs"), py::arg("nearest") = false,
+          "Many budgets at once: (status[n], t[n], params[n], macs[n], widths[n, L]).");
+}

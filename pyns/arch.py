@@ -145,6 +145,14 @@ class Arch:
         _, program, _ = self.compiled(depth, resolution)
         return program.evaluate_batch(np.asarray(widths, dtype=np.float64))
 
+    # ---- scaling ----------------------------------------------------------------------------
+    def scale(self, params=None, macs=None, *, profile=None, method=None, nearest=False, depth=1.0,
+              resolution=None, config=None):
+        """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): see pyns.scaling.solve."""
+        from pyns.scaling.solve import solve_budget
+        return solve_budget(self, params, macs, profile=profile, method=method, config=config,
+                            nearest=nearest, depth=depth, resolution=resolution)
+
     # ---- building ---------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
               resolution: int | None = None, init: str | None = None):

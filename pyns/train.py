@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,7 +487,7 @@ def _resolve_device(train_loader: Any, model: nn.Module, ctx: DistContext) -> to
     return _model_device(model)
 
 
-def _check_loaders(train_loader: Any, test_loader: Any, ctx: DistContext, device: torch.device) -> None:
+def _check_loaders(train_loader: Any, test_loader: Any, ctx: DistContext, recipe: TrainRecipe) -> None:
     for which, loader in (("train", train_loader), ("test", test_loader)):
         built_for = getattr(loader, "world_size", None)
         if built_for is not None and int(built_for) != ctx.world_size:
@@ -500,6 +500,13 @@ def _check_loaders(train_loader: Any, test_loader: Any, ctx: DistContext, device
             raise RunError(f"the {which} loader is the shard of rank {rank} but this process is rank {ctx.rank}")
     if len(train_loader) == 0:
         raise RunError("the training loader yields no batches; the data set is smaller than one batch")
+    per_process = getattr(train_loader, "batch_size", None)
+    if per_process is not None and int(per_process) * ctx.world_size != recipe.batch_size and ctx.is_main:
+        log.warning(
+            "the training loader's batch (%d per process x %d processes) is not the recipe's batch_size %d; "
+            "the loader's is used",
+            per_process, ctx.world_size, recipe.batch_size,
+        )
     if ctx.enabled:
         # DDP needs every rank to take the same number of steps, else the gradient all-reduce hangs.
         counts: list[Any] = [None] * ctx.world_size
@@ -634,7 +641,7 @@ def train(
     ctx = setup_distributed()
     out = Path(out_dir)
     device = _resolve_device(train_loader, model, ctx)
-    _check_loaders(train_loader, test_loader, ctx, device)
+    _check_loaders(train_loader, test_loader, ctx, recipe)
     _prepare_run_folder(out, resume, overwrite, ctx)
 
     raw = _unwrap(model)
@@ -717,7 +724,7 @@ def train(
                 )
                 if ctx.is_main:
                     pending = (payload, record, improved)
-                    _commit_epoch(out, raw, *pending)
+                    _commit_epoch(out, *pending)
                     pending = None
                     runner.log_epoch(record)
                 saved_epoch = record.epoch
@@ -725,7 +732,7 @@ def train(
             # The interrupt may have landed while a finished epoch was being written (each write is atomic,
             # so the previous files are intact): no training step happened since, so write it again.
             if pending is not None:
-                _commit_epoch(out, raw, *pending)
+                _commit_epoch(out, *pending)
                 saved_epoch = pending[1].epoch
             if ctx.is_main:
                 log.warning("interrupted: epoch %d is saved in %s; continue with resume=True", saved_epoch, out)
@@ -756,7 +763,7 @@ def _verify_config(out: Path, config: dict[str, Any]) -> None:
         )
 
 
-def _commit_epoch(out: Path, raw: nn.Module, payload: dict[str, Any], record: EpochRecord, improved: bool) -> None:
+def _commit_epoch(out: Path, payload: dict[str, Any], record: EpochRecord, improved: bool) -> None:
     """Write a finished epoch: best weights first, then the checkpoint, then its metrics line."""
     if improved:
         atomic_torch_save(payload["model"], out / BEST_MODEL_FILE)

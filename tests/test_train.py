@@ -87,6 +87,15 @@ def small_cnn(seed: int, *, bn: bool = True, dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP spinning on a shared 2-core machine costs 3-5x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple:
     return load_dataset("digits", split="train"), load_dataset("digits", split="test")
@@ -191,7 +200,7 @@ def test_recipe_defaults_are_the_papers() -> None:
 def test_lr_schedule_follows_milestones(tmp_path: Path) -> None:
     data = load_dataset("synthetic", num_samples=40, test_samples=8, resolution=8, channels=1)
     loader = BatchLoader(data, 20, train=True)
-    recipe = TrainRecipe(lr=0.4, gamma=0.5, epochs=7, milestones=(2, 5))
+    recipe = TrainRecipe(lr=0.4, gamma=0.5, batch_size=20, epochs=7, milestones=(2, 5))
     result = train(small_cnn(0, bn=False), loader, loader, recipe, out_dir=tmp_path, progress=False)
     hand = [0.4, 0.4, 0.2, 0.2, 0.2, 0.1, 0.1]  # x0.5 entering the 3rd and 6th epochs
     assert [r.lr for r in result.history] == pytest.approx(hand, rel=1e-12)
@@ -344,8 +353,14 @@ def net(bn):
     return nn.Sequential(*layers, nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(32, 10))
 
 
+def datasets():
+    # 8x8 grey synthetic images: 4 steps per epoch per rank, a short last test batch (90 = 50 + 40).
+    options = dict(num_samples=256, test_samples=90, resolution=8, channels=1)
+    return load_dataset("synthetic", split="train", **options), load_dataset("synthetic", split="test", **options)
+
+
 def loaders(rank, world_size, augment=None):
-    train_set, test_set = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    train_set, test_set = datasets()
     return (BatchLoader(train_set, PER_RANK_BATCH, train=True, augment=augment, seed=5, rank=rank,
                         world_size=world_size),
             BatchLoader(test_set, 50, train=False, rank=rank, world_size=world_size))
@@ -377,7 +392,7 @@ def _load_script(path: Path):
     return module
 
 
-def test_ddp_two_cpu_processes_match_single_process_combined_batch(digits, tmp_path: Path) -> None:
+def test_ddp_two_cpu_processes_match_single_process_combined_batch(tmp_path: Path) -> None:
     script = tmp_path / "ddp_script.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "runs"
@@ -398,7 +413,7 @@ def test_ddp_two_cpu_processes_match_single_process_combined_batch(digits, tmp_p
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
     # Oracle: one process, plain SGD on the concatenation of both ranks' batches, step by step.
-    train_set, test_set = digits
+    train_set, test_set = helpers.datasets()
     oracle = helpers.net(False)
     recipe = helpers.PLAIN
     optimizer = torch.optim.SGD(oracle.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -415,7 +430,7 @@ def test_ddp_two_cpu_processes_match_single_process_combined_batch(digits, tmp_p
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             seen += len(y)
         oracle_losses.append(loss_sum / seen)
     ddp = weights("plain", 0)

@@ -1,0 +1,514 @@
+"""The pruning loop (NeuralScale Algorithm 1) with physical shrinking, trajectories and exact resume.
+
+`prune(arch, train_set, config, out_dir)` pre-trains the gated network for `warmup_epochs`, then every
+`prune_every` minibatches ranks all units by their Taylor importance, removes the `units_per_step` least
+important ones and, in the default `mode="shrink"`, rebuilds the network smaller (pyns.prune.shrink), so
+training gets cheaper as it goes. `mode="masked"` keeps the full network and zeroes gates instead: the
+reference code's way, kept for the benchmark that measures what shrinking saves.
+
+The run folder (crash-safe: every file is written atomically or appended one line at a time):
+
+    config.json        arch, its parameters, start widths, data set, PruneConfig, mode (checked on resume)
+    arch.arch          the architecture's source text
+    versions.json      pyns, torch, numpy, Python and platform versions
+    trajectory.jsonl   one row per prune step: step, epoch, minibatch, params (τ), macs, widths
+                       {symbol: int}, loss (mean train loss of the step's minibatches), lr, units,
+                       recording, time_s; fit_power_law reads the rows with recording = true
+    checkpoint.pt      model, optimizer, pruning state (widths, kept channel indices, counters), RNG,
+                       loader position and the rows so far; written after every prune step and at the
+                       end of every warm-up epoch
+    summary.json       written at the end: why the run stopped, final widths and costs
+
+Resuming (`resume=True`) reloads checkpoint.pt, rewrites trajectory.jsonl from the rows it holds (so a
+row appended after the last checkpoint is dropped and recomputed) and continues; on the same machine and
+thread count the trajectory is then identical to an uninterrupted run with the same seed.
+
+τ and MACs always come from the cost engine (`Arch.count`) at the current widths, never from counting
+modules. In masked mode they describe the network the widths define, not the full-size module in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pyns import ir
+from pyns.errors import RunError
+from pyns.prune.importance import Group, gates_by_symbol, group_importance, select_units
+from pyns.prune.schedule import (STOP_EPOCH_LIMIT, STOP_FRACTION_REACHED, STOP_MIN_WIDTH, STOP_NOTHING_LEFT,
+                                 PruneConfig, lr_at, recording_started, target_units)
+from pyns.prune.shrink import mask_network, shrink_network
+from pyns.runfiles import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
+                           capture_rng_state, check_config, load_config, read_jsonl, restore_rng_state,
+                           write_jsonl)
+
+__all__ = ["prune", "PruneResult", "PruneState", "MODES", "CONFIG_FILE", "TRAJECTORY_FILE", "CHECKPOINT_FILE",
+           "SUMMARY_FILE", "ARCH_FILE", "VERSIONS_FILE", "read_trajectory", "width_summary", "run_config"]
+
+MODES = ("shrink", "masked")
+CONFIG_FILE = "config.json"
+TRAJECTORY_FILE = "trajectory.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+ARCH_FILE = "arch.arch"
+VERSIONS_FILE = "versions.json"
+RUN_KIND = "prune"  # config.json's "kind": lets `pyns plot` and `pyns fit` recognise a pruning run
+_CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
+_CHECKPOINT_VERSION = 1
+# Settings that may change between an interrupted run and its resumption without changing what was
+# already computed: a longer epoch cap extends the run; the data root only says where the files are.
+_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root")
+
+
+@dataclass
+class PruneState:
+    """Everything about the loop's position that is not a tensor of the model or optimizer."""
+
+    widths: dict[str, int]  # current width of every symbol (searchable ones shrink)
+    kept: dict[str, list[int]]  # per searchable symbol: surviving channel indices of the start network
+    total_units: int  # units (channels of tied groups) at the start
+    epoch: int = 0  # epoch of the next minibatch (0-based, warm-up included)
+    minibatches: int = 0  # minibatches trained so far
+    since_prune: int = 0  # minibatches whose importance and loss are collected for the next prune step
+    loss_sum: float = 0.0  # sum of their losses
+    step: int = 0  # prune steps done
+    removed_units: int = 0
+    recording: bool = False
+    done: bool = False
+    stop_reason: str | None = None
+    seconds: float = 0.0  # training wall time so far, over all sessions
+
+
+@dataclass
+class PruneResult:
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    widths: dict[str, int]
+    params: int
+    macs: int
+    done: bool
+    stop_reason: str | None
+    steps: int
+    seconds: float
+
+    @property
+    def recorded(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["recording"]]
+
+
+def read_trajectory(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The trajectory rows of a pruning run folder (a torn last line is ignored)."""
+    path = Path(run_dir) / TRAJECTORY_FILE
+    if not path.exists():
+        raise RunError(f"{run_dir} holds no pruning trajectory: expected {path}")
+    return read_jsonl(path)
+
+
+def width_summary(widths: Mapping[str, int], symbols: list[str], limit: int = 10) -> str:
+    """`16/32/32/48` for a few widths; `min/median/max` of many (a progress bar has one line)."""
+    values = [widths[s] for s in symbols]
+    if len(values) <= limit:
+        return "/".join(str(v) for v in values)
+    return f"{min(values)}..{int(statistics.median(values))}..{max(values)} ({len(values)} widths)"
+
+
+def _versions() -> dict[str, str]:
+    import pyns
+
+    return {"pyns": pyns.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def run_config(arch, data: Mapping[str, Any], config: PruneConfig, mode: str,
+               widths: Mapping[str, int]) -> dict[str, Any]:
+    """The config.json of a pruning run (compared on resume)."""
+    return {
+        "kind": RUN_KIND,
+        "arch": arch.name,
+        "arch_file": arch.source.filename,
+        "arch_params": dict(arch.params),
+        "policy": arch.policy.name,
+        "searchable": list(arch.searchable),
+        "start_widths": dict(widths),
+        "data": dict(data),
+        "mode": mode,
+        "seed": config.seed,
+        "prune": dataclasses.asdict(config),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress display
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar over warm-up minibatches, then one over removed units; silent when disabled or when
+    stderr is not a terminal (tqdm's disable=None)."""
+
+    def __init__(self, enabled: bool, symbols: list[str]):
+        self.enabled = enabled
+        self.symbols = symbols
+        self.bar: Any = None
+        self.phase = ""
+
+    def start(self, phase: str, total: int, done: int, unit: str) -> None:
+        if not self.enabled or self.phase == phase:
+            return
+        self.close()
+        from tqdm.auto import tqdm
+
+        self.phase = phase
+        self.bar = tqdm(total=total, initial=done, desc=phase, unit=unit, dynamic_ncols=True, disable=None)
+
+    def show(self, advance: int, epoch: int, params: int, widths: Mapping[str, int], loss: float | None) -> None:
+        if self.bar is None:
+            return
+        postfix = {"epoch": epoch, "τ": f"{params:,}", "widths": width_summary(widths, self.symbols)}
+        if loss is not None:
+            postfix["loss"] = f"{loss:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(advance)
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+        self.phase = ""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    from pyns.data import derive_seed
+
+    random.seed(derive_seed(seed, "prune-python"))
+    np.random.seed(derive_seed(seed, "prune-numpy") % 2**32)
+    torch.manual_seed(derive_seed(seed, "prune-torch"))
+
+
+class _Pruner:
+    def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
+                 widths: Mapping[str, int], progress: bool,
+                 callback: Callable[[PruneState, Any], None] | None):
+        from pyns.augment import BatchLoader, default_augment
+
+        self.arch, self.config, self.mode, self.device, self.out = arch, config, mode, device, out
+        self.callback = callback
+        self.searchable: list[str] = list(arch.searchable)
+        if not self.searchable:
+            raise RunError(f"{arch.name} has no searchable widths: there is nothing to prune")
+        self.initial = dict(widths)
+        augment = default_augment(train_set.name) if config.augment else None
+        self.loader = BatchLoader(train_set, config.batch_size, train=True, augment=augment, device=device,
+                                  seed=config.seed)
+        if len(self.loader) == 0:
+            raise RunError(f"the training set has {len(train_set)} images, fewer than one batch")
+        self.progress = _Progress(progress, self.searchable)
+        self.rows: list[dict[str, Any]] = []
+        self.model: Any = None
+        self.optimizer: Any = None
+        self.state: PruneState | None = None
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    # -- set-up --------------------------------------------------------------------------------------
+
+    def _build(self, widths: Mapping[str, int]):
+        model = self.arch.build(widths, gates=True).to(self.device)
+        missing = sorted(set(self.searchable) - set(gates_by_symbol(model)))
+        if missing:
+            raise RunError(f"searchable width(s) {', '.join(missing)} of {self.arch.name} have no pruning gate "
+                           "(no BN or producing conv/linear), so their importance cannot be measured")
+        return model
+
+    def _optimizer(self, model) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(model.parameters(), lr=lr_at(c, 0), momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _groups(self) -> list[Group]:
+        # A shrunk network is the network of its current widths, whose tied groups can only merge (a
+        # projection that vanishes when two widths become equal); a masked one keeps its start structure.
+        widths = self.state.widths if self.mode == "shrink" else self.initial
+        return [tuple(g) for g in ir.tied_groups(self.arch.network, widths)]
+
+    def start_fresh(self) -> None:
+        _seed_everything(self.config.seed)
+        self.model = self._build(self.initial)
+        self.optimizer = self._optimizer(self.model)
+        groups = [tuple(g) for g in ir.tied_groups(self.arch.network, self.initial)]
+        self.state = PruneState(widths=dict(self.initial),
+                                kept={s: list(range(self.initial[s])) for s in self.searchable},
+                                total_units=sum(self.initial[g[0]] for g in groups))
+        self.rows = []
+        write_jsonl(self.out / TRAJECTORY_FILE, [])
+
+    def restore(self, path: Path) -> None:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for damaged or foreign files
+            raise RunError(f"{path} could not be read as a pyns pruning checkpoint ({err})") from None
+        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+            raise RunError(f"{path} is not a pyns pruning checkpoint")
+        if payload.get("version") != _CHECKPOINT_VERSION:
+            raise RunError(f"{path} has checkpoint version {payload.get('version')}; this pyns reads "
+                           f"version {_CHECKPOINT_VERSION}")
+        self.state = PruneState(**payload["state"])
+        widths = self.state.widths if self.mode == "shrink" else self.initial
+        with torch.random.fork_rng(devices=[]):  # the RNG state is restored below anyway
+            self.model = self._build(widths)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise RunError(f"the checkpoint in {path} does not fit {self.arch.name} ({err})") from None
+        self.optimizer = self._optimizer(self.model)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.loader.load_state_dict(payload["loader"])
+        if self.loader.state_dict()["position"] >= len(self.loader):
+            # Saved right after an epoch's last batch: the uninterrupted run went on to the next epoch.
+            self.state.epoch += 1
+            self.loader.epoch = self.state.epoch
+        restore_rng_state(payload["rng"])
+        self.loss_sum.fill_(self.state.loss_sum)
+        self.rows = list(payload["rows"])
+        write_jsonl(self.out / TRAJECTORY_FILE, self.rows)  # drops rows past the checkpoint
+
+    def checkpoint(self) -> None:
+        self.state.loss_sum = float(self.loss_sum.item())
+        atomic_torch_save({
+            "format": _CHECKPOINT_FORMAT,
+            "version": _CHECKPOINT_VERSION,
+            "state": dataclasses.asdict(self.state),
+            "rows": self.rows,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng_state(),
+            "loader": self.loader.state_dict(),
+        }, self.out / CHECKPOINT_FILE)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        c, s = self.config, self.state
+        pruning_units = target_units(c, s.total_units)
+        started = time.perf_counter() - s.seconds
+        try:
+            while not s.done:
+                if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
+                    s.stop_reason = STOP_EPOCH_LIMIT
+                    break
+                pruning = s.epoch >= c.warmup_epochs
+                if pruning:
+                    self.progress.start("pruning", pruning_units, s.removed_units, "unit")
+                else:
+                    self.progress.start("warm-up", c.warmup_epochs * len(self.loader), s.minibatches, "batch")
+                self._set_epoch_mode(pruning)
+                for x, y in self.loader:
+                    loss = self._train_step(x, y)
+                    s.minibatches += 1
+                    if pruning:
+                        self.loss_sum += loss
+                        s.since_prune += 1
+                        if s.since_prune == c.prune_every:
+                            s.seconds = time.perf_counter() - started
+                            advanced = self._prune_step()
+                            self._show(advanced)
+                            if s.done:
+                                break
+                            if s.step % c.checkpoint_every == 0:
+                                self.checkpoint()
+                    elif s.minibatches % 10 == 0:  # every 10: a device sync per update would cost time
+                        self._show(10, float(loss.item()))
+                    if self.callback is not None:
+                        self.callback(s, self.model)
+                if s.done:
+                    break
+                s.epoch += 1
+                if not pruning:
+                    s.seconds = time.perf_counter() - started
+                    self.checkpoint()
+        finally:
+            self.progress.close()
+        s.seconds = time.perf_counter() - started
+        self.checkpoint()
+
+    def _set_epoch_mode(self, pruning: bool) -> None:
+        lr = lr_at(self.config, self.state.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.accumulate = pruning  # importance is only needed once pruning starts
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        loss = F.cross_entropy(self.model(x), y)  # batch mean: E of SPEC §5, whose dE/dz is the signal
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().to(torch.float64)
+
+    def _show(self, advance: int, loss: float | None = None) -> None:
+        s = self.state
+        if self.progress.bar is None:
+            return
+        params = self.rows[-1]["params"] if self.rows else self.arch.count(s.widths).params
+        if loss is None and self.rows:
+            loss = self.rows[-1]["loss"]
+        self.progress.show(advance, s.epoch, params, s.widths, loss)
+
+    def _prune_step(self) -> int:
+        """Rank, remove, rebuild or mask, log a row; returns the number of units removed."""
+        c, s = self.config, self.state
+        groups = self._groups()
+        importances = group_importance(self.model, groups, s.kept if self.mode == "masked" else None)
+        selection = select_units(importances, c.units_per_step, c.min_width)
+        if selection.blocked and c.stop_at_min_width:
+            s.done, s.stop_reason = True, STOP_MIN_WIDTH
+            return 0
+        if selection.count == 0:
+            s.done, s.stop_reason = True, STOP_NOTHING_LEFT
+            return 0
+
+        keep_positions: dict[str, list[int]] = {}
+        for group_index, removed in selection.removed.items():
+            gone = set(removed)
+            for symbol in groups[group_index]:
+                current = s.kept[symbol]
+                local = [i for i in range(len(current)) if i not in gone]
+                s.kept[symbol] = [current[i] for i in local]
+                s.widths[symbol] = len(local)
+                # A shrunk network is indexed by current position, a masked one by start index.
+                keep_positions[symbol] = local if self.mode == "shrink" else s.kept[symbol]
+        s.removed_units += selection.count
+
+        note: dict[str, Any] = {}
+        if self.mode == "shrink":
+            self.model, self.optimizer, report = shrink_network(self.model, keep_positions, self.optimizer)
+            self._set_epoch_mode(True)
+            if report.dropped:
+                note["dropped_layers"] = report.dropped
+                self.progress.write(f"step {s.step + 1}: widths became equal, so layer(s) "
+                                    f"{', '.join(report.dropped)} are no longer built (identity add instead)")
+        else:
+            mask_network(self.model, keep_positions)
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.reset_importance()
+
+        s.step += 1
+        s.recording = s.recording or recording_started(self.initial, s.widths, self.searchable)
+        cost = self.arch.count(s.widths)
+        row = {
+            "step": s.step, "epoch": s.epoch, "minibatch": s.minibatches, "params": cost.params,
+            "macs": cost.macs, "widths": {name: s.widths[name] for name in self.searchable},
+            "loss": float(self.loss_sum.item()) / s.since_prune, "lr": self.optimizer.param_groups[0]["lr"],
+            "units": s.total_units - s.removed_units, "recording": s.recording, "time_s": round(s.seconds, 3),
+            **note,
+        }
+        self.rows.append(row)
+        append_jsonl(self.out / TRAJECTORY_FILE, row)
+        self.loss_sum.zero_()
+        s.since_prune = 0
+        if s.removed_units >= target_units(c, s.total_units):
+            s.done, s.stop_reason = True, STOP_FRACTION_REACHED
+        return selection.count
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"device must be cpu or cuda, got {device}")
+    return device
+
+
+def _prepare_folder(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise RunError(f"the run folder {out} is not empty: pass --resume to continue the run in it, or "
+                       "choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def prune(arch, train_set, config: PruneConfig | None = None, out_dir: str | Path = "prune-run", *,
+          mode: str = "shrink", device: str | torch.device = "cpu", resume: bool = False,
+          widths: Mapping[str, int] | None = None, data: Mapping[str, Any] | None = None,
+          progress: bool = False, callback: Callable[[PruneState, Any], None] | None = None) -> PruneResult:
+    """Run Algorithm 1 on `arch` (a pyns.arch.Arch) with `train_set` (a pyns.data.ImageDataset).
+
+    `widths` are the start widths (default: the arch's defaults); `data` describes the data set for
+    config.json (default: its name and size). `callback(state, model)` runs after every minibatch, after
+    the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the trajectory and where the run ended; see the module docstring for the
+    run folder. Raises RunError for a non-empty folder without `resume`, or a resume with other settings.
+    """
+    config = config or PruneConfig()
+    config.validate()
+    if mode not in MODES:
+        raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    start = arch.widths(widths)
+    if train_set.channels != arch.network.in_channels or train_set.resolution != arch.resolution:
+        raise RunError(f"{arch.name} takes {arch.network.in_channels}x{arch.resolution}x{arch.resolution} "
+                       f"images, the data set has {train_set.channels}x{train_set.resolution}x"
+                       f"{train_set.resolution}; load it with resolution= and channels= to match")
+    out = Path(out_dir)
+    _prepare_folder(out, resume)
+    data_info = dict(data) if data is not None else {"name": train_set.name}
+    data_info.setdefault("num_samples", len(train_set))
+    data_info.setdefault("num_classes", train_set.num_classes)
+    check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
+    atomic_write_text(out / ARCH_FILE, arch.source.text)
+    atomic_write_json(out / VERSIONS_FILE, _versions())
+
+    pruner = _Pruner(arch, train_set, config, mode, _resolve_device(device), out, start, progress, callback)
+    checkpoint = out / CHECKPOINT_FILE
+    if resume and checkpoint.exists():
+        pruner.restore(checkpoint)
+    else:
+        pruner.start_fresh()
+    if not pruner.state.done:
+        pruner.run()
+    s = pruner.state
+    cost = arch.count(s.widths)
+    summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
+               "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
+               "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
+               "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
+                       s.seconds)
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.json of a pruning run folder, or RunError naming what was expected."""
+    config = load_config(run_dir, CONFIG_FILE)
+    if config is None or config.get("kind") != RUN_KIND:
+        raise RunError(f"{run_dir} is not a pyns pruning run: expected {Path(run_dir) / CONFIG_FILE} "
+                       f"written by `pyns prune`")
+    return config

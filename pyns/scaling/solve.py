@@ -1,0 +1,548 @@
+"""Budget solving: the widths that best use a params and/or MACs budget, on a one-dimensional family.
+
+Every method turns one scalar t into integer widths; the C++ solver (csrc/solver.cpp) finds the
+configuration on that family closest to the budget without exceeding it (`nearest`: from either side):
+
+- `uniform`: t = m, every searchable width is `policy.width(default, m)` (int(c*m), or make_divisible
+  under the EfficientNet/TinyNet policies, with their fixed stem and head floor). Needs no profile.
+- `profile` (NeuralScale, SPEC §5 Algorithm 3): t = τ, width_l = round(α_l τ^β_l) (make_divisible under a
+  divisible policy), at least 1.
+- `from-config`: t = m applied to a given configuration c_l instead of the defaults (the "MorphNet"
+  baseline: prune to 50%, then scale that configuration uniformly).
+
+Non-searchable widths stay fixed. The family spans t from where every width is at its minimum to where the
+first width reaches WIDTH_CAP times its default; a budget outside what that range can build is a
+BudgetError naming the feasible range.
+
+This module also holds the pure-Python oracle of the C++ solver: `py_widths` (the family), `py_solve`
+(the same bisection, step for step, over the pure-Python cost oracle) and `exhaustive_table` /
+`exhaustive_solve` (every configuration of the family, found from the analytic breakpoints of each width).
+"""
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from pyns.dsl.expr import make_divisible
+from pyns.errors import BudgetError, ProfileError
+from pyns.scaling.budget import Budget, parse_budget
+from pyns.scaling.profile import Profile, ScalingWarning
+
+METHODS = ("uniform", "profile", "from-config")
+# Keep in sync with enum Rounding / enum Status in csrc/solver.cpp.
+FIXED, TRUNC, ROUND, MAKE_DIV8 = 0, 1, 2, 3
+OK, BELOW, ABOVE = 0, 1, 2
+# The family stops where the first width reaches 16x its default: far beyond any published scaling (the
+# papers go to 2-3x) yet small enough that exhaustive tables of the family stay < 10^6 rows.
+WIDTH_CAP = 16
+# Below a raw width of 0.25 every rounding gives its minimum (trunc and round: 0 -> 1; make_divisible: 8).
+MIN_RAW = 0.25
+# Smallest t the family starts at: power laws with tiny β would otherwise underflow to 0.
+T_FLOOR = 1e-300
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """w_l(t) = max(floor_l, max(min_l, rounding_l(a_l t^b_l))) for every symbol, in program input order."""
+
+    method: str
+    symbols: tuple[str, ...]
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    rounding: tuple[int, ...]
+    min_width: tuple[float, ...]
+    floor_width: tuple[float, ...]
+    t_lo: float
+    t_hi: float
+
+    @property
+    def scalar_name(self) -> str:
+        return "tau" if self.method == "profile" else "m"
+
+
+@dataclass
+class ScaleResult:
+    """What a solve found. `gap_percent` = 100 (achieved - budget) / budget in the binding metric."""
+
+    arch: str
+    method: str
+    widths: dict[str, int]
+    params: int
+    macs: int
+    budget: dict[str, float | None]
+    metric: str
+    achieved: int
+    gap_percent: float
+    scalar: float
+    scalar_name: str
+    nearest: bool
+    certified: bool
+    evaluations: int
+    resolution: int
+    depth: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return all(v is None or cost <= v for v, cost in ((self.budget["params"], self.params),
+                                                          (self.budget["macs"], self.macs)))
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "method": self.method, "budget": dict(self.budget), "metric": self.metric,
+                "params": self.params, "macs": self.macs, "flops": self.flops, "achieved": self.achieved,
+                "gap_percent": self.gap_percent, "feasible": self.feasible, "widths": dict(self.widths),
+                "scalar": self.scalar, "scalar_name": self.scalar_name, "nearest": self.nearest,
+                "exact_by": "bisection" if self.certified else "exhaustive scan",
+                "evaluations": self.evaluations, "resolution": self.resolution, "depth_mult": self.depth,
+                "warnings": list(self.warnings)}
+
+
+@dataclass
+class BatchResult:
+    """Many budgets at once. Rows with status != 0 (1: below the smallest network, 2: above the largest)
+    have zero widths and costs."""
+
+    method: str
+    symbols: list[str]
+    widths: np.ndarray    # [n, len(symbols)] int64
+    params: np.ndarray    # [n] int64
+    macs: np.ndarray      # [n] int64
+    scalar: np.ndarray    # [n] float64
+    status: np.ndarray    # [n] int32
+
+    def widths_at(self, i: int) -> dict[str, int]:
+        return {s: int(w) for s, w in zip(self.symbols, self.widths[i])}
+
+
+# ---- family construction -----------------------------------------------------------------------
+def _inverse(raw: float, a: float, b: float) -> float:
+    """t with a t^b = raw, kept within the doubles (tiny |β| would overflow t)."""
+    if b == 1.0:
+        return raw / a
+    return math.exp(min(max(math.log(raw / a) / b, -690.0), 690.0))  # e^690 ~ 1e300
+
+
+def _domain(defaults: Sequence[int], a, b, rounding) -> tuple[float, float]:
+    """[t_lo, t_hi]: from every growing width at its minimum up to the first width at WIDTH_CAP x its
+    default. A width that shrinks as t grows (β < 0) bounds t from below instead, by the same cap."""
+    start, stop, shrinking_lo, shrinking_min = [], [], [], []
+    for d, ai, bi, r in zip(defaults, a, b, rounding):
+        if r == FIXED or bi == 0:
+            continue
+        at_cap = _inverse(WIDTH_CAP * d, ai, bi)
+        at_min = _inverse(MIN_RAW, ai, bi)
+        if bi > 0:
+            start.append(at_min)
+            stop.append(at_cap)
+        else:
+            shrinking_lo.append(at_cap)
+            shrinking_min.append(at_min)
+    if not start and not shrinking_lo:
+        raise ProfileError("no searchable width depends on the scaling variable, so no budget can be met")
+    t_lo = max(([min(start)] if start else []) + shrinking_lo)
+    t_hi = min(stop) if stop else max(shrinking_min)
+    t_lo, t_hi = max(t_lo, T_FLOOR), min(t_hi, 1e300)
+    if not t_lo < t_hi:
+        raise ProfileError("the profile's power laws leave no τ at which every width stays within "
+                           f"{WIDTH_CAP}x its default; check its alpha and beta values")
+    return float(t_lo), float(t_hi)
+
+
+def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None,
+                config: Mapping[str, int] | None = None, depth: float = 1.0,
+                resolution: int | None = None) -> FamilySpec:
+    """The one-dimensional family a method searches, for the C++ solver and the oracle."""
+    network = arch.ir(depth, resolution)
+    policy = arch.policy
+    divisible = policy.width_rounding != "int"
+    if method not in METHODS:
+        raise BudgetError(f"unknown method `{method}`; choose one of {', '.join(METHODS)}")
+    base = dict(network.defaults())
+    if method == "from-config":
+        if not config:
+            raise BudgetError("the from-config method needs a configuration (--config c1=32,c2=64,...)")
+        base.update(arch.widths(config))
+    a, b, rounding, mins, floors = [], [], [], [], []
+    for sym in network.symbols:
+        if not sym.searchable:
+            a.append(float(sym.default)); b.append(0.0); rounding.append(FIXED)
+            mins.append(1.0); floors.append(0.0)
+            continue
+        if method == "profile":
+            fit = profile.fits[sym.name]
+            a.append(fit.alpha); b.append(fit.beta); rounding.append(MAKE_DIV8 if divisible else ROUND)
+            mins.append(1.0); floors.append(0.0)
+            continue
+        c = float(base[sym.name])
+        if "stem" in sym.roles and policy.fix_stem:
+            a.append(c); b.append(0.0); rounding.append(FIXED); mins.append(1.0); floors.append(0.0)
+            continue
+        a.append(c); b.append(1.0); rounding.append(MAKE_DIV8 if divisible else TRUNC)
+        mins.append(1.0)
+        floors.append(c if "head" in sym.roles and policy.head_floor else 0.0)
+    defaults = [s.default for s in network.symbols]
+    t_lo, t_hi = _domain(defaults, a, b, rounding)
+    return FamilySpec(method, tuple(network.symbol_names), tuple(a), tuple(b), tuple(rounding),
+                      tuple(mins), tuple(floors), t_lo, t_hi)
+
+
+# C++ families per arch, keyed by (spec, depth, resolution): building one may certify monotonicity or scan.
+_FAMILIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def cpp_family(arch, spec: FamilySpec, depth: float = 1.0, resolution: int | None = None):
+    from pyns import _core
+
+    cache = _FAMILIES.setdefault(arch, {})
+    key = (spec, float(depth), resolution)
+    if key not in cache:
+        _, program, _ = arch.compiled(depth, resolution)
+        f64 = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+        cache[key] = _core.ScaleFamily(program, f64(spec.a), f64(spec.b), np.asarray(spec.rounding, np.int32),
+                                       f64(spec.min_width), f64(spec.floor_width), spec.t_lo, spec.t_hi)
+    return cache[key]
+
+
+# ---- budgets -----------------------------------------------------------------------------------
+def resolve_budgets(arch, params=None, macs=None, *, depth: float = 1.0,
+                    resolution: int | None = None) -> dict[str, float | None]:
+    """{"params": float|None, "macs": float|None}; `0.25x` budgets are fractions of the default network."""
+    if params is None and macs is None:
+        raise BudgetError("give a budget: params and/or MACs (e.g. --params 0.58M)")
+    parsed = {"params": parse_budget(params, "params budget") if params is not None else None,
+              "macs": parse_budget(macs, "MACs budget") if macs is not None else None}
+    default = None
+    out: dict[str, float | None] = {}
+    for metric, budget in parsed.items():
+        if budget is None:
+            out[metric] = None
+            continue
+        if budget.relative and default is None:
+            default = arch.count(depth=depth, resolution=resolution)
+        out[metric] = budget.resolve(getattr(default, metric)) if budget.relative else budget.value
+    return out
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _binding(budget: Mapping[str, float | None], params: int, macs: int) -> str:
+    """The metric closest to (or furthest over) its budget."""
+    costs = {"params": params, "macs": macs}
+    given = [k for k in ("params", "macs") if budget[k] is not None]
+    if len(given) == 1:
+        return given[0]
+    rel = {k: (costs[k] - budget[k]) / budget[k] for k in given}
+    return max(given, key=lambda k: rel[k])
+
+
+def _range_error(arch, spec: FamilySpec, family, status: int, budget: Mapping[str, float | None]) -> BudgetError:
+    pmin, mmin, pmax, mmax = family.cost_range()
+    what = " and ".join(f"{k} <= {int(v):,}" if float(v).is_integer() else f"{k} <= {v:,.1f}"
+                        for k, v in budget.items() if v is not None)
+    span = f"feasible budgets are params {int(pmin):,} to {int(pmax):,}, MACs {int(mmin):,} to {int(mmax):,}"
+    family_name = f"the {spec.method} family of {arch.name}"
+    if status == BELOW:
+        return BudgetError(f"no network meets {what}: even the smallest one in {family_name} (every width at "
+                           f"its minimum) has {int(pmin):,} params and {int(mmin):,} MACs; {span}")
+    return BudgetError(f"{what} is more than {family_name} can use: its largest network (widths up to "
+                       f"{WIDTH_CAP}x the defaults) has {int(pmax):,} params and {int(mmax):,} MACs; {span}")
+
+
+# ---- planning: method, profile, warnings -------------------------------------------------------
+@dataclass
+class _Plan:
+    method: str
+    spec: FamilySpec
+    profile: Profile | None
+    notes: list[str]
+
+
+def _plan(arch, method, profile, config, depth, resolution) -> _Plan:
+    notes: list[str] = []
+    if isinstance(profile, (str, Path)):
+        profile = Profile.load(profile)
+    if method is None:
+        method = "profile" if profile is not None else "from-config" if config else "uniform"
+    if method not in METHODS:
+        raise BudgetError(f"unknown method `{method}`; choose one of {', '.join(METHODS)}")
+    if method == "profile":
+        if profile is None:
+            raise ProfileError("the profile method needs a profile (--profile FILE, from `pyns fit`)")
+        profile.validate()
+        if profile.fallback == "uniform":
+            notes.append(f"the profile has too few points ({profile.points}) for a fit and falls back to "
+                         "uniform scaling")
+            method, profile = "uniform", None
+        else:
+            notes.extend(profile.check_arch(arch))
+            negative = [n for n, f in profile.fits.items() if f.beta < 0]
+            if negative:
+                notes.append(f"negative β for {', '.join(negative)}: those widths shrink as the budget grows; "
+                             "the cost may not be monotone, so the family is scanned exhaustively")
+    elif profile is not None:
+        notes.append(f"the {method} method ignores the profile")
+        profile = None
+    if config and method != "from-config":
+        raise BudgetError(f"a configuration (--config) is only used by the from-config method, not {method}")
+    spec = family_spec(arch, method, profile=profile, config=config, depth=depth, resolution=resolution)
+    return _Plan(method, spec, profile, notes)
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        warnings.warn(note, ScalingWarning, stacklevel=3)
+
+
+# ---- public API --------------------------------------------------------------------------------
+def solve_budget(arch, params=None, macs=None, *, method: str | None = None,
+                 profile: Profile | str | Path | None = None, config: Mapping[str, int] | None = None,
+                 nearest: bool = False, depth: float = 1.0, resolution: int | None = None) -> ScaleResult:
+    """Widths for a params and/or MACs budget (numbers, or strings like "0.58M" / "0.25x").
+
+    Both budgets given: both must hold (the tighter binds). Default: the largest configuration of the
+    method's family within budget; `nearest=True`: the closest from either side. Raises BudgetError for
+    budgets no configuration of the family can meet or use; ProfileError for unusable profiles.
+    Warnings (profile fallback, negative β, extrapolation) are issued as ScalingWarning and listed in the
+    result.
+    """
+    plan = _plan(arch, method, profile, config, depth, resolution)
+    budget = resolve_budgets(arch, params, macs, depth=depth, resolution=resolution)
+    family = cpp_family(arch, plan.spec, depth, resolution)
+    try:
+        status, t, p, m, w, evaluations = family.solve(_nan(budget["params"]), _nan(budget["macs"]), nearest)
+    except RuntimeError as err:  # the exhaustive table's size guard
+        raise BudgetError(str(err)) from None
+    if status != OK:
+        raise _range_error(arch, plan.spec, family, status, budget)
+    notes = list(plan.notes)
+    if plan.profile is not None:
+        far = plan.profile.extrapolation(t)
+        if far:
+            notes.append(far)
+    _warn(notes)
+    widths = {s: int(v) for s, v in zip(plan.spec.symbols, w)}
+    metric = _binding(budget, p, m)
+    achieved = p if metric == "params" else m
+    gap = 100.0 * (achieved - budget[metric]) / budget[metric]
+    network = arch.ir(depth, resolution)
+    return ScaleResult(arch=arch.name, method=plan.method, widths=widths, params=int(p), macs=int(m),
+                       budget=budget, metric=metric, achieved=int(achieved), gap_percent=gap, scalar=float(t),
+                       scalar_name=plan.spec.scalar_name, nearest=nearest, certified=bool(family.certified),
+                       evaluations=int(evaluations), resolution=network.resolution, depth=depth,
+                       warnings=notes)
+
+
+def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
+                profile: Profile | str | Path | None = None, config: Mapping[str, int] | None = None,
+                nearest: bool = False, depth: float = 1.0, resolution: int | None = None) -> BatchResult:
+    """Many budgets in one C++ call (sweeps, plots): `params` and/or `macs` are 1-D arrays of counts."""
+    plan = _plan(arch, method, profile, config, depth, resolution)
+    if params is None and macs is None:
+        raise BudgetError("give budgets: params and/or MACs arrays")
+    arrays = [np.atleast_1d(np.asarray(v, dtype=np.float64)) if v is not None else None for v in (params, macs)]
+    n = max(a.size for a in arrays if a is not None)
+    bp, bm = (a if a is not None else np.full(n, np.nan) for a in arrays)
+    if bp.size != bm.size:
+        raise BudgetError("params and MACs budget arrays must have the same length")
+    for given in arrays:
+        if given is not None and not np.all(np.isfinite(given) & (given > 0)):
+            raise BudgetError("every budget must be a positive finite number")
+    _warn(plan.notes)
+    family = cpp_family(arch, plan.spec, depth, resolution)
+    try:
+        status, t, p, m, w = family.solve_batch(bp, bm, nearest)
+    except RuntimeError as err:
+        raise BudgetError(str(err)) from None
+    return BatchResult(plan.method, list(plan.spec.symbols), w.astype(np.int64), p, m, t, status)
+
+
+# ---- the pure-Python oracle --------------------------------------------------------------------
+def py_width(spec: FamilySpec, l: int, t: float) -> int:
+    a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
+    if r == FIXED:
+        return int(a)
+    raw = a * t if b == 1.0 else (a if b == 0.0 else a * t ** b)
+    if r == TRUNC:
+        w = int(raw)
+    elif r == ROUND:
+        w = round(raw)
+    else:
+        w = make_divisible(raw, 8)
+    return int(max(spec.floor_width[l], max(spec.min_width[l], w)))
+
+
+def py_widths(spec: FamilySpec, t: float) -> dict[str, int]:
+    return {s: py_width(spec, l, t) for l, s in enumerate(spec.symbols)}
+
+
+def _bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+def _double(i: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", i))[0]
+
+
+def _slack(p, m, bp, bm) -> float:
+    d = math.inf
+    if bp is not None:
+        d = min(d, (bp - p) / bp)
+    if bm is not None:
+        d = min(d, (bm - m) / bm)
+    return d
+
+
+def _overshoot(p, m, bp, bm) -> float:
+    d = 0.0
+    if bp is not None:
+        d = max(d, (p - bp) / bp)
+    if bm is not None:
+        d = max(d, (m - bm) / bm)
+    return d
+
+
+def py_solve(arch, spec: FamilySpec, params: float | None, macs: float | None, *, nearest: bool = False,
+             depth: float = 1.0, resolution: int | None = None):
+    """The C++ bisection step for step, over the pure-Python cost oracle (valid when the cost is
+    non-decreasing in t, as the C++ solver proves before bisecting). -> (status, widths, params, macs)."""
+    from pyns.cost import oracle
+
+    network = arch.ir(depth, resolution)
+    fits = lambda p, m: (params is None or p <= params) and (macs is None or m <= macs)  # noqa: E731
+
+    def config(t):
+        return py_widths(spec, t)
+
+    wa, wc = config(spec.t_lo), config(spec.t_hi)
+    pa, ma = oracle.count(network, wa)
+    pc, mc = oracle.count(network, wc)
+    if not fits(pa, ma):
+        return BELOW, None, None, None
+    a, c = _bits(spec.t_lo), _bits(spec.t_hi)
+    if fits(pc, mc):
+        if all(v is None or cost < v for v, cost in ((params, pc), (macs, mc))):
+            return ABOVE, None, None, None
+        return OK, wc, pc, mc
+    while c - a > 1:
+        mid = a + (c - a) // 2
+        wm = config(_double(mid))
+        if wm == wa:
+            a = mid
+            continue
+        if wm == wc:
+            c = mid
+            continue
+        pm, mm = oracle.count(network, wm)
+        if fits(pm, mm):
+            a, wa, pa, ma = mid, wm, pm, mm
+        else:
+            c, wc, pc, mc = mid, wm, pm, mm
+    if nearest and _overshoot(pc, mc, params, macs) < _slack(pa, ma, params, macs):
+        return OK, wc, pc, mc
+    return OK, wa, pa, ma
+
+
+def _np_widths(spec: FamilySpec, t: np.ndarray) -> np.ndarray:
+    """[n, L] widths at many t (vectorised py_width)."""
+    out = np.empty((t.size, len(spec.symbols)))
+    for l in range(len(spec.symbols)):
+        a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
+        if r == FIXED:
+            out[:, l] = a
+            continue
+        raw = a * t if b == 1.0 else (np.full_like(t, a) if b == 0.0 else a * np.power(t, b))
+        if r == TRUNC:
+            w = np.trunc(raw)
+        elif r == ROUND:
+            w = np.rint(raw)  # ties to even, as Python's round
+        else:
+            base = np.maximum(np.floor(np.trunc(raw + 4.0) / 8.0) * 8.0, 8.0)
+            w = np.where(base < 0.9 * raw, base + 8.0, base)
+        out[:, l] = np.maximum(spec.floor_width[l], np.maximum(spec.min_width[l], w))
+    return out
+
+
+@dataclass
+class FamilyTable:
+    t: np.ndarray        # [n] a t giving each configuration, increasing
+    widths: np.ndarray   # [n, L]
+    params: np.ndarray   # [n]
+    macs: np.ndarray     # [n]
+
+
+def exhaustive_table(arch, spec: FamilySpec, *, depth: float = 1.0, resolution: int | None = None,
+                     rel_eps: float = 1e-11) -> FamilyTable:
+    """Every configuration of the family, independently of the C++ breakpoint search.
+
+    Each width changes only where its raw value a t^b crosses a rounding threshold: a multiple of 1/2
+    (trunc, round, make_divisible's `int(v + 4)`) or 8j/0.9 (make_divisible's 10% bump). Those t are
+    known in closed form; configurations are read just below and above each (rel_eps away, far more than
+    the floating-point error of the closed form and far less than the gap between distinct breakpoints).
+    """
+    points = [np.array([spec.t_lo, spec.t_hi])]
+    for l in range(len(spec.symbols)):
+        a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
+        if r == FIXED or b == 0.0:
+            continue
+        ends = sorted((a * spec.t_lo ** b, a * spec.t_hi ** b))
+        halves = np.arange(math.floor(2 * ends[0]) - 1, math.ceil(2 * ends[1]) + 2) / 2.0
+        thresholds = [halves[halves > 0]]
+        if r == MAKE_DIV8:
+            eights = np.arange(1, math.ceil(ends[1] / 8) + 2) * 8.0
+            thresholds.append(eights / 0.9)
+        raw = np.concatenate(thresholds)
+        t = (raw / a) ** (1.0 / b)
+        t = t[(t >= spec.t_lo) & (t <= spec.t_hi)]
+        points += [t * (1 - rel_eps), t * (1 + rel_eps)]
+    t = np.unique(np.clip(np.concatenate(points), spec.t_lo, spec.t_hi))
+    widths = _np_widths(spec, t)
+    keep = np.ones(t.size, dtype=bool)
+    keep[1:] = np.any(widths[1:] != widths[:-1], axis=1)  # each width is monotone: a config never returns
+    t, widths = t[keep], widths[keep]
+    params, macs = arch.count_batch(widths, depth=depth, resolution=resolution)
+    return FamilyTable(t, widths, np.asarray(params, dtype=np.float64), np.asarray(macs, dtype=np.float64))
+
+
+def exhaustive_solve(table: FamilyTable, params: float | None, macs: float | None,
+                     nearest: bool = False) -> tuple[int, int]:
+    """(status, row) of the best configuration: the fitting one with the least relative slack in its
+    binding metric (ties: larger t); with `nearest`, an over-budget one wins if strictly closer (ties:
+    smaller t)."""
+    P, M = table.params, table.macs
+    bp = math.inf if params is None else params
+    bm = math.inf if macs is None else macs
+    fits = (P <= bp) & (M <= bm)
+    if not fits.any():
+        return BELOW, -1
+    slack = np.full(P.size, np.inf)
+    over = np.zeros(P.size)
+    for budget, cost in ((params, P), (macs, M)):
+        if budget is not None:
+            slack = np.minimum(slack, (budget - cost) / budget)
+            over = np.maximum(over, (cost - budget) / budget)
+    if fits.all() and all(b is None or cost.max() < b for b, cost in ((params, P), (macs, M))):
+        return ABOVE, -1
+    best_fit = np.flatnonzero(fits & (slack == slack[fits].min()))[-1]
+    if nearest and not fits.all():
+        over_min = over[~fits].min()
+        if over_min < slack[best_fit]:
+            return OK, int(np.flatnonzero(~fits & (over == over_min))[0])
+    return OK, int(best_fit)
+
+
+__all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "family_spec",
+           "cpp_family", "resolve_budgets", "py_width", "py_widths", "py_solve", "exhaustive_table",
+           "exhaustive_solve", "FamilyTable", "METHODS", "WIDTH_CAP", "Budget"]

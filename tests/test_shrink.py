@@ -1,0 +1,216 @@
+"""Physical shrinking (pyns.prune.shrink): a shrunk network computes what the masked network computes.
+
+The oracle is the masked full network: zeroing a channel at every gate of its width symbol is, by the
+builder's gate placement, the same function as removing the channel. Networks are built at small widths
+with random BN statistics and affine parameters so that a wrong channel mapping cannot go unnoticed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pyns import ir
+from pyns.arch import load, loads
+from pyns.errors import PynsError
+from pyns.prune.shrink import mask_network, normalize_keep, shrink_network
+
+FLATNET = """
+network flatnet(classes = 10, resolution = 8, in_channels = 1)
+width c1 = 6, h = 12
+body {
+    conv(c1, 3, pad = 1)
+    bn
+    relu
+    maxpool(2)
+    flatten
+    linear(h)
+    bn
+    relu
+    linear(classes)
+}
+"""
+
+
+def _randomise(model: nn.Module, generator: torch.Generator) -> None:
+    """Random weights, BN affine parameters and running statistics: every channel is distinguishable."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.weight.copy_(torch.randn(module.num_features, generator=generator))
+                module.bias.copy_(torch.randn(module.num_features, generator=generator))
+            elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.3)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
+
+
+def _random_keep(model, generator: torch.Generator) -> dict[str, list[int]]:
+    """About half the channels of every tied group (at least one), the same set for the whole group."""
+    keep: dict[str, list[int]] = {}
+    for group in ir.tied_groups(model.ir, model.widths):
+        width = model.widths[group[0]]
+        count = max(1, width // 2)
+        chosen = sorted(torch.randperm(width, generator=generator)[:count].tolist())
+        for symbol in group:
+            keep[symbol] = chosen
+    return keep
+
+
+def _case(name: str):
+    if name == "flatnet":
+        return loads(FLATNET), None
+    arch = load(name)
+    small = {"digits_cnn": None, "vgg11": arch.uniform_widths(1 / 16), "resnet18": arch.uniform_widths(1 / 16)}
+    return arch, small[name]
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "vgg11", "resnet18", "flatnet"])
+def test_shrunk_network_computes_what_the_masked_network_computes(name):
+    arch, widths = _case(name)
+    generator = torch.Generator().manual_seed(7)
+    full = arch.build(widths, gates=True)
+    _randomise(full, generator)
+    keep = _random_keep(full, generator)
+    x = torch.randn(4, arch.network.in_channels, arch.resolution, arch.resolution, generator=generator)
+
+    small, _, report = shrink_network(full, keep)
+    assert report.exact, report
+    assert small.widths == {**full.widths, **{s: len(k) for s, k in keep.items()}}
+    # The cost engine counts exactly the module that was built.
+    assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
+
+    mask_network(full, keep)
+    full.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), full(x), rtol=1e-5, atol=1e-5)
+        # Training mode normalises with batch statistics, channel by channel: still the same function.
+        full.train()
+        small.train()
+        torch.testing.assert_close(small(x), full(x), rtol=1e-4, atol=1e-4)
+
+
+def test_flatten_linear_keeps_every_spatial_feature_of_a_kept_channel():
+    """Linear after Flatten of C x 4 x 4: kept channel c brings input features 16c .. 16c+15."""
+    arch = loads(FLATNET)
+    full = arch.build(gates=True)
+    _randomise(full, torch.Generator().manual_seed(3))
+    small, _, _ = shrink_network(full, {"c1": [1, 4], "h": [0, 5, 11]})
+    old, new = full.layers[6].weight, small.layers[6].weight  # Linear(c1*16 -> h)
+    expected = old[[0, 5, 11]][:, list(range(16, 32)) + list(range(64, 80))]
+    assert torch.equal(new, expected)
+
+
+def _sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.train()
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_momentum_buffers_follow_the_kept_channels():
+    arch = load("digits_cnn")
+    generator = torch.Generator().manual_seed(11)
+    full = arch.build(gates=True)
+    optimizer = torch.optim.SGD(full.parameters(), lr=0.05, momentum=0.5, weight_decay=5e-4)
+    x = torch.randn(8, 1, 8, 8, generator=generator)
+    y = torch.randint(0, 10, (8,), generator=generator)
+    _sgd_step(full, optimizer, x, y)
+    keep = {"c1": [0, 3, 5, 15], "c2": [1, 2, 30], "c3": [4, 31], "c4": [0, 7, 8, 47]}
+    small, small_optimizer, _ = shrink_network(full, keep, optimizer)
+
+    # Hand-written oracle of digits_cnn's layout: parameter -> (out symbol, in symbol) or (channels,).
+    layout = {
+        "layers.0.weight": ("c1", None), "layers.1.weight": ("c1",), "layers.1.bias": ("c1",),
+        "layers.4.body.0.weight": ("c2", "c1"), "layers.4.body.1.weight": ("c2",),
+        "layers.4.body.4.weight": ("c1", "c2"), "layers.4.body.5.bias": ("c1",),
+        "layers.6.body.0.weight": ("c3", "c1"), "layers.6.body.4.weight": ("c4", "c3"),
+        "layers.6.shortcut.0.weight": ("c4", "c1"), "layers.6.shortcut.1.weight": ("c4",),
+        "layers.10.weight": (None, "c4"), "layers.10.bias": (None,),
+    }
+    def select(tensor: torch.Tensor, symbols: tuple) -> torch.Tensor:
+        for dim, symbol in enumerate(symbols):
+            if symbol is not None:
+                tensor = tensor.index_select(dim, torch.tensor(keep[symbol]))
+        return tensor
+
+    old_params, new_params = dict(full.named_parameters()), dict(small.named_parameters())
+    for name, symbols in layout.items():
+        old_buffer = optimizer.state[old_params[name]]["momentum_buffer"]
+        new_buffer = small_optimizer.state[new_params[name]]["momentum_buffer"]
+        assert torch.equal(new_buffer, select(old_buffer, symbols)), name
+        assert torch.equal(new_params[name].detach(), select(old_params[name].detach(), symbols)), name
+    assert small_optimizer.param_groups[0]["lr"] == 0.05
+    assert small_optimizer.param_groups[0]["momentum"] == 0.5
+    assert len(small_optimizer.state) == len(list(small.parameters()))
+
+
+def test_training_continues_identically_after_shrinking():
+    """Masked and shrunk networks with the same history take the same SGD step: weights, BN statistics
+    and momentum were all carried over."""
+    arch = load("resnet18")
+    generator = torch.Generator().manual_seed(5)
+    full = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    optimizer = torch.optim.SGD(full.parameters(), lr=0.05, momentum=0.5, weight_decay=5e-4)
+    batches = [(torch.randn(6, 3, 32, 32, generator=generator), torch.randint(0, 10, (6,), generator=generator))
+               for _ in range(3)]
+    _sgd_step(full, optimizer, *batches[0])
+    keep = _random_keep(full, generator)
+    small, small_optimizer, _ = shrink_network(full, keep, optimizer)
+    mask_network(full, keep)
+    for x, y in batches[1:]:
+        _sgd_step(full, optimizer, x, y)
+        _sgd_step(small, small_optimizer, x, y)
+    full.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(batches[0][0]), full(batches[0][0]), rtol=1e-4, atol=1e-4)
+
+
+def test_vanishing_projection_is_reported_and_counted():
+    """ResNet18 started with stem 16 != b1b 8 builds a projection in block 1; keeping 8 stem channels makes
+    the widths equal, so the shrunk network adds the identity instead (a different architecture)."""
+    arch = load("resnet18")
+    widths = {**arch.uniform_widths(1 / 16), "stem": 16, "b1b": 8, "b2b": 8}
+    full = arch.build(widths, gates=True)
+    assert any("shortcut" in name for name, _ in full.named_modules() if name.startswith("layers.1."))
+    small, _, report = shrink_network(full, {"stem": list(range(8))})
+    assert report.dropped and all("shortcut" in name for name in report.dropped)
+    assert not any("shortcut" in name for name, _ in small.named_modules() if name.startswith("layers.1."))
+    assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
+    assert ["stem", "b1a"] != ir.tied_groups(small.ir, small.widths)[0]
+    assert any({"stem", "b1b", "b2b"} <= set(g) for g in ir.tied_groups(small.ir, small.widths))
+
+
+def test_derived_widths_keep_the_first_channels_and_are_reported():
+    arch = load("mobilenetv2")
+    full = arch.build(arch.uniform_widths(1 / 8), gates=True)
+    keep = {"s1": [0], "stem": [1, 3]}
+    small, _, report = shrink_network(full, keep)
+    # Block 1 expands 1 x stem: a derived width, so its expansion, depthwise and projection layers are
+    # approximate; block 2's expansion reads s1 (a symbol) and is exact on its input side only.
+    assert {"inverted1.conv1", "inverted1.conv2", "inverted1.conv3", "inverted2.conv1"} <= set(report.approximate)
+    old = dict(full.named_parameters())["layers.3.body.0.weight"]  # expansion conv: out = 1*stem, in = stem
+    new = dict(small.named_parameters())["layers.3.body.0.weight"]
+    assert torch.equal(new, old[:2][:, [1, 3]])
+    assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
+    small.eval()
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_keep_sets_are_checked():
+    arch = load("resnet18")
+    model = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    with pytest.raises(PynsError, match="same channels"):
+        normalize_keep(model, {"stem": [0, 1]})  # stem is tied to b1b and b2b by identity adds
+    with pytest.raises(PynsError, match="0..3"):
+        normalize_keep(model, {"b1a": [0, 4]})
+    with pytest.raises(PynsError, match="twice"):
+        normalize_keep(model, {"b1a": [1, 1]})
+    with pytest.raises(PynsError, match="not a searchable width"):
+        normalize_keep(model, {"nope": [0]})
+    assert normalize_keep(model, {"b1a": [3, 0, 1, 2]}) == {}  # everything kept: nothing to do
