@@ -4,7 +4,7 @@
 //   grad_input[i] = grad_out[i] * z[c(i)]                       (skipped when no grad is wanted)
 //   g[c]          = sum over batch and space of grad_out * x     (= dE/dz_c)
 // and, when asked, importance[c] += g[c]^2 and ++batches. Nothing the size of the activation is
-// allocated: the only scratch is one row of C partial sums per thread.
+// allocated: the only scratch is a row or two of C running sums per thread.
 //
 // The core never sees a torch tensor (SPEC §2): Python checks shape, strides and dtype and hands over
 // data_ptr() values as integers, so one wheel serves every torch version.

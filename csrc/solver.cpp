@@ -37,9 +37,14 @@ enum Rounding : int32_t { FIXED = 0, TRUNC = 1, ROUND = 2, MAKE_DIV8 = 3 };
 enum Status : int32_t { OK = 0, BELOW = 1, ABOVE = 2 };
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// A table row per configuration: even 16x-wide ResNet/MobileNet families have < 10^5 rows; this bound
-// only stops a pathological profile from eating the machine.
-constexpr size_t kMaxTable = 5'000'000;
+// Breakpoints closer than this (relative) are one breakpoint. Power laws put breakpoints of different
+// symbols at the same real τ (e.g. defaults 64 and 320 under β = 0.5); computed in doubles they land an
+// ulp or two apart, and the "configuration" in between is a rounding artifact, not part of the family.
+// Distinct real breakpoints are much further apart (uniform families: > 3e-9 relative).
+constexpr double kMerge = 1e-12;
+// A table row per configuration: the shipped archs' 16x-wide families have < 10^5 rows; this bound (about
+// 160 MB of widths at 20 symbols) only stops a pathological profile from eating the machine.
+constexpr size_t kMaxTable = 1'000'000;
 
 int64_t to_bits(double x) {
   int64_t i;
@@ -203,11 +208,14 @@ class Family {
         throw std::runtime_error("this scaling family has more than " + std::to_string(kMaxTable) +
                                  " distinct configurations; it is too fine to scan exhaustively");
       }
-      const double tn = *std::min_element(next.begin(), next.end());
+      double tn = *std::min_element(next.begin(), next.end());
       if (!(tn <= t_hi_)) break;
-      t = tn;
-      for (size_t l = 0; l < n_; ++l)
-        if (next[l] <= t) next[l] = next_breakpoint(l, t);
+      do {  // jump over every breakpoint within kMerge of the previous one: one merged breakpoint
+        t = tn;
+        for (size_t l = 0; l < n_; ++l)
+          if (next[l] <= t) next[l] = next_breakpoint(l, t);
+        tn = *std::min_element(next.begin(), next.end());
+      } while (tn <= t_hi_ && tn <= t * (1.0 + kMerge));
     }
     has_table_ = true;
   }
@@ -243,19 +251,56 @@ class Family {
         else { c = mid; wc.swap(wm); pc = pm; mc = mm; }
       }
     }
-    bool take_c = nearest && a != c && overshoot(pc, mc, bp, bm) < slack(pa, ma, bp, bm);
+    // A configuration lives on [left, right) in t; one living for less than kMerge (relative) is a
+    // rounding artifact between two breakpoints that coincide in real arithmetic: step past it.
+    double left_a = left_edge(wa, from_bits(a));
+    while (a != c && left_a > t_lo_ && !(from_bits(c) > left_a * (1.0 + kMerge))) {
+      c = to_bits(left_a);  // the artifact's own start is where the configuration above begins
+      a = c - 1;
+      widths(from_bits(a), wa.data());
+      cost(wa.data(), regs.data(), pa, ma);
+      ++ans.evaluations;
+      left_a = left_edge(wa, from_bits(a));
+    }
+    bool take_c = false;
+    if (nearest && a != c) {
+      double left_c = from_bits(c);
+      widths(left_c, wc.data());
+      for (double right = right_edge(wc, left_c); right <= t_hi_ && !(right > left_c * (1.0 + kMerge));
+           right = right_edge(wc, left_c)) {
+        left_c = right;
+        widths(left_c, wc.data());
+      }
+      cost(wc.data(), regs.data(), pc, mc);
+      ++ans.evaluations;
+      c = to_bits(left_c);
+      take_c = overshoot(pc, mc, bp, bm) < slack(pa, ma, bp, bm);
+    }
+    ans.t = take_c ? from_bits(c) : left_a;  // report the configuration's left end
+    ans.params = take_c ? pc : pa;
+    ans.macs = take_c ? mc : ma;
     const std::vector<double>& w = take_c ? wc : wa;
-    // Report the configuration's left end: the smallest t giving it (widths are non-decreasing in t).
-    const double t_end = from_bits(take_c ? c : a);
+    std::copy(w.begin(), w.end(), w_out);
+    return ans;
+  }
+
+  // Smallest t giving configuration w, which holds at t_in (widths are non-decreasing in t).
+  double left_edge(const std::vector<double>& w, double t_in) const {
     auto reaches = [&](double x) {
       for (size_t l = 0; l < n_; ++l) if (width(l, x) < w[l]) return false;
       return true;
     };
-    ans.t = reaches(t_lo_) ? t_lo_ : first_true(t_lo_, t_end, reaches);
-    ans.params = take_c ? pc : pa;
-    ans.macs = take_c ? mc : ma;
-    std::copy(w.begin(), w.end(), w_out);
-    return ans;
+    return reaches(t_lo_) ? t_lo_ : first_true(t_lo_, t_in, reaches);
+  }
+
+  // Smallest t > t_in where the configuration w (which holds at t_in) changes; above t_hi if never.
+  double right_edge(const std::vector<double>& w, double t_in) const {
+    auto changed = [&](double x) {
+      for (size_t l = 0; l < n_; ++l) if (width(l, x) != w[l]) return true;
+      return false;
+    };
+    if (t_in >= t_hi_ || !changed(t_hi_)) return kInf;
+    return first_true(t_in, t_hi_, changed);
   }
 
   Answer solve_table(double bp, double bm, bool nearest, double* w_out) {

@@ -154,9 +154,9 @@ def test_training_continues_identically_after_shrinking():
     and momentum were all carried over."""
     arch = load("resnet18")
     generator = torch.Generator().manual_seed(5)
-    full = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    full = arch.build(arch.uniform_widths(1 / 16), gates=True, resolution=16)  # 16x16: faster, same logic
     optimizer = torch.optim.SGD(full.parameters(), lr=0.05, momentum=0.5, weight_decay=5e-4)
-    batches = [(torch.randn(6, 3, 32, 32, generator=generator), torch.randint(0, 10, (6,), generator=generator))
+    batches = [(torch.randn(6, 3, 16, 16, generator=generator), torch.randint(0, 10, (6,), generator=generator))
                for _ in range(3)]
     _sgd_step(full, optimizer, *batches[0])
     keep = _random_keep(full, generator)
@@ -177,12 +177,12 @@ def test_vanishing_projection_is_reported_and_counted():
     arch = load("resnet18")
     widths = {**arch.uniform_widths(1 / 16), "stem": 16, "b1b": 8, "b2b": 8}
     full = arch.build(widths, gates=True)
-    assert any("shortcut" in name for name, _ in full.named_modules() if name.startswith("layers.1."))
+    assert any("shortcut" in name for name, _ in full.named_modules() if name.startswith("layers.2."))
     small, _, report = shrink_network(full, {"stem": list(range(8))})
     assert report.dropped and all("shortcut" in name for name in report.dropped)
-    assert not any("shortcut" in name for name, _ in small.named_modules() if name.startswith("layers.1."))
+    assert not any("shortcut" in name for name, _ in small.named_modules() if name.startswith("layers.2."))
     assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
-    assert ["stem", "b1a"] != ir.tied_groups(small.ir, small.widths)[0]
+    assert not any({"stem", "b1b"} <= set(g) for g in ir.tied_groups(full.ir, full.widths))
     assert any({"stem", "b1b", "b2b"} <= set(g) for g in ir.tied_groups(small.ir, small.widths))
 
 
@@ -194,8 +194,8 @@ def test_derived_widths_keep_the_first_channels_and_are_reported():
     # Block 1 expands 1 x stem: a derived width, so its expansion, depthwise and projection layers are
     # approximate; block 2's expansion reads s1 (a symbol) and is exact on its input side only.
     assert {"inverted1.conv1", "inverted1.conv2", "inverted1.conv3", "inverted2.conv1"} <= set(report.approximate)
-    old = dict(full.named_parameters())["layers.3.body.0.weight"]  # expansion conv: out = 1*stem, in = stem
-    new = dict(small.named_parameters())["layers.3.body.0.weight"]
+    old = dict(full.named_parameters())["layers.4.body.0.weight"]  # expansion conv: out = 1*stem, in = stem
+    new = dict(small.named_parameters())["layers.4.body.0.weight"]
     assert torch.equal(new, old[:2][:, [1, 3]])
     assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
     small.eval()

@@ -1,18 +1,17 @@
 """`pyns fit RUN_DIR`: fit (or refit) the power-law scaling profile of a pruning run (SPEC §5 Algorithm 2).
 
-Reads the recorded rows of RUN_DIR/trajectory.jsonl, calls pyns.scaling.profile.fit_power_law and writes
+Reads the recorded rows of RUN_DIR/trajectory.jsonl, fits them with pyns.scaling.profile.fit_power_law
+against the run's own architecture (the arch.arch copy in the folder, with the run's settings) and writes
 RUN_DIR/profile.json. `pyns prune` calls the same `fit_run` at its end.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
-import math
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
 
-from pyns.errors import ProfileError, RunError
+from pyns.errors import RunError
 
 PROFILE_FILE = "profile.json"
 
@@ -23,85 +22,37 @@ def register(sub) -> None:
                                    "rows of a pruning run (least squares of ln phi on ln tau) and write "
                                    "profile.json into the run folder.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `pyns prune`")
+    p.add_argument("--metric", choices=("params", "macs"), default="params",
+                   help="what tau counts (default: params, as in the paper)")
     p.add_argument("--out", metavar="FILE", help=f"where to write the profile (default RUN_DIR/{PROFILE_FILE})")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = fit_run(args.run_dir, args.out)
+    path, notes = fit_run(args.run_dir, args.out, metric=args.metric)
+    for note in notes:
+        print(f"pyns: warning: {note}", file=sys.stderr)
     print(f"profile: {path}")
     return 0
 
 
-def _call_fit(rows: list[dict[str, Any]], context: dict[str, Any]):
-    try:
-        from pyns.scaling.profile import fit_power_law
-    except ImportError as err:
-        raise RunError(f"cannot fit a profile: pyns.scaling.profile is not available ({err})") from None
-    # Pass the run's provenance to whichever of these keywords the fitter takes.
-    accepted = inspect.signature(fit_power_law).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    extra = {k: v for k, v in context.items() if takes_any or k in accepted}
-    return fit_power_law(rows, **extra)
-
-
-def _write_profile(profile: Any, path: Path) -> None:
-    from pyns.runfiles import atomic_write_json
-
-    if hasattr(profile, "save"):
-        profile.save(path)
-    elif hasattr(profile, "to_dict"):
-        atomic_write_json(path, profile.to_dict())
-    else:
-        atomic_write_json(path, profile)
-
-
-def fit_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Fit the profile of a pruning run folder from its recorded rows; returns the profile's path."""
-    from pyns.prune.run import TRAJECTORY_FILE, load_run_config, read_trajectory
+def fit_run(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "params") -> tuple[Path, list[str]]:
+    """Fit the profile of a pruning run folder; returns its path and the fitter's warnings (e.g. the
+    fall-back to uniform scaling when fewer than 6 rows were recorded)."""
+    from pyns.prune.run import TRAJECTORY_FILE, load_run_arch, load_run_config, read_trajectory
+    from pyns.scaling.profile import fit_power_law
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     rows = read_trajectory(run_dir)
-    recorded = [row for row in rows if row.get("recording")]
-    if not recorded:
+    if not any(row.get("recording") for row in rows):
         raise RunError(f"{run_dir / TRAJECTORY_FILE} has no recorded rows yet (recording starts once every "
-                       "searchable width has lost a unit); let the pruning run go on with --resume")
-    context = {"arch": config.get("arch"), "data": config.get("data", {}).get("name"),
-               "trajectory_file": str(run_dir / TRAJECTORY_FILE), "symbols": config.get("searchable")}
-    profile = _call_fit(recorded, context)
+                       "searchable width has lost a unit); continue the pruning run with --resume")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        profile = fit_power_law(rows, arch=load_run_arch(run_dir), metric=metric,
+                                dataset=config.get("data", {}).get("name"))
+    profile.trajectory = str(run_dir / TRAJECTORY_FILE)
     path = Path(out) if out is not None else run_dir / PROFILE_FILE
-    _write_profile(profile, path)
-    return path
-
-
-def profile_laws(path: str | Path) -> dict[str, tuple[float, float]]:
-    """(alpha, beta) per symbol from a profile.json, whatever nesting the profile format uses: any
-    mapping from a symbol name to an object with `alpha` and `beta` counts."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ProfileError(f"cannot read the profile {path}: {err}") from None
-    laws: dict[str, tuple[float, float]] = {}
-
-    def visit(node: Any, key: str | None) -> None:
-        if isinstance(node, dict):
-            if key is not None and "alpha" in node and "beta" in node:
-                try:
-                    alpha, beta = float(node["alpha"]), float(node["beta"])
-                except (TypeError, ValueError):
-                    return
-                if math.isfinite(alpha) and math.isfinite(beta):
-                    laws[str(node.get("symbol", key))] = (alpha, beta)
-                return
-            for k, v in node.items():
-                visit(v, str(k))
-        elif isinstance(node, list):
-            for item in node:
-                if isinstance(item, dict) and "symbol" in item:
-                    visit(item, str(item["symbol"]))
-                else:
-                    visit(item, key)
-
-    visit(data, None)
-    return laws
+    profile.save(path)
+    return path, [str(w.message) for w in caught]

@@ -94,7 +94,8 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from pyns.cli.fit import PROFILE_FILE, profile_laws
+    from pyns.cli.fit import PROFILE_FILE
+    from pyns.scaling.profile import Profile
     from pyns.prune.run import load_run_config, read_trajectory
     from pyns.runfiles import atomic_writer
 
@@ -107,9 +108,13 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     laws: dict[str, tuple[float, float]] = {}
     source = ""
     if (folder / PROFILE_FILE).exists():
-        laws, source = profile_laws(folder / PROFILE_FILE), "profile.json"
-    if not laws and len(recorded) >= 2:
-        laws, source = _least_squares_laws(recorded, symbols), "least squares on the recorded rows"
+        profile = Profile.load(folder / PROFILE_FILE)
+        laws = {name: (fit.alpha, fit.beta) for name, fit in profile.fits.items()}
+        source = "profile.json"
+        if profile.fallback:
+            source = f"the profile fell back to {profile.fallback} scaling: no curves"
+    elif len(recorded) >= 2:
+        laws, source = _least_squares_laws(recorded, symbols), "least squares on the recorded rows; no profile.json"
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     colors = plt.get_cmap("viridis" if len(symbols) > 10 else "tab10")
@@ -132,8 +137,13 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("parameters τ")
     ax.set_ylabel("filters per layer φ")
-    title = f"{config.get('arch', '?')} on {config.get('data', {}).get('name', '?')}: filters vs τ"
-    ax.set_title(title + ("\n(dashed: fitted power laws, " + source + ")" if laws else ""), fontsize=10)
+    title = (f"{config.get('arch', '?')} on {config.get('data', {}).get('name', '?')}: filters vs τ "
+             "(faint: before recording)")
+    if laws:
+        title += f"\n(dashed: fitted power laws, {source})"
+    elif source:
+        title += f"\n({source})"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(symbols) > 8 else 1, loc="best")
     fig.tight_layout()

@@ -7,6 +7,7 @@ default (TinyImageNet gets its batch 100 and Q = 100 unless told otherwise).
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import torch
@@ -160,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         if result.recorded:
             from pyns.cli.fit import fit_run
 
-            print(f"profile: {fit_run(result.run_dir)}")
+            path, notes = fit_run(result.run_dir)
+            for note in notes:
+                print(f"pyns: warning: {note}", file=sys.stderr)
+            print(f"profile: {path}")
         else:
             print("profile: not fitted (no recorded rows: recording starts once every searchable width "
                   "has lost a unit)")

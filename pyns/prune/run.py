@@ -54,7 +54,8 @@ from pyns.runfiles import (append_jsonl, atomic_torch_save, atomic_write_json, a
                            write_jsonl)
 
 __all__ = ["prune", "PruneResult", "PruneState", "MODES", "CONFIG_FILE", "TRAJECTORY_FILE", "CHECKPOINT_FILE",
-           "SUMMARY_FILE", "ARCH_FILE", "VERSIONS_FILE", "read_trajectory", "width_summary", "run_config"]
+           "SUMMARY_FILE", "ARCH_FILE", "VERSIONS_FILE", "read_trajectory", "width_summary", "run_config",
+           "load_run_config", "load_run_arch"]
 
 MODES = ("shrink", "masked")
 CONFIG_FILE = "config.json"
@@ -137,6 +138,7 @@ def run_config(arch, data: Mapping[str, Any], config: PruneConfig, mode: str,
         "kind": RUN_KIND,
         "arch": arch.name,
         "arch_file": arch.source.filename,
+        "variant": arch.variant,
         "arch_params": dict(arch.params),
         "policy": arch.policy.name,
         "searchable": list(arch.searchable),
@@ -332,14 +334,14 @@ class _Pruner:
                             s.seconds = time.perf_counter() - started
                             advanced = self._prune_step()
                             self._show(advanced)
-                            if s.done:
-                                break
-                            if s.step % c.checkpoint_every == 0:
+                            if not s.done and s.step % c.checkpoint_every == 0:
                                 self.checkpoint()
                     elif s.minibatches % 10 == 0:  # every 10: a device sync per update would cost time
                         self._show(10, float(loss.item()))
                     if self.callback is not None:
                         self.callback(s, self.model)
+                    if s.done:
+                        break
                 if s.done:
                     break
                 s.epoch += 1
@@ -512,3 +514,17 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"{run_dir} is not a pyns pruning run: expected {Path(run_dir) / CONFIG_FILE} "
                        f"written by `pyns prune`")
     return config
+
+
+def load_run_arch(run_dir: str | Path):
+    """The Arch a pruning run used, from the source copy in the folder and the saved settings."""
+    from pyns.arch import loads
+
+    config = load_run_config(run_dir)
+    path = Path(run_dir) / ARCH_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise RunError(f"cannot read the run's architecture {path}: {err}") from None
+    return loads(text, filename=config.get("arch_file", ARCH_FILE), variant=config.get("variant"),
+                 policy=config.get("policy"), **config.get("arch_params", {}))

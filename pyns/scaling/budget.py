@@ -6,6 +6,7 @@ Parsing is exact (decimal arithmetic), so `0.58M` is 580000 and not 579999.99...
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -37,8 +38,13 @@ def parse_budget(text: str | int | float | Budget, what: str = "budget") -> Budg
         return text
     if isinstance(text, bool):
         raise BudgetError(f"{what}: expected a number such as 580000, 0.58M or 0.25x, got {text!r}")
-    if isinstance(text, (int, float)):
-        return _checked(Decimal(repr(text)) if isinstance(text, float) else Decimal(text), False, str(text), what)
+    if isinstance(text, numbers.Integral):
+        return _checked(Decimal(int(text)), False, str(text), what)
+    if isinstance(text, numbers.Real):
+        value = float(text)
+        if not math.isfinite(value):
+            raise BudgetError(f"{what}: `{value}` is not a finite number")
+        return _checked(Decimal(repr(value)), False, repr(value), what)
     raw = str(text)
     match = _PATTERN.match(raw)
     if not match:

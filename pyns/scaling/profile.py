@@ -25,6 +25,8 @@ VERSION = 1
 MIN_POINTS = 6
 # A solve whose τ lies more than this factor outside the fitted τ range is an extrapolation worth a warning.
 EXTRAPOLATION_FACTOR = 2.0
+# |β| below this is least-squares noise on a width that never changed: store it as exactly 0.
+BETA_ZERO = 1e-12
 
 
 class ScalingWarning(UserWarning):
@@ -306,8 +308,9 @@ def fit_power_law(trajectory, *, arch=None, metric: str = "params", dataset: str
         total = float(np.sum((targets[:, j] - targets[:, j].mean()) ** 2))
         # A width that never changed is fitted exactly by β = 0: call that a perfect fit.
         r2 = 1.0 - residual / total if total > 0 else (1.0 if residual < 1e-18 else 0.0)
-        fits[name] = SymbolFit(alpha=float(np.exp(theta[0, j])), beta=float(theta[1, j]), r2=r2,
-                               points=int(tau.size))
+        beta = float(theta[1, j])
+        beta = 0.0 if abs(beta) < BETA_ZERO else beta  # a constant width fits to β ~ 1e-17, not exactly 0
+        fits[name] = SymbolFit(alpha=float(np.exp(theta[0, j])), beta=beta, r2=r2, points=int(tau.size))
     profile = Profile(fits=fits, tau_range=(float(tau.min()), float(tau.max())), **common)
     negative = [n for n, f in fits.items() if f.beta < 0]
     if negative:

@@ -44,6 +44,9 @@ OK, BELOW, ABOVE = 0, 1, 2
 WIDTH_CAP = 16
 # Below a raw width of 0.25 every rounding gives its minimum (trunc and round: 0 -> 1; make_divisible: 8).
 MIN_RAW = 0.25
+# Breakpoints closer than this (relative) are one breakpoint: power laws put breakpoints of different
+# symbols at the same real τ, which doubles place an ulp apart (kMerge in csrc/solver.cpp).
+MERGE = 1e-12
 # Smallest t the family starts at: power laws with tiny β would otherwise underflow to 0.
 T_FLOOR = 1e-300
 
@@ -159,13 +162,29 @@ def _domain(defaults: Sequence[int], a, b, rounding) -> tuple[float, float]:
     return float(t_lo), float(t_hi)
 
 
+def _law(sym, method: str, base: Mapping[str, int], profile: Profile | None, policy):
+    """(a, b, rounding, min width, floor width) of one symbol: w(t) = max(floor, max(min, round(a t^b)))."""
+    divisible = policy.width_rounding != "int"
+    if not sym.searchable:
+        return float(sym.default), 0.0, FIXED, 1.0, 0.0
+    if method == "profile":
+        if sym.name not in profile.fits:
+            raise ProfileError(f"the profile has no fit for `{sym.name}`")
+        fit = profile.fits[sym.name]
+        return fit.alpha, fit.beta, MAKE_DIV8 if divisible else ROUND, 1.0, 0.0
+    c = float(base[sym.name])
+    if "stem" in sym.roles and policy.fix_stem:
+        return c, 0.0, FIXED, 1.0, 0.0
+    floor = c if "head" in sym.roles and policy.head_floor else 0.0
+    return c, 1.0, MAKE_DIV8 if divisible else TRUNC, 1.0, floor
+
+
 def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None,
                 config: Mapping[str, int] | None = None, depth: float = 1.0,
                 resolution: int | None = None) -> FamilySpec:
     """The one-dimensional family a method searches, for the C++ solver and the oracle."""
     network = arch.ir(depth, resolution)
     policy = arch.policy
-    divisible = policy.width_rounding != "int"
     if method not in METHODS:
         raise BudgetError(f"unknown method `{method}`; choose one of {', '.join(METHODS)}")
     base = dict(network.defaults())
@@ -173,24 +192,8 @@ def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None
         if not config:
             raise BudgetError("the from-config method needs a configuration (--config c1=32,c2=64,...)")
         base.update(arch.widths(config))
-    a, b, rounding, mins, floors = [], [], [], [], []
-    for sym in network.symbols:
-        if not sym.searchable:
-            a.append(float(sym.default)); b.append(0.0); rounding.append(FIXED)
-            mins.append(1.0); floors.append(0.0)
-            continue
-        if method == "profile":
-            fit = profile.fits[sym.name]
-            a.append(fit.alpha); b.append(fit.beta); rounding.append(MAKE_DIV8 if divisible else ROUND)
-            mins.append(1.0); floors.append(0.0)
-            continue
-        c = float(base[sym.name])
-        if "stem" in sym.roles and policy.fix_stem:
-            a.append(c); b.append(0.0); rounding.append(FIXED); mins.append(1.0); floors.append(0.0)
-            continue
-        a.append(c); b.append(1.0); rounding.append(MAKE_DIV8 if divisible else TRUNC)
-        mins.append(1.0)
-        floors.append(c if "head" in sym.roles and policy.head_floor else 0.0)
+    laws = [_law(sym, method, base, profile, policy) for sym in network.symbols]
+    a, b, rounding, mins, floors = (list(column) for column in zip(*laws))
     defaults = [s.default for s in network.symbols]
     t_lo, t_hi = _domain(defaults, a, b, rounding)
     return FamilySpec(method, tuple(network.symbol_names), tuple(a), tuple(b), tuple(rounding),
@@ -230,7 +233,8 @@ def resolve_budgets(arch, params=None, macs=None, *, depth: float = 1.0,
             continue
         if budget.relative and default is None:
             default = arch.count(depth=depth, resolution=resolution)
-        out[metric] = budget.resolve(getattr(default, metric)) if budget.relative else budget.value
+        value = budget.resolve(getattr(default, metric)) if budget.relative else budget.value
+        out[metric] = int(value) if float(value).is_integer() else value
     return out
 
 
@@ -450,8 +454,41 @@ def py_solve(arch, spec: FamilySpec, params: float | None, macs: float | None, *
             a, wa, pa, ma = mid, wm, pm, mm
         else:
             c, wc, pc, mc = mid, wm, pm, mm
-    if nearest and _overshoot(pc, mc, params, macs) < _slack(pa, ma, params, macs):
-        return OK, wc, pc, mc
+
+    def first_true(lo: float, hi: float, pred) -> float:
+        i, j = _bits(lo), _bits(hi)
+        while j - i > 1:
+            k = i + (j - i) // 2
+            i, j = (i, k) if pred(_double(k)) else (k, j)
+        return _double(j)
+
+    def left_edge(w, t):
+        reaches = lambda x: all(v >= w[s] for s, v in config(x).items())  # noqa: E731
+        return spec.t_lo if reaches(spec.t_lo) else first_true(spec.t_lo, t, reaches)
+
+    def right_edge(w, t):
+        changed = lambda x: config(x) != w  # noqa: E731
+        return math.inf if t >= spec.t_hi or not changed(spec.t_hi) else first_true(t, spec.t_hi, changed)
+
+    # Step past configurations that live for less than MERGE (rounding artifacts), as the C++ does.
+    left_a = left_edge(wa, _double(a))
+    while a != c and left_a > spec.t_lo and not _double(c) > left_a * (1 + MERGE):
+        c = _bits(left_a)
+        a = c - 1
+        wa = config(_double(a))
+        pa, ma = oracle.count(network, wa)
+        left_a = left_edge(wa, _double(a))
+    if nearest and a != c:
+        left_c = _double(c)
+        wc = config(left_c)
+        right = right_edge(wc, left_c)
+        while right <= spec.t_hi and not right > left_c * (1 + MERGE):
+            left_c = right
+            wc = config(left_c)
+            right = right_edge(wc, left_c)
+        pc, mc = oracle.count(network, wc)
+        if _overshoot(pc, mc, params, macs) < _slack(pa, ma, params, macs):
+            return OK, wc, pc, mc
     return OK, wa, pa, ma
 
 
@@ -483,35 +520,44 @@ class FamilyTable:
     macs: np.ndarray     # [n]
 
 
-def exhaustive_table(arch, spec: FamilySpec, *, depth: float = 1.0, resolution: int | None = None,
-                     rel_eps: float = 1e-11) -> FamilyTable:
+def _thresholds(r: int, lo: float, hi: float) -> np.ndarray:
+    """Raw values in [lo, hi] where a rounding's output can change: trunc at integers, round at halves,
+    make_divisible where int(v + 4) reaches a multiple of 8 (v = 8j - 4) and at its 10% bump (v = 8j/0.9)."""
+    if r == TRUNC:
+        return np.arange(max(1, math.floor(lo)), math.ceil(hi) + 1, dtype=np.float64)
+    if r == ROUND:
+        return np.arange(max(0, math.floor(lo)), math.ceil(hi) + 1, dtype=np.float64) + 0.5
+    j = np.arange(1, math.ceil(hi / 8) + 2, dtype=np.float64)
+    return np.concatenate([8 * j - 4, 8 * j / 0.9])
+
+
+def exhaustive_table(arch, spec: FamilySpec, *, depth: float = 1.0, resolution: int | None = None) -> FamilyTable:
     """Every configuration of the family, independently of the C++ breakpoint search.
 
-    Each width changes only where its raw value a t^b crosses a rounding threshold: a multiple of 1/2
-    (trunc, round, make_divisible's `int(v + 4)`) or 8j/0.9 (make_divisible's 10% bump). Those t are
-    known in closed form; configurations are read just below and above each (rel_eps away, far more than
-    the floating-point error of the closed form and far less than the gap between distinct breakpoints).
+    Each width changes only where its raw value a t^b crosses a rounding threshold, and those t are known
+    in closed form. Breakpoints within MERGE of each other are one (as in the C++); the configuration
+    between two consecutive merged breakpoints is read at their geometric midpoint, far (> MERGE/2) from
+    either, so floating-point error in the closed form cannot pick the wrong side.
     """
-    points = [np.array([spec.t_lo, spec.t_hi])]
+    breakpoints = [np.empty(0)]
     for l in range(len(spec.symbols)):
         a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
         if r == FIXED or b == 0.0:
             continue
-        ends = sorted((a * spec.t_lo ** b, a * spec.t_hi ** b))
-        halves = np.arange(math.floor(2 * ends[0]) - 1, math.ceil(2 * ends[1]) + 2) / 2.0
-        thresholds = [halves[halves > 0]]
-        if r == MAKE_DIV8:
-            eights = np.arange(1, math.ceil(ends[1] / 8) + 2) * 8.0
-            thresholds.append(eights / 0.9)
-        raw = np.concatenate(thresholds)
-        t = (raw / a) ** (1.0 / b)
-        t = t[(t >= spec.t_lo) & (t <= spec.t_hi)]
-        points += [t * (1 - rel_eps), t * (1 + rel_eps)]
-    t = np.unique(np.clip(np.concatenate(points), spec.t_lo, spec.t_hi))
-    widths = _np_widths(spec, t)
-    keep = np.ones(t.size, dtype=bool)
+        lo, hi = sorted((a * spec.t_lo ** b, a * spec.t_hi ** b))
+        t = (_thresholds(r, lo, hi) / a) ** (1.0 / b)
+        breakpoints.append(t[(t > spec.t_lo) & (t <= spec.t_hi)])
+    bps = np.unique(np.concatenate(breakpoints))
+    # chains of breakpoints each within MERGE of the previous one form one breakpoint at the chain's end
+    ends = bps[np.append(bps[1:] > bps[:-1] * (1 + MERGE), True)] if bps.size else bps
+    starts = bps[np.insert(bps[1:] > bps[:-1] * (1 + MERGE), 0, True)] if bps.size else bps
+    nxt = np.append(starts[1:], spec.t_hi)
+    samples = np.concatenate([[spec.t_lo], np.sqrt(ends * nxt), [spec.t_hi]])
+    samples = np.unique(np.clip(samples, spec.t_lo, spec.t_hi))
+    widths = _np_widths(spec, samples)
+    keep = np.ones(samples.size, dtype=bool)
     keep[1:] = np.any(widths[1:] != widths[:-1], axis=1)  # each width is monotone: a config never returns
-    t, widths = t[keep], widths[keep]
+    t, widths = samples[keep], widths[keep]
     params, macs = arch.count_batch(widths, depth=depth, resolution=resolution)
     return FamilyTable(t, widths, np.asarray(params, dtype=np.float64), np.asarray(macs, dtype=np.float64))
 

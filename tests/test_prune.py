@@ -1,0 +1,325 @@
+"""The pruning loop (pyns.prune): ranking, schedule rules, the run folder, exact resume, the CLI.
+
+Runs use scikit-learn's digits with digits_cnn started at small widths, so a whole run is a few dozen
+minibatches on the CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyns import ir
+from pyns.arch import load
+from pyns.cli.main import main
+from pyns.data import load_dataset
+from pyns.errors import RunError
+from pyns.prune import run as prune_run
+from pyns.prune.importance import group_importance, select_units
+from pyns.prune.run import CHECKPOINT_FILE, TRAJECTORY_FILE, prune
+from pyns.prune.schedule import (STOP_EPOCH_LIMIT, STOP_FRACTION_REACHED, STOP_MIN_WIDTH, PruneConfig, lr_at,
+                                 recording_started, target_units)
+from pyns.runfiles import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", split="train", resolution=8, channels=1)
+
+
+@pytest.fixture(scope="module")
+def arch():
+    return load("digits_cnn")
+
+
+def _rows_without_time(rows):
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ranking
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_global_ranking_takes_the_smallest_units_without_per_layer_normalisation():
+    # Layer 0 is uniformly unimportant: a per-layer normalisation would take one unit from each layer.
+    importances = [torch.tensor([0.3, 0.1, 0.2, 0.4]), torch.tensor([10.0, 20.0, 30.0])]
+    selection = select_units(importances, 2)
+    assert selection.removed == {0: [1, 2]} and not selection.blocked
+
+
+def test_ranking_respects_the_minimum_width_and_reports_the_block():
+    importances = [torch.tensor([5.0, 1.0, 3.0]), torch.tensor([0.5, 4.0]), torch.tensor([2.0])]
+    # Ascending: g1[0]=0.5, g0[1]=1, g2[0]=2 (group of width 1: blocked), g0[2]=3.
+    selection = select_units(importances, 3, min_width=1)
+    assert selection.removed == {1: [0], 0: [1, 2]}
+    assert selection.blocked
+    # A minimum of 2 also protects group 1 (width 2) and stops group 0 after one unit.
+    selection = select_units(importances, 3, min_width=2)
+    assert selection.removed == {0: [1]} and selection.blocked
+
+
+def test_equal_importances_break_by_group_then_position():
+    importances = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0])]
+    assert select_units(importances, 2).removed == {0: [1, 2]}
+    assert select_units(importances, 3).removed == {0: [1, 2], 1: [0]}
+
+
+def test_tied_group_importance_is_the_sum_over_all_its_gates():
+    """ResNet18's stem, b1b and b2b meet in identity adds: one group, whose unit importance is the sum
+    of mean importance (importance / batches) over every gate of the three symbols."""
+    arch = load("resnet18")
+    model = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    groups = [tuple(g) for g in ir.tied_groups(model.ir, model.widths)]
+    tied = next(g for g in groups if "stem" in g)
+    assert set(tied) == {"stem", "b1b", "b2b"}
+    expected = torch.zeros(4, dtype=torch.float64)
+    for index, gate in enumerate(model.gates()):
+        values = torch.arange(gate.num_channels, dtype=torch.float64) * (index + 1) + 0.5
+        gate.importance.copy_(values)
+        gate.batches.fill_(index + 2)
+        if gate.symbol in tied:
+            expected += values / (index + 2)
+    importances = group_importance(model, groups)
+    torch.testing.assert_close(importances[groups.index(tied)], expected)
+    # A masked network reads its live channels at their start indices.
+    kept = {s: [0, 2, 3] if s in tied else list(range(model.widths[s])) for s in arch.searchable}
+    masked = group_importance(model, groups, kept)
+    torch.testing.assert_close(masked[groups.index(tied)], expected[[0, 2, 3]])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedule
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_papers_and_bad_values_are_refused():
+    c = PruneConfig()
+    assert (c.warmup_epochs, c.warmup_lr, c.prune_lr, c.lr_decay, c.lr_decay_every) == (10, 0.1, 0.01, 1.5, 10)
+    assert (c.momentum, c.weight_decay, c.batch_size, c.prune_every, c.units_per_step) == (0.5, 5e-4, 256, 50, 10)
+    assert (c.stop_fraction, c.min_width) == (0.95, 1)
+    tiny = PruneConfig.for_dataset("tiny-imagenet")
+    assert (tiny.batch_size, tiny.prune_every) == (100, 100)
+    assert [lr_at(c, e) for e in (0, 9, 10, 19, 20, 35)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.01 / 1.5, 0.01 / 1.5 ** 2])
+    with pytest.raises(RunError, match="stop_fraction"):
+        PruneConfig(stop_fraction=1.0)
+    with pytest.raises(RunError, match="unknown pruning option"):
+        PruneConfig.from_dict({"warmup": 3})
+
+
+def test_recording_and_target_rules():
+    initial = {"a": 4, "b": 4, "fixed": 3}
+    assert not recording_started(initial, {"a": 3, "b": 4, "fixed": 3}, ["a", "b"])
+    assert recording_started(initial, {"a": 3, "b": 1, "fixed": 3}, ["a", "b"])
+    assert target_units(PruneConfig(), 100) == 95  # 0.95 * 100 must not round up to 96
+    assert target_units(PruneConfig(stop_fraction=0.7), 16) == 12
+
+
+class _ScriptedImportance:
+    """At prune step k (1-based) group (k-1) mod 4 has importances 0.1, 0.2, ...; group g otherwise has
+    100 + 10 g + position. Replaces the gate-measured importances so the rules can be checked by hand."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, groups, kept=None):
+        self.calls += 1
+        low = (self.calls - 1) % len(groups)
+        out = []
+        for g, group in enumerate(groups):
+            width = model.widths[group[0]]
+            base = 0.1 * torch.arange(1, width + 1, dtype=torch.float64)
+            out.append(base if g == low else 100.0 + 10 * g + torch.arange(width, dtype=torch.float64))
+        return out
+
+
+@pytest.mark.parametrize("stop_at_min_width", [True, False])
+def test_recording_starts_and_runs_stop_as_the_rules_say(tmp_path, digits, arch, monkeypatch,
+                                                        stop_at_min_width):
+    monkeypatch.setattr(prune_run, "group_importance", _ScriptedImportance())
+    config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=1, units_per_step=2, augment=False,
+                         stop_fraction=0.7, stop_at_min_width=stop_at_min_width)
+    result = prune(arch, digits, config, tmp_path / "run", widths={"c1": 4, "c2": 4, "c3": 4, "c4": 4})
+    widths = [tuple(row["widths"].values()) for row in result.rows]
+    # Steps 1-4 take two units from c1, c2, c3, c4 in turn; only after step 4 has every width lost one.
+    assert widths[:4] == [(2, 4, 4, 4), (2, 2, 4, 4), (2, 2, 2, 4), (2, 2, 2, 2)]
+    assert [row["recording"] for row in result.rows[:4]] == [False, False, False, True]
+    if stop_at_min_width:
+        # Step 5: c1's second-lowest unit would leave it empty: the run stops without that step.
+        assert len(result.rows) == 4 and result.stop_reason == STOP_MIN_WIDTH
+    else:
+        # Step 5 skips c1's blocked unit and takes c2's cheapest; step 6 reaches 12 = ceil(0.7 * 16) units.
+        assert widths[4:] == [(1, 1, 2, 2), (1, 1, 1, 1)]
+        assert result.stop_reason == STOP_FRACTION_REACHED and result.rows[-1]["units"] == 4
+    assert all(row["params"] == arch.count(row["widths"]).params for row in result.rows)
+
+
+def test_epoch_limit_stops_before_pruning(tmp_path, digits, arch):
+    config = PruneConfig(warmup_epochs=0, max_epochs=0, batch_size=256, augment=False)
+    result = prune(arch, digits, config, tmp_path / "run", widths={"c1": 4, "c2": 4, "c3": 4, "c4": 4})
+    assert result.rows == [] and result.stop_reason == STOP_EPOCH_LIMIT and not result.done
+
+
+# ----------------------------------------------------------------------------------------------------
+# A real run: costs, resume, masked mode
+# ----------------------------------------------------------------------------------------------------
+
+# 1438 training digits at batch 64: 23 minibatches per epoch; one warm-up epoch, then a prune step every
+# 3 minibatches removing 2 of the 24 units until 12 are gone (6 steps), checkpoints every second step.
+_RUN = dict(warmup_epochs=1, batch_size=64, prune_every=3, units_per_step=2, stop_fraction=0.5,
+            stop_at_min_width=False, checkpoint_every=2, seed=3)
+_START = {"c1": 6, "c2": 6, "c3": 6, "c4": 6}
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(minibatch: int):
+    def callback(state, model):
+        if state.minibatches == minibatch:
+            raise _Killed
+    return callback
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, digits, arch):
+    """An uninterrupted run that also checks, at every prune step, that the cost engine's τ is the
+    parameter count of the module actually being trained."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    seen = []
+
+    def check(state, model):
+        if state.since_prune == 0 and state.step > len(seen):
+            assert model.widths == state.widths
+            seen.append(sum(p.numel() for p in model.parameters()))
+
+    result = prune(arch, digits, PruneConfig(**_RUN), out, widths=_START, callback=check)
+    return result, seen
+
+
+def test_tau_is_the_shrunk_modules_parameter_count_at_every_step(reference_run):
+    result, module_params = reference_run
+    assert result.stop_reason == STOP_FRACTION_REACHED and len(result.rows) == 6
+    assert [row["params"] for row in result.rows] == module_params
+    assert module_params == sorted(module_params, reverse=True) and len(set(module_params)) == 6
+    on_disk = read_jsonl(result.run_dir / TRAJECTORY_FILE)
+    assert on_disk == result.rows
+    for name in ("config.json", "arch.arch", "versions.json", "summary.json", CHECKPOINT_FILE):
+        assert (result.run_dir / name).exists(), name
+    assert json.loads((result.run_dir / "config.json").read_text())["prune"]["seed"] == 3
+
+
+def test_resume_after_kills_gives_the_same_trajectory(tmp_path, digits, arch, reference_run):
+    reference, _ = reference_run
+    out = tmp_path / "run"
+    config = PruneConfig(**_RUN)
+    # Killed in the warm-up before any checkpoint: the resumed run starts over.
+    with pytest.raises(_Killed):
+        prune(arch, digits, config, out, widths=_START, callback=_kill_at(10))
+    # Killed after step 3 (minibatch 32) was logged but not checkpointed (every second step is).
+    with pytest.raises(_Killed):
+        prune(arch, digits, config, out, widths=_START, resume=True, callback=_kill_at(33))
+    assert len(read_jsonl(out / TRAJECTORY_FILE)) == 3
+    with open(out / TRAJECTORY_FILE, "a") as handle:
+        handle.write('{"step": 4, "torn')  # as if the process died mid-append
+    resumed = prune(arch, digits, config, out, widths=_START, resume=True)
+
+    assert _rows_without_time(resumed.rows) == _rows_without_time(reference.rows)
+    assert _rows_without_time(read_jsonl(out / TRAJECTORY_FILE)) == _rows_without_time(reference.rows)
+    final = torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"]
+    expected = torch.load(reference.run_dir / CHECKPOINT_FILE, weights_only=True)["model"]
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+
+
+def test_masked_run_follows_the_same_trajectory(tmp_path, digits, arch, reference_run):
+    reference, _ = reference_run
+    masked = prune(arch, digits, PruneConfig(**_RUN), tmp_path / "masked", widths=_START, mode="masked")
+    assert [r["widths"] for r in masked.rows] == [r["widths"] for r in reference.rows]
+    assert [r["params"] for r in masked.rows] == [r["params"] for r in reference.rows]
+    for a, b in zip(masked.rows, reference.rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_run_folder_rules(tmp_path, digits, arch, reference_run):
+    reference, _ = reference_run
+    with pytest.raises(RunError, match="not empty: pass --resume"):
+        prune(arch, digits, PruneConfig(**_RUN), reference.run_dir, widths=_START)
+    with pytest.raises(RunError, match="prune.units_per_step: was 2, now 3"):
+        prune(arch, digits, PruneConfig(**{**_RUN, "units_per_step": 3}), reference.run_dir, widths=_START,
+              resume=True)
+    # Resuming a finished run changes nothing and returns its trajectory.
+    again = prune(arch, digits, PruneConfig(**_RUN), reference.run_dir, widths=_START, resume=True)
+    assert again.rows == reference.rows and again.done
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+# 32 units, 2 removed per minibatch, skipping widths at 1: 14 steps until every width is 1.
+_CLI_RUN = ["digits_cnn", "--data", "digits", "--warmup", "0", "--every", "1", "--units", "2", "--batch-size",
+            "256", "--widths", "c1=8,c2=8,c3=8,c4=8", "--skip-at-min-width", "--no-augment", "--device", "cpu",
+            "--quiet"]
+
+
+def test_cli_prune_plot_and_fit(tmp_path, capsys):
+    from pyns.scaling.profile import Profile
+
+    out = tmp_path / "run"
+    assert main(["prune", *_CLI_RUN, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"trajectory: {out / TRAJECTORY_FILE}" in printed
+    assert "every width is at min_width" in printed
+    rows = read_jsonl(out / TRAJECTORY_FILE)
+    assert len(rows) == 14 and rows[-1]["widths"] == {"c1": 1, "c2": 1, "c3": 1, "c4": 1}
+    recorded = [row for row in rows if row["recording"]]
+    assert f"profile: {out / 'profile.json'}" in printed
+    profile = Profile.load(out / "profile.json")
+    assert set(profile.fits) == {"c1", "c2", "c3", "c4"} and profile.points == len(recorded) >= 6
+    assert profile.tau_range == (min(r["params"] for r in recorded), max(r["params"] for r in recorded))
+    (out / "profile.json").unlink()
+    assert main(["fit", str(out)]) == 0
+    assert f"profile: {out / 'profile.json'}" in capsys.readouterr().out
+    assert Profile.load(out / "profile.json").fits == profile.fits
+
+    assert main(["plot", str(out)]) == 0
+    assert f"figure: {out / 'figure2.png'}" in capsys.readouterr().out
+    assert (out / "figure2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Resuming with nothing stated takes the saved settings; stating a different one is refused.
+    assert main(["prune", "digits_cnn", "--data", "digits", "--out", str(out), "--resume", "--no-fit",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["prune", "digits_cnn", "--data", "digits", "--out", str(out), "--resume", "--units", "5",
+                 "--quiet"]) == 2
+    assert "prune.units_per_step: was 2, now 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "mnist"], "unknown data set 'mnist'"),
+    (["--set", "classes=5"], "5 outputs but the data set has 10 classes"),
+    (["--every", "0"], "prune_every must be >= 1"),
+])
+def test_cli_errors(tmp_path, capsys, extra, message):
+    argv = ["prune", "digits_cnn", "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"]
+    argv = argv[:2] + [a for a in argv[2:4] if "--data" not in extra] + argv[4:] + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyns: error:") and message in err
+
+
+def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["prune", "digits_cnn", "--data", "digits", "--out", str(out), "--quiet"]) == 2
+    assert "not empty: pass --resume to continue the run in it, or choose another folder" in capsys.readouterr().err
+    assert main(["plot", str(out)]) == 2
+    assert "holds no run pyns can plot" in capsys.readouterr().err
+    assert main(["fit", str(out)]) == 2
+    assert "is not a pyns pruning run" in capsys.readouterr().err
