@@ -23,19 +23,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pyns.arch import Arch, load
 from pyns.dsl.elaborate import Elaborator, Settings
-from pyns.errors import BudgetError, PynsError
+from pyns.errors import BudgetError, DSLError, PynsError
 from pyns.policies import scale_resolution
 from pyns.scaling.budget import Budget, parse_budget
 from pyns.tiny_formula import TinyFormula, load_default_formula
 
 __all__ = [
     "METHODS", "DEFAULT_POLICY", "GIANT_ALPHA", "GIANT_BETA", "GIANT_GAMMA", "Stage", "TinyResult",
-    "solve_tiny", "resolve_macs_budget", "giant_multipliers", "giant_cost", "stage_repeats", "with_policy", "CostPath",
-    "resolved_tiny_text", "write_resolved_tiny",
+    "solve_tiny", "resolve_macs_budget", "giant_multipliers", "giant_cost", "stage_repeats", "with_policy",
+    "CostPath", "resolved_tiny_text", "write_resolved_tiny",
 ]
 
 METHODS = ("tiny", "giant", "r", "d", "w")
@@ -292,9 +292,14 @@ def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
         raise BudgetError(f"the tiny formula's r = {r:.4g} gives an input of {resolution} pixels at c = {c:.4g}")
     try:
         result, w_range = _solve_width(arch, budget, d, resolution)
+    except DSLError as err:
+        raise BudgetError(f"the formula's r = {r:.4g} gives a {resolution}x{resolution} input, at which "
+                          f"{arch.name} cannot be built ({err.message}); this formula does not suit this "
+                          "architecture at this budget") from None
     except BudgetError as err:
+        where = f" (c = {c:.3g}, outside the formula's {lo:.3g} to {hi:.3g})" if notes else ""
         raise BudgetError(f"no width meets the budget at the formula's r = {r:.4g} (resolution {resolution}) "
-                          f"and d = {d:.4g}: {err}") from None
+                          f"and d = {d:.4g}{where}: {err}") from None
     return dict(r=r, d=d, w=float(result.scalar), resolution=resolution, widths=result.widths,
                 params=result.params, macs=result.macs, r_std=r_std, d_std=d_std, w_range=w_range,
                 closed_form_w=float(TinyFormula.closed_form_w(c, r, d)), notes=notes)
@@ -307,6 +312,15 @@ def _width_only(arch: Arch, budget: float):
         raise BudgetError(f"no width alone meets the budget: {err}") from None
     return dict(r=1.0, d=1.0, w=float(result.scalar), resolution=arch.resolution, widths=result.widths,
                 params=result.params, macs=result.macs, w_range=w_range, notes=[])
+
+
+def _buildable(count) -> bool:
+    """Does the network exist? Too small an input leaves a layer without pixels (a DSLError), or none at all."""
+    try:
+        count()
+    except (DSLError, BudgetError):
+        return False
+    return True
 
 
 def _smallest_error(how: str, budget: float, macs: int) -> BudgetError:
@@ -328,9 +342,14 @@ def _resolution_only(arch: Arch, budget: float):
     def macs_at(resolution: int) -> int:
         return arch.count(depth=1.0, resolution=resolution).macs
 
-    if macs_at(1) > budget:
-        raise _smallest_error("by shrinking the resolution alone", budget, macs_at(1))
-    lo, hi = 1, max(1, int(base * _R_MAX))
+    lo = 1
+    while not _buildable(lambda: macs_at(lo)):  # pooling layers may need a few pixels to have any output
+        lo += 1
+        if lo > base:
+            raise BudgetError(f"{arch.name} cannot be built at any resolution up to its default {base}")
+    if macs_at(lo) > budget:
+        raise _smallest_error("by shrinking the resolution alone", budget, macs_at(lo))
+    hi = max(lo, int(base * _R_MAX))
     if macs_at(hi) <= budget:
         raise BudgetError(f"the budget of {budget:,.0f} MACs is more than resolution alone can use "
                           f"(up to {_R_MAX:g}x the default, {macs_at(hi):,} MACs)")
@@ -341,8 +360,8 @@ def _resolution_only(arch: Arch, budget: float):
         else:
             hi = mid
     cost = arch.count(depth=1.0, resolution=lo)
-    return dict(r=_ratio_for(lo, base), d=1.0, w=1.0, resolution=lo, widths=cost.widths, params=cost.params, macs=cost.macs,
-                notes=[])
+    return dict(r=_ratio_for(lo, base), d=1.0, w=1.0, resolution=lo, widths=cost.widths, params=cost.params,
+                macs=cost.macs, notes=[])
 
 
 def _depth_only(arch: Arch, budget: float):
@@ -370,12 +389,13 @@ def _giant(arch: Arch, budget: float):
     def macs_at(phi: float) -> int:
         return path.count(*giant_multipliers(phi))[1]
 
-    # The lowest φ with a valid input (>= 1 pixel) bounds the search from below.
+    # The lowest φ whose network can be built (at least one pixel, pooling layers with an output) bounds the
+    # search from below.
     phi_lo = _PHI_MIN
-    while path.resolution(giant_multipliers(phi_lo)[0]) < 1:
-        phi_lo += 0.25  # 1.15^0.25 = 3.5% steps in resolution: fine enough to find the first valid pixel
+    while not _buildable(lambda: macs_at(phi_lo)):
+        phi_lo += 0.25  # 1.15^0.25 = 3.5% steps in resolution: fine enough to find the first valid size
         if phi_lo > 0:
-            raise BudgetError("the default resolution is too small to scale down")
+            raise BudgetError(f"{arch.name} cannot be built below its default size by the giant formula")
     if macs_at(phi_lo) > budget:
         raise _smallest_error("by the inverse giant formula", budget, macs_at(phi_lo))
     phi = _largest_fitting(lambda x: macs_at(x) <= budget, phi_lo, _PHI_MAX)
@@ -388,7 +408,8 @@ def _giant(arch: Arch, budget: float):
                 notes=[])
 
 
-def giant_cost(arch: Arch, phi: float, policy: str = DEFAULT_POLICY["giant"]) -> tuple[int, int, dict[str, int], int]:
+def giant_cost(arch: Arch, phi: float,
+               policy: str = DEFAULT_POLICY["giant"]) -> tuple[int, int, dict[str, int], int]:
     """(params, MACs, widths, resolution) of the compound-scaled network at φ (φ = -k: EfficientNet-B-k)."""
     return CostPath(with_policy(arch, policy)).count(*giant_multipliers(phi))
 

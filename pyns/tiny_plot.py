@@ -102,8 +102,8 @@ def plot_tiny_dir(run_dir: str | Path, out: str | Path | None = None, *, fractio
             ax.fill_between(grid, mean - 2 * std, mean + 2 * std, color="black", alpha=0.12, label="± 2 std")
             ax.legend(loc="best", fontsize="small")
         value = rho[name]["rho"]
-        ax.set_title(f"{name} on the front (Spearman ρ = {value:.2f})" if np.isfinite(value)
-                     else f"{name} on the front")
+        ax.set_title(f"{name} of the selected models (Spearman ρ = {value:.2f})" if np.isfinite(value)
+                     else f"{name} of the selected models")
         ax.set_xlabel("MACs (millions)")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)

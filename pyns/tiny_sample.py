@@ -164,7 +164,8 @@ def plan_cells(arch: Arch, n: int, value_range: Sequence[float] = DEFAULT_RANGE,
                 continue  # e.g. a pooling layer left with no pixels at a tiny resolution
             if macs_lo <= macs <= macs_hi:
                 repeats = tuple(s.repeats for s in stage_repeats(path.arch, d))
-                cells.append(Cell(len(cells), r, d, w, resolution, repeats, widths, params, macs, macs / base.macs))
+                cells.append(Cell(len(cells), r, d, w, resolution, repeats, widths, params, macs,
+                                  macs / base.macs))
                 if len(cells) == n:
                     break
         if len(cells) < n:
@@ -278,13 +279,18 @@ def _ray_cell(job: SampleJob, cell: Cell) -> CellResult:  # a module-level funct
     return run_cell(job, cell)
 
 
-def _run_ray(job: SampleJob, cells: list[Cell], report: Callable[[CellResult], None],
-             address: str | None, gpus_per_cell: float) -> None:
+def _require_ray():
     try:
         import ray
     except ImportError:
         raise PynsError("--executor ray needs Ray, which is not installed: pip install ray "
                         "(or pip install 'pyns[ray]'), or use --executor local") from None
+    return ray
+
+
+def _run_ray(job: SampleJob, cells: list[Cell], report: Callable[[CellResult], None],
+             address: str | None, gpus_per_cell: float) -> None:
+    ray = _require_ray()
     if not ray.is_initialized():
         ray.init(address=address)  # None: start a local Ray instance on this machine
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_cell)(_ray_cell)
@@ -331,6 +337,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
     """
     if executor not in EXECUTORS:
         raise PynsError(f"unknown executor `{executor}`; choose one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        _require_ray()  # before any work, not after planning and loading data
     log = log or (lambda line: print(line, file=sys.stderr))
     root_text = None if root is None else str(root)
     arch = with_policy(arch, policy) if policy else arch
@@ -350,8 +358,9 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         raise RunError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and load_config(folder, CONFIG_FILE) is None:
         raise RunError(f"{folder} is not empty and holds no tiny sampling run; choose another folder")
-    # The data may move between runs (another mount point); everything else must match to resume.
-    check_config(folder, config, CONFIG_FILE, ignore=("root",))
+    # The data may move between runs (another mount point), and --n may grow or shrink: the plan for n
+    # models is a prefix of the plan for more. Everything else must match to resume.
+    check_config(folder, config, CONFIG_FILE, ignore=("root", "n"))
     atomic_write_text(folder / "arch.arch", arch.source.text)  # what was sampled, for reproducibility
 
     cells, draws = plan_cells(arch, n, value_range, band, seed)
@@ -369,7 +378,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         results[result.cell.index] = result
         cell = result.cell
         log(f"[{len(results)}/{len(cells)}] cell {cell.name}: r={cell.r:.3f} d={cell.d:.3f} w={cell.w:.3f} "
-            f"res {cell.resolution} MACs {cell.macs:,} (c={cell.c:.3f}) -> test acc {100 * result.final_test_acc:.2f}% "
+            f"res {cell.resolution} MACs {cell.macs:,} (c={cell.c:.3f}) -> "
+            f"test acc {100 * result.final_test_acc:.2f}% "
             f"(best {100 * result.best_test_acc:.2f}%) in {result.seconds:.1f}s")
 
     if pending:

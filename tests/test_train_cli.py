@@ -134,3 +134,26 @@ def test_a_finished_run_is_not_overwritten_without_asking(tmp_path, capsys):
     assert code == 2 and "already holds a training run" in stderr
     assert (out / CHECKPOINT_FILE).read_bytes() == b"not really"
     assert not Path(out / "run.json").exists()
+
+
+def test_torchrun_two_processes_train_one_model_and_only_rank_0_reports(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "pyns", "train", "digits_cnn", "--ratio", "0.5", "--epochs", "1", "--device", "cpu",
+               "--no-latency", "--out", str(out), *FAST]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("final test accuracy:") == 1  # rank 1 trained too, but stayed silent
+    assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
+    result = json.loads((out / "result.json").read_text())
+    arch = pa.load("digits_cnn")
+    model = arch.build(result["widths"])
+    model.load_state_dict(load_checkpoint(out / CHECKPOINT_FILE)["model"])
+    test_set = load_dataset("digits", split="test", resolution=8, channels=1)
+    # The two ranks' test shards were counted together: the whole test set, once.
+    assert result["final_test_acc"] == pytest.approx(_independent_accuracy(model, test_set), abs=1e-12)

@@ -94,7 +94,8 @@ def _register_solve(tiny_sub) -> None:
                     + CONVENTION + ".")
     add_arch_options(p)
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--macs", metavar="N", help="MACs budget: 100M, 1.2G, 385814752, or 0.25x (of the default)")
+    budget.add_argument("--macs", metavar="N",
+                        help="MACs budget: 100M, 1.2G, 385814752, or 0.25x (of the default network)")
     budget.add_argument("--flops", metavar="N", help="FLOPs budget (= 2 x MACs), e.g. 200M or 0.25x")
     p.add_argument("--method", choices=METHODS, default="tiny",
                    help="tiny (default), giant, or one dimension alone: r, d, w")
