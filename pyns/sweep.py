@@ -675,9 +675,11 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple
     for r in rows:
         params = f"{r['params']:,} ({human(r['params'])})" if r["params"] is not None else "varies"
         macs = f"{r['macs']:,} ({human(r['macs'])})" if r["macs"] is not None else "varies"
-        lines.append(f"| {r['ratio']:g} | {r['method']} | {params} | {macs} | "
-                     f"{_pm(r['latency_ms_mean'], r['latency_ms_std'])} | {_pm(r['best_acc_mean'], r['best_acc_std'], 100)} | "
-                     f"{_pm(r['final_acc_mean'], r['final_acc_std'], 100)} | {r['seeds']} |")
+        latency = _pm(r["latency_ms_mean"], r["latency_ms_std"])
+        best = _pm(r["best_acc_mean"], r["best_acc_std"], 100)
+        final = _pm(r["final_acc_mean"], r["final_acc_std"], 100)
+        lines.append(f"| {r['ratio']:g} | {r['method']} | {params} | {macs} | {latency} | {best} | {final} "
+                     f"| {r['seeds']} |")
     metric = rows[0]["budget_metric"] if rows else "params"
     notes = [
         "",

@@ -167,10 +167,11 @@ def test_epoch_limit_stops_before_pruning(tmp_path, digits, arch):
 # A real run: costs, resume, masked mode
 # ----------------------------------------------------------------------------------------------------
 
-# 1438 training digits at batch 64: 23 minibatches per epoch; one warm-up epoch, then a prune step every
-# 3 minibatches removing 2 of the 24 units until 12 are gone (6 steps), checkpoints every second step.
-_RUN = dict(warmup_epochs=1, batch_size=64, prune_every=3, units_per_step=2, stop_fraction=0.5,
-            stop_at_min_width=False, checkpoint_every=2, seed=3)
+# 1438 training digits at batch 128: 12 minibatches per epoch; one warm-up epoch, then a prune step every
+# 4 minibatches (16, 20, 24, ... 36) removing 2 of the 24 units until 12 are gone (6 steps). Step 3 falls
+# on the last minibatch of an epoch, the case where a resumed run must move on to the next epoch itself.
+_RUN = dict(warmup_epochs=1, batch_size=128, prune_every=4, units_per_step=2, stop_fraction=0.5,
+            stop_at_min_width=False, seed=3)
 _START = {"c1": 6, "c2": 6, "c3": 6, "c4": 6}
 
 
@@ -204,6 +205,8 @@ def reference_run(tmp_path_factory, digits, arch):
 def test_tau_is_the_shrunk_modules_parameter_count_at_every_step(reference_run):
     result, module_params = reference_run
     assert result.stop_reason == STOP_FRACTION_REACHED and len(result.rows) == 6
+    assert [row["minibatch"] for row in result.rows] == [16, 20, 24, 28, 32, 36]
+    assert [row["epoch"] for row in result.rows] == [1, 1, 1, 2, 2, 2]
     assert [row["params"] for row in result.rows] == module_params
     assert module_params == sorted(module_params, reverse=True) and len(set(module_params)) == 6
     on_disk = read_jsonl(result.run_dir / TRAJECTORY_FILE)
@@ -219,13 +222,15 @@ def test_resume_after_kills_gives_the_same_trajectory(tmp_path, digits, arch, re
     config = PruneConfig(**_RUN)
     # Killed in the warm-up before any checkpoint: the resumed run starts over.
     with pytest.raises(_Killed):
-        prune(arch, digits, config, out, widths=_START, callback=_kill_at(10))
-    # Killed after step 3 (minibatch 32) was logged but not checkpointed (every second step is).
+        prune(arch, digits, config, out, widths=_START, callback=_kill_at(5))
+    # Killed two minibatches after step 3's checkpoint, which was taken at the end of epoch 1.
     with pytest.raises(_Killed):
-        prune(arch, digits, config, out, widths=_START, resume=True, callback=_kill_at(33))
-    assert len(read_jsonl(out / TRAJECTORY_FILE)) == 3
+        prune(arch, digits, config, out, widths=_START, resume=True, callback=_kill_at(26))
+    rows = read_jsonl(out / TRAJECTORY_FILE)
+    assert [row["epoch"] for row in rows] == [1, 1, 1]
     with open(out / TRAJECTORY_FILE, "a") as handle:
-        handle.write('{"step": 4, "torn')  # as if the process died mid-append
+        # A row appended after the last checkpoint, then a line torn by the kill: both must go.
+        handle.write(json.dumps({**rows[-1], "step": 4}) + "\n" + '{"step": 5, "torn')
     resumed = prune(arch, digits, config, out, widths=_START, resume=True)
 
     assert _rows_without_time(resumed.rows) == _rows_without_time(reference.rows)
@@ -243,6 +248,26 @@ def test_masked_run_follows_the_same_trajectory(tmp_path, digits, arch, referenc
     assert [r["params"] for r in masked.rows] == [r["params"] for r in reference.rows]
     for a, b in zip(masked.rows, reference.rows):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_tied_widths_shrink_together_in_a_real_run(tmp_path):
+    """ResNet18's stem, b1b, b2b (identity adds) lose the same units at every step, and τ stays the
+    parameter count of the module being trained."""
+    arch = load("resnet18")
+    data = load_dataset("synthetic", split="train", num_samples=64, num_classes=10, seed=1)
+    seen = []
+
+    def check(state, model):
+        seen.append(sum(p.numel() for p in model.parameters()) == arch.count(state.widths).params)
+
+    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=32, prune_every=1, units_per_step=6,
+                         stop_at_min_width=False, augment=False)
+    result = prune(arch, data, config, tmp_path / "run", widths=arch.uniform_widths(1 / 16), callback=check)
+    assert len(result.rows) == 4 and all(seen)
+    for row in result.rows:
+        w = row["widths"]
+        assert w["stem"] == w["b1b"] == w["b2b"] and w["b3b"] == w["b4b"]
+    assert result.rows[-1]["units"] == result.rows[0]["units"] - 18
 
 
 def test_run_folder_rules(tmp_path, digits, arch, reference_run):

@@ -148,8 +148,13 @@ def run(args: argparse.Namespace) -> int:
     mode = args.mode or (saved or {}).get("mode", "shrink")
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
-    result = prune(arch, train_set, config, args.out, mode=mode, device=_device(args.device),
-                   resume=args.resume, widths=widths, data=data, progress=not args.quiet)
+    try:
+        result = prune(arch, train_set, config, args.out, mode=mode, device=_device(args.device),
+                       resume=args.resume, widths=widths, data=data, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"pyns: the last checkpoint is in {args.out}; continue with the same command and --resume",
+              file=sys.stderr)
+        raise
 
     state = "finished" if result.done else "stopped"
     print(f"{arch.name} on {train_set.name}: {state} after {result.steps} prune steps "

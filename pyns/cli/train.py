@@ -13,6 +13,7 @@ paper reports), params, MACs, latency measured the paper's way and images/s.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from pyns.cli.common import add_arch_options, human, parse_assignments, print_json
@@ -178,15 +179,15 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(derive_seed(recipe.seed, "train-init"))  # same initial weights on every rank
     model = arch.build(widths)
-    if main and not args.resume:
-        # A finished run is refused by pyns.train unless --overwrite; write run.json only past that check.
-        from pathlib import Path
-
+    if not args.resume:
+        # A finished run is refused unless --overwrite, before run.json is written over it. Every rank
+        # checks (a rank that stopped alone would leave the others waiting for it forever).
         from pyns.train import CHECKPOINT_FILE
 
         if (Path(args.out) / CHECKPOINT_FILE).exists() and not args.overwrite:
             raise RunError(f"{args.out} already holds a training run",
                            hint="pass --resume to continue it, --overwrite to start over, or choose another --out")
+    if main and not args.resume:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(args.out) / RUN_FILE, {"arch": arch.name, "widths": widths, "how": how,
                                                       "data": {"name": data.name, "root": data.root,

@@ -1,7 +1,21 @@
-"""NeuralScale Algorithm 1: iterative first-order Taylor pruning with physical shrinking."""
+"""NeuralScale Algorithm 1: iterative first-order Taylor pruning with physical shrinking.
+
+    from pyns.arch import load
+    from pyns.data import load_dataset
+    from pyns.prune import PruneConfig, prune
+
+    arch = load("vgg11")
+    train = load_dataset("cifar10", "~/data", "train")
+    result = prune(arch, train, PruneConfig(), "runs/vgg11")   # trajectory in runs/vgg11/trajectory.jsonl
+
+Modules: schedule (PruneConfig and the rules), importance (group importances, global ranking), shrink
+(rebuild smaller, copy surviving state; mask counterpart), run (the loop, run folder, resume).
+"""
 from pyns.prune.importance import Selection, group_importance, select_units
-from pyns.prune.schedule import PruneConfig, lr_at
+from pyns.prune.run import PruneResult, PruneState, load_run_arch, load_run_config, prune, read_trajectory
+from pyns.prune.schedule import PruneConfig, lr_at, recording_started, target_units
 from pyns.prune.shrink import ShrinkReport, mask_network, shrink_network
 
-__all__ = ["PruneConfig", "lr_at", "Selection", "group_importance", "select_units", "ShrinkReport",
-           "mask_network", "shrink_network"]
+__all__ = ["PruneConfig", "lr_at", "recording_started", "target_units", "Selection", "group_importance",
+           "select_units", "ShrinkReport", "mask_network", "shrink_network", "prune", "PruneResult",
+           "PruneState", "read_trajectory", "load_run_config", "load_run_arch"]

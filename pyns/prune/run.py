@@ -11,9 +11,12 @@ The run folder (crash-safe: every file is written atomically or appended one lin
     config.json        arch, its parameters, start widths, data set, PruneConfig, mode (checked on resume)
     arch.arch          the architecture's source text
     versions.json      pyns, torch, numpy, Python and platform versions
-    trajectory.jsonl   one row per prune step: step, epoch, minibatch, params (τ), macs, widths
-                       {symbol: int}, loss (mean train loss of the step's minibatches), lr, units,
-                       recording, time_s; fit_power_law reads the rows with recording = true
+    trajectory.jsonl   one row per prune step: step (1, 2, ...), epoch (0-based, warm-up included),
+                       minibatch (trained so far), params (τ), macs, widths {symbol: int} after the
+                       step, loss (mean train loss of the step's Q minibatches), lr, units (left),
+                       recording, time_s (training time so far); fit_power_law uses the rows with
+                       recording = true. A step after which a projection shortcut vanished also has
+                       dropped_layers.
     checkpoint.pt      model, optimizer, pruning state (widths, kept channel indices, counters), RNG,
                        loader position and the rows so far; written after every prune step and at the
                        end of every warm-up epoch
@@ -459,7 +462,7 @@ def _prepare_folder(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def prune(arch, train_set, config: PruneConfig | None = None, out_dir: str | Path = "prune-run", *,
+def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
           mode: str = "shrink", device: str | torch.device = "cpu", resume: bool = False,
           widths: Mapping[str, int] | None = None, data: Mapping[str, Any] | None = None,
           progress: bool = False, callback: Callable[[PruneState, Any], None] | None = None) -> PruneResult:
@@ -470,7 +473,6 @@ def prune(arch, train_set, config: PruneConfig | None = None, out_dir: str | Pat
     the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the trajectory and where the run ended; see the module docstring for the
     run folder. Raises RunError for a non-empty folder without `resume`, or a resume with other settings.
     """
-    config = config or PruneConfig()
     config.validate()
     if mode not in MODES:
         raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
