@@ -262,7 +262,7 @@ def _shrink_optimizer(optimizer: torch.optim.Optimizer, new_model: nn.Module,
         new_state = {}
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.shape == old_param.shape:
-                new_state[key] = torch.zeros_like(_take(value, maps))  # per-element state (momentum, moments)
+                new_state[key] = _take(value, maps).clone()  # per-element state (momentum, moments)
             elif isinstance(value, torch.Tensor):
                 new_state[key] = value.clone()  # scalars such as Adam's step
             else:
