@@ -6,7 +6,6 @@ minibatches on the CPU.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,15 @@ from pyns.errors import RunError
 from pyns.prune import run as prune_run
 from pyns.prune.importance import group_importance, select_units
 from pyns.prune.run import CHECKPOINT_FILE, TRAJECTORY_FILE, prune
-from pyns.prune.schedule import (STOP_EPOCH_LIMIT, STOP_FRACTION_REACHED, STOP_MIN_WIDTH, PruneConfig, lr_at,
-                                 recording_started, target_units)
+from pyns.prune.schedule import (
+    STOP_EPOCH_LIMIT,
+    STOP_FRACTION_REACHED,
+    STOP_MIN_WIDTH,
+    PruneConfig,
+    lr_at,
+    recording_started,
+    target_units,
+)
 from pyns.runfiles import read_jsonl
 
 
@@ -170,8 +176,8 @@ def test_epoch_limit_stops_before_pruning(tmp_path, digits, arch):
 # 1438 training digits at batch 128: 12 minibatches per epoch; one warm-up epoch, then a prune step every
 # 4 minibatches (16, 20, 24, ... 36) removing 2 of the 24 units until 12 are gone (6 steps). Step 3 falls
 # on the last minibatch of an epoch, the case where a resumed run must move on to the next epoch itself.
-_RUN = dict(warmup_epochs=1, batch_size=128, prune_every=4, units_per_step=2, stop_fraction=0.5,
-            stop_at_min_width=False, seed=3)
+_RUN = {"warmup_epochs": 1, "batch_size": 128, "prune_every": 4, "units_per_step": 2, "stop_fraction": 0.5,
+        "stop_at_min_width": False, "seed": 3}
 _START = {"c1": 6, "c2": 6, "c3": 6, "c4": 6}
 
 

@@ -95,9 +95,9 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     import numpy as np
 
     from pyns.cli.fit import PROFILE_FILE
-    from pyns.scaling.profile import Profile
     from pyns.prune.run import load_run_config, read_trajectory
     from pyns.runfiles import atomic_writer
+    from pyns.scaling.profile import Profile
 
     config = load_run_config(folder)
     rows = read_trajectory(folder)

@@ -85,9 +85,9 @@ def _load_arch(args: argparse.Namespace, classes: int | None, saved: dict[str, A
     if saved is not None and not args.sets:
         params = dict(saved.get("arch_params", {}))
     arch = load(args.arch, variant=args.variant, policy=args.policy, **params)
-    if classes is not None and "classes" not in params and "classes" in arch.source.params:
-        if arch.network.params.get("classes") != classes:  # follow the data set unless told otherwise
-            arch = load(args.arch, variant=args.variant, policy=args.policy, **params, classes=classes)
+    follow_data = classes is not None and "classes" not in params and "classes" in arch.source.params
+    if follow_data and arch.network.params.get("classes") != classes:  # the data set's, unless told otherwise
+        arch = load(args.arch, variant=args.variant, policy=args.policy, **params, classes=classes)
     return arch
 
 
@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     state = "finished" if result.done else "stopped"
     print(f"{arch.name} on {train_set.name}: {state} after {result.steps} prune steps "
           f"({result.stop_reason or 'not finished'})")
-    print(f"final: params {result.params:,} ({human(result.params)}), MACs {result.macs:,} ({human(result.macs)})")
+    print(f"final: params {result.params:,} ({human(result.params)}), MACs {result.macs:,} ({human(result.macs)})"
+          " (MACs: multiply-accumulates of conv/linear layers at batch 1)")
     print(f"trajectory: {result.run_dir / TRAJECTORY_FILE} ({len(result.rows)} rows, "
           f"{len(result.recorded)} recorded)")
     if not args.no_fit:

@@ -16,6 +16,21 @@ from pyns.prune.run import PruneResult, PruneState, load_run_arch, load_run_conf
 from pyns.prune.schedule import PruneConfig, lr_at, recording_started, target_units
 from pyns.prune.shrink import ShrinkReport, mask_network, shrink_network
 
-__all__ = ["PruneConfig", "lr_at", "recording_started", "target_units", "Selection", "group_importance",
-           "select_units", "ShrinkReport", "mask_network", "shrink_network", "prune", "PruneResult",
-           "PruneState", "read_trajectory", "load_run_config", "load_run_arch"]
+__all__ = [
+           "PruneConfig",
+           "PruneResult",
+           "PruneState",
+           "Selection",
+           "ShrinkReport",
+           "group_importance",
+           "load_run_arch",
+           "load_run_config",
+           "lr_at",
+           "mask_network",
+           "prune",
+           "read_trajectory",
+           "recording_started",
+           "select_units",
+           "shrink_network",
+           "target_units",
+]

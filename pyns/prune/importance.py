@@ -19,7 +19,7 @@ from torch import nn
 
 from pyns.errors import RunError
 
-__all__ = ["Group", "group_importance", "Selection", "select_units", "gates_by_symbol"]
+__all__ = ["Group", "Selection", "gates_by_symbol", "group_importance", "select_units"]
 
 Group = tuple[str, ...]  # the symbols of one tied group, in the architecture's order
 

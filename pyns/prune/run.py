@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +49,47 @@ import torch.nn.functional as F
 from pyns import ir
 from pyns.errors import RunError
 from pyns.prune.importance import Group, gates_by_symbol, group_importance, select_units
-from pyns.prune.schedule import (STOP_EPOCH_LIMIT, STOP_FRACTION_REACHED, STOP_MIN_WIDTH, STOP_NOTHING_LEFT,
-                                 PruneConfig, lr_at, recording_started, target_units)
+from pyns.prune.schedule import (
+    STOP_EPOCH_LIMIT,
+    STOP_FRACTION_REACHED,
+    STOP_MIN_WIDTH,
+    STOP_NOTHING_LEFT,
+    PruneConfig,
+    lr_at,
+    recording_started,
+    target_units,
+)
 from pyns.prune.shrink import mask_network, shrink_network
-from pyns.runfiles import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
-                           capture_rng_state, check_config, load_config, read_jsonl, restore_rng_state,
-                           write_jsonl)
+from pyns.runfiles import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    capture_rng_state,
+    check_config,
+    load_config,
+    read_jsonl,
+    restore_rng_state,
+    write_jsonl,
+)
 
-__all__ = ["prune", "PruneResult", "PruneState", "MODES", "CONFIG_FILE", "TRAJECTORY_FILE", "CHECKPOINT_FILE",
-           "SUMMARY_FILE", "ARCH_FILE", "VERSIONS_FILE", "read_trajectory", "width_summary", "run_config",
-           "load_run_config", "load_run_arch"]
+__all__ = [
+    "ARCH_FILE",
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "MODES",
+    "SUMMARY_FILE",
+    "TRAJECTORY_FILE",
+    "VERSIONS_FILE",
+    "PruneResult",
+    "PruneState",
+    "load_run_arch",
+    "load_run_config",
+    "prune",
+    "read_trajectory",
+    "run_config",
+    "width_summary",
+]
 
 MODES = ("shrink", "masked")
 CONFIG_FILE = "config.json"
@@ -235,6 +266,7 @@ class _Pruner:
         self.optimizer: Any = None
         self.state: PruneState | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._shown_loss: float | None = None  # the progress bar's last loss
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -316,6 +348,7 @@ class _Pruner:
         c, s = self.config, self.state
         pruning_units = target_units(c, s.total_units)
         started = time.perf_counter() - s.seconds
+        s.stop_reason = None  # an epoch limit reached before may have been raised on resume
         try:
             while not s.done:
                 if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
@@ -339,8 +372,9 @@ class _Pruner:
                             self._show(advanced)
                             if not s.done and s.step % c.checkpoint_every == 0:
                                 self.checkpoint()
-                    elif s.minibatches % 10 == 0:  # every 10: a device sync per update would cost time
-                        self._show(10, float(loss.item()))
+                    elif self.progress.bar is not None:
+                        # The loss only every 10 minibatches: reading it synchronises with the device.
+                        self._show(1, float(loss.item()) if s.minibatches % 10 == 0 else None)
                     if self.callback is not None:
                         self.callback(s, self.model)
                     if s.done:
@@ -377,8 +411,9 @@ class _Pruner:
         if self.progress.bar is None:
             return
         params = self.rows[-1]["params"] if self.rows else self.arch.count(s.widths).params
-        if loss is None and self.rows:
-            loss = self.rows[-1]["loss"]
+        if loss is None:
+            loss = self.rows[-1]["loss"] if self.rows and s.epoch >= self.config.warmup_epochs else self._shown_loss
+        self._shown_loss = loss
         self.progress.show(advance, s.epoch, params, s.widths, loss)
 
     def _prune_step(self) -> int:
@@ -470,8 +505,9 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
 
     `widths` are the start widths (default: the arch's defaults); `data` describes the data set for
     config.json (default: its name and size). `callback(state, model)` runs after every minibatch, after
-    the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the trajectory and where the run ended; see the module docstring for the
-    run folder. Raises RunError for a non-empty folder without `resume`, or a resume with other settings.
+    the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the
+    trajectory and where the run ended; see the module docstring for the run folder. Raises RunError for
+    a non-empty folder without `resume`, or a resume with other settings.
     """
     config.validate()
     if mode not in MODES:

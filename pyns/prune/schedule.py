@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from pyns.errors import RunError
 
-__all__ = ["PruneConfig", "lr_at", "recording_started", "target_units", "STOP_FRACTION_REACHED",
-           "STOP_MIN_WIDTH", "STOP_EPOCH_LIMIT", "STOP_NOTHING_LEFT"]
+__all__ = [
+    "STOP_EPOCH_LIMIT",
+    "STOP_FRACTION_REACHED",
+    "STOP_MIN_WIDTH",
+    "STOP_NOTHING_LEFT",
+    "PruneConfig",
+    "lr_at",
+    "recording_started",
+    "target_units",
+]
 
 # Why a run ended (stored in checkpoints and the run summary).
 STOP_FRACTION_REACHED = "stop_fraction reached"

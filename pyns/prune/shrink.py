@@ -37,7 +37,7 @@ from pyns import ir
 from pyns.dsl.expr import Expr, Sym, evaluate
 from pyns.errors import PynsError
 
-__all__ = ["ShrinkReport", "shrink_network", "mask_network", "normalize_keep"]
+__all__ = ["ShrinkReport", "mask_network", "normalize_keep", "shrink_network"]
 
 IndexPlan = dict[str, dict[str, list[torch.Tensor | None]]]  # layer -> tensor name -> index per dim
 
