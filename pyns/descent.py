@@ -147,7 +147,8 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
                         data={"name": train_set.name})
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
-                profile = fit_power_law(folder / TRAJECTORY_FILE, arch=arch, metric=config.metric,
+                # Rows via the tolerant reader: a line torn by a crash must not block the fit.
+                profile = fit_power_law(read_jsonl(folder / TRAJECTORY_FILE), arch=arch, metric=config.metric,
                                         dataset=train_set.name)
             for w in caught:
                 log(f"iteration {it}: {w.message}")

@@ -155,3 +155,31 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
 
 
 register_plotter(Plotter("prune (NeuralScale Figure 2)", _is_prune_run, draw_figure2))
+
+
+def _is_descent_run(folder: Path) -> bool:
+    from pyns.descent import is_descent_run
+
+    return is_descent_run(folder)
+
+
+def _draw_descent(folder: Path, out: Path | None) -> list[Path]:
+    from pyns.descent_plot import plot_descent
+
+    return [plot_descent(folder, out)]
+
+
+def _is_tiny_sample(folder: Path) -> bool:
+    from pyns.tiny_plot import is_tiny_sample_dir
+
+    return is_tiny_sample_dir(folder)
+
+
+def _draw_tiny(folder: Path, out: Path | None) -> list[Path]:
+    from pyns.tiny_plot import plot_tiny_dir
+
+    return plot_tiny_dir(folder, out)
+
+
+register_plotter(Plotter("descent (NeuralScale Figure 3)", _is_descent_run, _draw_descent))
+register_plotter(Plotter("tiny sample (TinyNet Figures 1 and 3)", _is_tiny_sample, _draw_tiny))

@@ -33,6 +33,20 @@ def register(sub) -> None:
                     "(parameters tau and width per layer at every step), checkpoints and the fitted "
                     "profile into RUN_DIR. Defaults are the paper's.")
     add_arch_options(p)
+    add_run_options(p)
+    p.add_argument("--widths", action="append", default=[], metavar="K=V,...",
+                   help="start widths (others keep their defaults), e.g. --widths c1=32,c2=64")
+    p.add_argument("--ratio", type=float, metavar="R", help="start from every searchable width scaled by R")
+    p.add_argument("--mode", choices=("shrink", "masked"),
+                   help="shrink the network physically (default) or only mask channels (slow; for comparison)")
+    add_schedule_options(p)
+    p.add_argument("--no-fit", action="store_true", help="do not fit the profile at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Data set, run folder, resume and device: shared by `pyns prune` and `pyns descent`."""
     p.add_argument("--data", required=True, metavar="NAME",
                    help="cifar10, cifar100, tinyimagenet, imagefolder, digits or synthetic")
     p.add_argument("--root", metavar="DIR", help="folder holding the data set (not needed for digits/synthetic)")
@@ -41,11 +55,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (must be new or empty)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
-    p.add_argument("--widths", action="append", default=[], metavar="K=V,...",
-                   help="start widths (others keep their defaults), e.g. --widths c1=32,c2=64")
-    p.add_argument("--ratio", type=float, metavar="R", help="start from every searchable width scaled by R")
-    p.add_argument("--mode", choices=("shrink", "masked"),
-                   help="shrink the network physically (default) or only mask channels (slow; for comparison)")
+
+
+def add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """Every Algorithm 1 number as an option (unset = the paper's default)."""
     sched = p.add_argument_group("schedule (SPEC §5 defaults)")
     sched.add_argument("--warmup", type=int, metavar="P", help="pre-training epochs (10)")
     sched.add_argument("--warmup-lr", type=float, metavar="LR", help="pre-training learning rate (0.1)")
@@ -65,9 +78,17 @@ def register(sub) -> None:
     sched.add_argument("--no-augment", action="store_true", help="no data augmentation")
     sched.add_argument("--seed", type=int, help="random seed (0)")
     sched.add_argument("--checkpoint-every", type=int, metavar="N", help="prune steps between checkpoints (1)")
-    p.add_argument("--no-fit", action="store_true", help="do not fit the profile at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=run)
+
+
+def schedule_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The PruneConfig fields the command line sets explicitly."""
+    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items()
+                 if getattr(args, flag) is not None}
+    if args.no_augment:
+        overrides["augment"] = False
+    if args.skip_at_min_width:
+        overrides["stop_at_min_width"] = False
+    return overrides
 
 
 def _device(name: str) -> str:
@@ -125,12 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
                         f"classes; pass --set classes={train_set.num_classes}")
 
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items()
-                 if getattr(args, flag) is not None}
-    if args.no_augment:
-        overrides["augment"] = False
-    if args.skip_at_min_width:
-        overrides["stop_at_min_width"] = False
+    overrides = schedule_overrides(args)
     if saved is not None:
         # Resuming: what the command line leaves out is what the run was started with; what it states
         # is compared with the saved config (a difference is refused by `prune`).

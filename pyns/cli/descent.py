@@ -1,0 +1,99 @@
+"""`pyns descent ARCH --data NAME --out RUN_DIR`: NeuralScale architecture descent (Algorithm 4)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.prune import _device, _load_arch, add_run_options, add_schedule_options, schedule_overrides
+from pyns.errors import DataError, PynsError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "descent", help="architecture descent: generate -> prune -> fit, repeated",
+        description="NeuralScale architecture descent: each iteration builds a freshly initialised network at "
+                    "the target size from the previous iteration's power laws, prunes it (Algorithm 1) and "
+                    "refits (Algorithm 2). Iteration 0 starts from the architecture's own proportions "
+                    "(MorphNet-like); the last is NeuralScale. Every iteration's trajectory and profile are "
+                    "kept in RUN_DIR/iter-NN/; RUN_DIR/profile.json is the latest profile.")
+    add_arch_options(p)
+    add_run_options(p)
+    p.add_argument("--iterations", type=int, default=15, metavar="N", help="descent iterations (15)")
+    p.add_argument("--target", choices=("params", "macs"), default="params",
+                   help="what τ and the target size measure (params)")
+    p.add_argument("--target-size", metavar="BUDGET",
+                   help="target size in that metric: 1.2M, 500k, 0.5x (default: the default network's)")
+    p.add_argument("--until-change", metavar="PCT",
+                   help="stop early once the configuration moves less than this, e.g. 1%% or 0.01")
+    add_schedule_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run)
+
+
+def _fraction(text: str | None) -> float | None:
+    if text is None:
+        return None
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise PynsError(f"--until-change: `{text}` is not a percentage (e.g. 1%) or a fraction (0.01)") from None
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyns.data import load_dataset
+    from pyns.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
+    from pyns.dsl.expr import evaluate
+    from pyns.prune.schedule import PruneConfig
+    from pyns.runfiles import load_config
+    from pyns.scaling.budget import parse_budget
+
+    saved = load_config(args.out, CONFIG_FILE) if args.resume else None
+    if saved is not None and saved.get("kind") != RUN_KIND:
+        raise PynsError(f"{args.out} holds a run of another kind ({saved.get('kind')!r}), not a descent run")
+    arch = _load_arch(args, None, None)
+    data_options = parse_assignments(args.data_options, "--data-option")
+    train_set = load_dataset(args.data, args.root, "train", resolution=arch.resolution,
+                             channels=arch.network.in_channels, **data_options)
+    arch = _load_arch(args, train_set.num_classes, None)
+    outputs = int(evaluate(arch.network.out_features, arch.defaults))
+    if outputs != train_set.num_classes:
+        raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
+                        f"classes; pass --set classes={train_set.num_classes}")
+    overrides = schedule_overrides(args)
+    if saved is not None:
+        prune_config = PruneConfig.from_dict({**saved.get("prune", {}), **overrides})
+    else:
+        prune_config = PruneConfig.for_dataset(args.data, **overrides)
+    target = None
+    if args.target_size is not None:
+        default_cost = getattr(arch.count(), args.target)
+        target = float(parse_budget(args.target_size, "--target-size").resolve(default_cost))
+    config = DescentConfig(iterations=args.iterations, metric=args.target, target=target,
+                           until_change=_fraction(args.until_change), prune=prune_config)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)
+
+    try:
+        result = descent(arch, train_set, config, args.out, device=_device(args.device), resume=args.resume,
+                         progress=not args.quiet, log=log)
+    except KeyboardInterrupt:
+        print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",
+              file=sys.stderr)
+        raise
+    print(f"\n{arch.name}: {len(result.iterations)} descent iterations"
+          + (" (stopped early: the configuration stopped moving)" if result.stopped_early else ""))
+    symbols = arch.searchable
+    name_w = max(len(s) for s in symbols + ["iteration"])
+    print(f"{'iteration':<{name_w}}  " + "  ".join(f"{it.iteration:>6}" for it in result.iterations))
+    for sym in symbols:
+        print(f"{sym:<{name_w}}  " + "  ".join(f"{it.start_widths[sym]:>6}" for it in result.iterations))
+    print(f"{args.target:<{name_w}}  " + "  ".join(f"{human(getattr(it, args.target)):>6}"
+                                                 for it in result.iterations))
+    print(f"{'change':<{name_w}}  " + "  ".join(f"{'-' if it.change is None else f'{100 * it.change:.1f}%':>6}"
+                                              for it in result.iterations))
+    print(f"profile: {result.out_dir / 'profile.json'}")
+    return 0

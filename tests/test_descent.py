@@ -1,0 +1,125 @@
+"""Architecture descent (Algorithm 4) and the end-to-end NeuralScale loop on scikit-learn's digits."""
+import csv
+import json
+
+import pytest
+import torch
+
+from pyns.arch import load
+from pyns.cli.main import main
+from pyns.data import load_dataset
+from pyns.descent import DescentConfig, configuration_change, descent, read_summary
+from pyns.errors import RunError
+from pyns.prune.schedule import PruneConfig
+from pyns.scaling.profile import Profile
+from pyns.scaling.solve import solve_budget
+
+# Short Algorithm 1 on digits: enough prune steps that every width loses a unit and >= 6 rows record.
+FAST = dict(warmup_epochs=2, max_epochs=12, prune_every=4, units_per_step=3, batch_size=64,
+            stop_at_min_width=False)
+FAST_FLAGS = ["--warmup", "2", "--epochs", "12", "--every", "4", "--units", "3", "--batch-size", "64",
+              "--skip-at-min-width", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: thread hand-offs cost more than they save on 2 shared cores
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", split="train", resolution=8, channels=1)
+
+
+def test_configuration_change_by_hand():
+    assert configuration_change({"a": 10, "b": 30}, {"a": 12, "b": 27}) == pytest.approx(5 / 40)
+
+
+def test_each_iteration_starts_from_the_previous_profile_at_the_target(tmp_path, digits):
+    arch = load("digits_cnn")
+    result = descent(arch, digits, DescentConfig(iterations=2, prune=PruneConfig(**FAST)), tmp_path / "run")
+    first, second = result.iterations
+    assert first.start_widths == arch.defaults  # iteration 0: the architecture's own proportions
+    profile0 = Profile.load(tmp_path / "run" / "iter-00" / "profile.json")
+    assert not profile0.fallback  # enough recorded points to fit real power laws
+    expected = solve_budget(arch, params=arch.count().params, method="profile", profile=profile0)
+    assert second.start_widths == expected.widths  # generated from iteration 0's laws, at the target size
+    assert second.params <= arch.count().params
+    assert second.params == arch.count(second.start_widths).params
+    assert second.change == pytest.approx(configuration_change(first.start_widths, second.start_widths))
+    # the run folder's final profile is the last iteration's
+    assert json.loads((tmp_path / "run" / "profile.json").read_text()) == json.loads(
+        (tmp_path / "run" / "iter-01" / "profile.json").read_text())
+    assert [row["iteration"] for row in read_summary(tmp_path / "run")] == [0, 1]
+
+
+def test_until_change_stops_once_the_configuration_stops_moving(tmp_path, digits):
+    arch = load("digits_cnn")
+    config = DescentConfig(iterations=5, until_change=0.999, prune=PruneConfig(**FAST))
+    result = descent(arch, digits, config, tmp_path / "run")
+    assert result.stopped_early and len(result.iterations) == 1  # every change is below 99.9%
+
+
+def test_resume_after_an_interrupted_iteration_matches_an_uninterrupted_descent(tmp_path, digits):
+    arch = load("digits_cnn")
+    config = DescentConfig(iterations=2, prune=PruneConfig(**FAST))
+    straight = descent(arch, digits, config, tmp_path / "straight")
+
+    import pyns.descent as module
+
+    real_prune = module.prune
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # kill iteration 1 a few minibatches in, after its first checkpoint
+            def stop(state, model):
+                if state.step >= 3:
+                    raise KeyboardInterrupt
+            kwargs["callback"] = stop
+        return real_prune(*args, **kwargs)
+
+    module.prune = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            descent(arch, digits, config, tmp_path / "killed")
+    finally:
+        module.prune = real_prune
+    with pytest.raises(RunError, match="--resume"):
+        descent(arch, digits, config, tmp_path / "killed")
+    resumed = descent(arch, digits, config, tmp_path / "killed", resume=True)
+    assert [it.start_widths for it in resumed.iterations] == [it.start_widths for it in straight.iterations]
+    a = (tmp_path / "straight" / "iter-01" / "trajectory.jsonl").read_text().splitlines()
+    b = (tmp_path / "killed" / "iter-01" / "trajectory.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "time_s"} for r in rows]
+    assert strip(a) == strip(b)
+
+
+def test_descent_then_sweep_end_to_end_on_digits(tmp_path, capsys):
+    """The issue's acceptance run: descent for 2 iterations, then uniform vs neuralscale at two budgets."""
+    run_dir, sweep_dir = tmp_path / "descent", tmp_path / "sweep"
+    assert main(["descent", "digits_cnn", "--data", "digits", "--out", str(run_dir), "--iterations", "2",
+                 *FAST_FLAGS]) == 0
+    assert "profile:" in capsys.readouterr().out
+    assert main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "descent_widths.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["sweep", "digits_cnn", "--data", "digits", "--out", str(sweep_dir), "--width-ratios",
+                 "0.5,0.75", "--methods", "uniform,neuralscale", "--seeds", "1", "--descent", str(run_dir),
+                 "--epochs", "2", "--batch-size", "64", "--quiet"]) == 0
+    arch = load("digits_cnn")
+    full = arch.count().params
+    with open(sweep_dir / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["method"], float(r["ratio"])) for r in rows} == {
+        (m, r) for m in ("uniform", "neuralscale") for r in (0.5, 0.75)}
+    for result_file in sorted((sweep_dir / "cells").glob("*/result.json")):
+        result = json.loads(result_file.read_text())
+        widths = result["widths"]
+        model = arch.build(widths)
+        assert result["params"] == sum(p.numel() for p in model.parameters())
+        budget = arch.count(arch.uniform_widths(result["ratio"])).params
+        assert result["params"] <= budget  # every method meets the ratio's budget
+    assert (sweep_dir / "table.md").read_text().count("|") > 10
