@@ -152,37 +152,30 @@ def _build_residual(node: ir.Residual, env, gates, searchable) -> ResidualBlock:
     return ResidualBlock(body, shortcut, True)
 
 
-def init_neuralscale(module: nn.Module) -> None:
-    """SPEC §4 init: Kaiming normal (fan_out) convs, BN gamma 0.5 / beta 0, linear N(0, 0.01)."""
+def _init(module: nn.Module, bn_gamma: float, linear_init) -> None:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.constant_(m.weight, 0.5)  # the NeuralScale reference code's gamma
+            nn.init.constant_(m.weight, bn_gamma)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
+            linear_init(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def init_neuralscale(module: nn.Module) -> None:
+    """SPEC §4 init: Kaiming normal (fan_out) convs, BN gamma 0.5 (the reference code's) / beta 0,
+    linear N(0, 0.01)."""
+    _init(module, 0.5, lambda w: nn.init.normal_(w, 0.0, 0.01))
 
 
 def init_default(module: nn.Module) -> None:
     """torchvision-style: Kaiming fan_out convs, BN gamma 1, linear uniform(+-1/sqrt(fan_in))."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.weight.shape[1])
-            nn.init.uniform_(m.weight, -bound, bound)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    _init(module, 1.0, lambda w: nn.init.uniform_(w, -1.0 / math.sqrt(w.shape[1]), 1.0 / math.sqrt(w.shape[1])))
 
 
 INITS = {"neuralscale": init_neuralscale, "default": init_default}

@@ -23,6 +23,16 @@ def add_arch_options(parser: argparse.ArgumentParser) -> None:
                         help="scaling policy for multipliers (default: the file's own)")
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --root and --data-option, as every training command takes them."""
+    parser.add_argument("--data", required=True, metavar="NAME",
+                        help="cifar10, cifar100, tinyimagenet, imagefolder, digits or synthetic")
+    parser.add_argument("--root", metavar="DIR",
+                        help="folder holding the data set (not needed for digits/synthetic)")
+    parser.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
+                        help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
+
+
 def parse_number(text: str, what: str) -> float:
     try:
         value = float(text)

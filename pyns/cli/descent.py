@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from pyns.cli.common import add_arch_options, human, parse_assignments
-from pyns.cli.prune import _device, _load_arch, add_run_options, add_schedule_options, schedule_overrides
-from pyns.errors import DataError, PynsError
+from pyns.cli.prune import _device, add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.errors import PynsError
 
 
 def register(sub) -> None:
@@ -43,9 +43,7 @@ def _fraction(text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyns.data import load_dataset
     from pyns.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
-    from pyns.dsl.expr import evaluate
     from pyns.prune.schedule import PruneConfig
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
@@ -53,15 +51,8 @@ def run(args: argparse.Namespace) -> int:
     saved = load_config(args.out, CONFIG_FILE) if args.resume else None
     if saved is not None and saved.get("kind") != RUN_KIND:
         raise PynsError(f"{args.out} holds a run of another kind ({saved.get('kind')!r}), not a descent run")
-    arch = _load_arch(args, None, None)
-    data_options = parse_assignments(args.data_options, "--data-option")
-    train_set = load_dataset(args.data, args.root, "train", resolution=arch.resolution,
-                             channels=arch.network.in_channels, **data_options)
-    arch = _load_arch(args, train_set.num_classes, None)
-    outputs = int(evaluate(arch.network.out_features, arch.defaults))
-    if outputs != train_set.num_classes:
-        raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
-                        f"classes; pass --set classes={train_set.num_classes}")
+    arch, train_set = load_arch_and_data(args, None, args.root,
+                                         parse_assignments(args.data_options, "--data-option"))
     overrides = schedule_overrides(args)
     if saved is not None:
         prune_config = PruneConfig.from_dict({**saved.get("prune", {}), **overrides})

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.common import add_arch_options, add_data_options, human, parse_assignments
 from pyns.errors import DataError, PynsError, RunError
 
 # CLI flag -> PruneConfig field, for the options that map one to one.
@@ -47,11 +47,7 @@ def register(sub) -> None:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Data set, run folder, resume and device: shared by `pyns prune` and `pyns descent`."""
-    p.add_argument("--data", required=True, metavar="NAME",
-                   help="cifar10, cifar100, tinyimagenet, imagefolder, digits or synthetic")
-    p.add_argument("--root", metavar="DIR", help="folder holding the data set (not needed for digits/synthetic)")
-    p.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
-                   help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
+    add_data_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (must be new or empty)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
@@ -112,6 +108,24 @@ def _load_arch(args: argparse.Namespace, classes: int | None, saved: dict[str, A
     return arch
 
 
+def load_arch_and_data(args: argparse.Namespace, saved: dict[str, Any] | None, root: str | None,
+                       data_options: dict[str, Any]):
+    """The architecture (its `classes` following the data set unless --set says otherwise) and the
+    training split, loaded at the architecture's resolution and channel count."""
+    from pyns.data import load_dataset
+    from pyns.dsl.expr import evaluate
+
+    arch = _load_arch(args, None, saved)
+    train_set = load_dataset(args.data, root, "train", resolution=arch.resolution,
+                             channels=arch.network.in_channels, **data_options)
+    arch = _load_arch(args, train_set.num_classes, saved)
+    outputs = int(evaluate(arch.network.out_features, arch.defaults))
+    if outputs != train_set.num_classes:
+        raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
+                        f"classes; pass --set classes={train_set.num_classes}")
+    return arch, train_set
+
+
 def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
     """The config of the run being resumed, or None for a new run."""
     from pyns.prune.run import CONFIG_FILE, RUN_KIND
@@ -126,25 +140,16 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyns.data import load_dataset
-    from pyns.dsl.expr import evaluate
     from pyns.prune.run import TRAJECTORY_FILE, prune
     from pyns.prune.schedule import PruneConfig
 
     saved = _saved_config(args)
     saved_data = (saved or {}).get("data", {})
-    arch = _load_arch(args, None, saved)
     data_options = parse_assignments(args.data_options, "--data-option")
     if saved is not None and not args.data_options:
         data_options = dict(saved_data.get("options", {}))
     root = args.root if args.root is not None or saved is None else saved_data.get("root")
-    train_set = load_dataset(args.data, root, "train", resolution=arch.resolution,
-                             channels=arch.network.in_channels, **data_options)
-    arch = _load_arch(args, train_set.num_classes, saved)
-    outputs = int(evaluate(arch.network.out_features, arch.defaults))
-    if outputs != train_set.num_classes:
-        raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
-                        f"classes; pass --set classes={train_set.num_classes}")
+    arch, train_set = load_arch_and_data(args, saved, root, data_options)
 
     overrides = schedule_overrides(args)
     if saved is not None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, parse_assignments, print_json
+from pyns.cli.common import add_arch_options, add_data_options, parse_assignments, print_json
 from pyns.errors import PynsError, RunError
 
 
@@ -24,11 +24,7 @@ def register(sub) -> None:
                     "seeds; best over epochs as the paper reports, and final) as table.md / table.csv and "
                     "plot accuracy against params and latency. Each cell is resumable and skipped when done.")
     add_arch_options(p)
-    p.add_argument("--data", required=True, metavar="NAME",
-                   help="cifar10, cifar100, tinyimagenet, imagefolder, digits or synthetic")
-    p.add_argument("--root", metavar="DIR", help="folder holding the data set (not needed for digits/synthetic)")
-    p.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
-                   help="data set reader option (repeatable)")
+    add_data_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder (a rerun continues it)")
     p.add_argument("--width-ratios", required=True, metavar="A:B:S|R1,R2,...",
                    help="width ratios defining the budgets: start:stop:step (stop included) or a comma list")

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pyns.cli.common import add_arch_options, human, parse_assignments, print_json
+from pyns.cli.common import add_arch_options, add_data_options, human, parse_assignments, print_json
 from pyns.errors import PynsError, RunError
 
 RUN_FILE = "run.json"  # what was trained (arch, widths, data): lets --resume find the widths again
@@ -39,11 +39,7 @@ def register(sub) -> None:
     widths.add_argument("--params", metavar="N", help="parameter budget, e.g. 0.58M or 0.25x (uniform "
                                                       "scaling unless --profile is given)")
     widths.add_argument("--macs", metavar="N", help="MACs budget, e.g. 40M or 0.5x")
-    p.add_argument("--data", required=True, metavar="NAME",
-                   help="cifar10, cifar100, tinyimagenet, imagefolder, digits or synthetic")
-    p.add_argument("--root", metavar="DIR", help="folder holding the data set (not needed for digits/synthetic)")
-    p.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
-                   help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
+    add_data_options(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that holds a run")
