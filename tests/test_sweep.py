@@ -178,8 +178,12 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (optional)")
-def test_ray_executor_runs_the_cells_as_tasks(tmp_path, digits):
+def test_ray_executor_runs_the_cells_as_tasks(tmp_path, digits, monkeypatch):
     import ray
+
+    # Ray workers start in the driver's folder and put it on sys.path: from the repository root they would
+    # import the source tree (no compiled core) instead of the installed package.
+    monkeypatch.chdir(tmp_path)
 
     config = SweepConfig(ArchSpec("digits_cnn"), DataSpec("digits"), TrainRecipe(epochs=1, batch_size=64), [0.5],
                          ["uniform"], [0, 1])

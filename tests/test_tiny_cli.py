@@ -196,8 +196,9 @@ def test_end_to_end_sample_fit_formula_and_plots(capsys, tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_end_to_end_with_ray(capsys, tmp_path, one_thread):
+def test_end_to_end_with_ray(capsys, tmp_path, one_thread, monkeypatch):
     pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)  # Ray workers import from the driver's folder: keep the source tree out
     folder = tmp_path / "run"
     argv = [a if a != "12" else "3" for a in SAMPLE]
     code, _, err = run(capsys, *argv, "--out", folder, "--executor", "ray")
