@@ -1,5 +1,14 @@
-"""pyns: NeuralScale and TinyNet width/depth/resolution scaling with an exact C++ cost engine."""
+"""pyns: NeuralScale and TinyNet width/depth/resolution scaling with an exact C++ cost engine.
+
+    import pyns
+    arch = pyns.load("vgg11")                 # a shipped .arch by name, or a path
+    arch.count().params                       # exact params / MACs (C++)
+    result = arch.scale(params="0.58M")       # widths meeting a budget
+    model = arch.build(result.widths)         # torch.nn.Module
+"""
+from pyns.arch import Arch, Cost, load, loads
 from pyns.errors import BudgetError, DataError, DSLError, ProfileError, PynsError, RunError
 
 __version__ = "0.1.0"
-__all__ = ["PynsError", "DSLError", "BudgetError", "ProfileError", "DataError", "RunError"]
+__all__ = ["Arch", "Cost", "load", "loads", "PynsError", "DSLError", "BudgetError", "ProfileError", "DataError",
+           "RunError", "__version__"]
