@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pyns.errors import RunError
-from pyns.prune.run import CHECKPOINT_FILE, TRAJECTORY_FILE, prune
+from pyns.prune.run import prune
+from pyns.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
 from pyns.prune.schedule import PruneConfig
 from pyns.runfiles import append_jsonl, atomic_write_text, check_config, read_jsonl
 from pyns.scaling.profile import Profile, ScalingWarning, fit_power_law

@@ -17,53 +17,38 @@ given explicitly. The default network (all multipliers 1) is the same under ever
 budgets mean the same thing for all methods.
 
 MACs follow SPEC §3 (multiply-accumulates of conv and linear layers, batch 1; FLOPs = 2 x MACs).
+
+Modules: pyns.tiny_cost (repeat counts and costs at (r, d, w)), pyns.tiny_baselines (the giant, r, d and w
+paths). This module holds the tiny method, `solve_tiny` and the resolved .arch of a result.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyns.arch import Arch, load
-from pyns.dsl.elaborate import Elaborator, Settings
 from pyns.errors import BudgetError, DSLError, PynsError
 from pyns.policies import scale_resolution
 from pyns.scaling.budget import Budget, parse_budget
+from pyns.tiny_baselines import (
+    giant_multipliers,
+    solve_depth_only,
+    solve_giant,
+    solve_resolution_only,
+    solve_width,
+    solve_width_only,
+)
+from pyns.tiny_cost import CostPath, Stage, record_repeats, stage_repeats, with_policy
 from pyns.tiny_formula import TinyFormula, load_default_formula
 
 __all__ = [
-    "METHODS", "DEFAULT_POLICY", "GIANT_ALPHA", "GIANT_BETA", "GIANT_GAMMA", "Stage", "TinyResult",
-    "solve_tiny", "resolve_macs_budget", "giant_multipliers", "giant_cost", "stage_repeats", "with_policy",
-    "CostPath", "resolved_tiny_text", "write_resolved_tiny",
+    "METHODS", "DEFAULT_POLICY", "Stage", "TinyResult", "solve_tiny", "resolve_macs_budget", "giant_cost",
+    "resolved_tiny_text", "write_resolved_tiny",
 ]
 
 METHODS = ("tiny", "giant", "r", "d", "w")
 DEFAULT_POLICY = {"tiny": "tinynet", "r": "tinynet", "d": "tinynet", "w": "tinynet", "giant": "efficientnet"}
-
-# EfficientNet's compound-scaling coefficients (Tan & Le 2019, found by grid search at φ = 1).
-GIANT_ALPHA = 1.2   # depth
-GIANT_BETA = 1.1    # width
-GIANT_GAMMA = 1.15  # resolution
-
-# φ search window: EfficientNet-B7 is φ ≈ 7 on the grown side; at φ = -30 every multiplier is below 0.02,
-# i.e. every width and repeat count is already at its minimum, so going lower changes nothing but resolution.
-_PHI_MIN, _PHI_MAX = -30.0, 12.0
-# Largest single-dimension multipliers searched for the r and d baselines (budgets above the default network).
-_R_MAX, _D_MAX = 16.0, 16.0
-# Bisection on a real multiplier stops when the bracket is this narrow (relative): far below any step of
-# the rounding (a repeat count of 1000 changes at steps of 1e-3 in d), so the configuration found is exact.
-_BISECT_REL_TOL = 1e-12
-_BISECT_MAX_STEPS = 200
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One top-level `repeat(n) { ... }` of the body: a stage of an EfficientNet-style network."""
-
-    line: int     # source line of the repeat statement
-    base: int     # repeat count written in the file
-    repeats: int  # after depth scaling under the policy
 
 
 @dataclass
@@ -135,86 +120,6 @@ class TinyResult:
         }
 
 
-# ---- architecture helpers ----------------------------------------------------------------------------
-
-
-def with_policy(arch: Arch, policy: str) -> Arch:
-    """The same architecture (variant, parameters) under another scaling policy."""
-    if arch.policy.name == policy:
-        return arch
-    return Arch(arch.source, variant=arch.variant, policy=policy, params=arch.params)
-
-
-class _RepeatRecorder(Elaborator):
-    """An elaboration that also records every repeat statement it expands: its count's place in the source,
-    the count written there, the count after depth scaling, and whether it is a top-level stage."""
-
-    def __init__(self, src, settings: Settings):
-        super().__init__(src, settings)
-        self.records: list[tuple[int, int, int, int, int, bool]] = []  # start, end, line, base, scaled, stage
-        self._nesting = 0
-
-    def repeat(self, stmt, scope, state, namer):
-        count_tree = stmt.children[0]
-        base = self.static_int(self.expr(count_tree, scope, state), "a repeat count", count_tree.meta, 1)
-        scaled = self.policy.depth(base, self.settings.depth_mult)
-        top_level = self._nesting == 0 and not self.call_stack
-        self.records.append((count_tree.meta.start_pos, count_tree.meta.end_pos, stmt.meta.line, base, scaled,
-                             top_level))
-        self._nesting += 1
-        try:
-            return super().repeat(stmt, scope, state, namer)
-        finally:
-            self._nesting -= 1
-
-
-def _record_repeats(arch: Arch, depth: float) -> list[tuple[int, int, int, int, int, bool]]:
-    settings = Settings(params=dict(arch.params), variant=arch.variant, policy=arch.policy.name,
-                        depth_mult=depth, resolution=None)
-    recorder = _RepeatRecorder(arch.source, settings)
-    recorder.run()
-    return recorder.records
-
-
-def stage_repeats(arch: Arch, depth: float) -> list[Stage]:
-    """Repeat counts of the body's top-level `repeat` statements (the stages) at depth multiplier `depth`."""
-    return [Stage(line, base, scaled) for _, _, line, base, scaled, top in _record_repeats(arch, depth) if top]
-
-
-class CostPath:
-    """Counts (r, d, w) points of one architecture cheaply.
-
-    The elaborated network depends on d only through the scaled repeat counts, so every d is mapped to the
-    first d seen with the same counts: the cost program is compiled once per (counts, resolution) instead of
-    once per distinct float. Work on a private copy of the Arch so that its compile cache is dropped with us.
-    """
-
-    def __init__(self, arch: Arch):
-        self.arch = Arch(arch.source, variant=arch.variant, policy=arch.policy.name, params=arch.params)
-        self.base_counts = sorted({base for _, _, _, base, _, _ in _record_repeats(self.arch, 1.0)})
-        self._canonical: dict[tuple[int, ...], float] = {}
-
-    def depth_key(self, d: float) -> tuple[int, ...]:
-        return tuple(self.arch.policy.depth(n, d) for n in self.base_counts)
-
-    def canonical_depth(self, d: float) -> float:
-        return self._canonical.setdefault(self.depth_key(d), float(d))
-
-    def resolution(self, r: float) -> int:
-        return scale_resolution(self.arch.resolution, r)
-
-    def count(self, r: float, d: float, w: float | None) -> tuple[int, int, dict[str, int], int]:
-        """(params, MACs, widths, resolution) of the network at multipliers (r, d, w); w=None keeps the
-        default widths (under a make_divisible policy w = 1 would round widths that are not multiples of 8)."""
-        resolution = self.resolution(r)
-        if resolution < 1:
-            raise BudgetError(f"resolution multiplier {r:g} gives an input of {resolution} pixels; "
-                              "it must be at least 1")
-        widths = self.arch.defaults if w is None else self.arch.uniform_widths(w)
-        cost = self.arch.count(widths, depth=self.canonical_depth(d), resolution=resolution)
-        return cost.params, cost.macs, widths, resolution
-
-
 # ---- budgets -----------------------------------------------------------------------------------------
 
 
@@ -240,41 +145,6 @@ def resolve_macs_budget(arch: Arch, macs: str | float | Budget | None = None,
 # ---- the methods -------------------------------------------------------------------------------------
 
 
-def giant_multipliers(phi: float) -> tuple[float, float, float]:
-    """(r, d, w) of EfficientNet's compound scaling at φ (negative φ: the inverse giant formula)."""
-    return GIANT_GAMMA ** phi, GIANT_ALPHA ** phi, GIANT_BETA ** phi
-
-
-def _largest_fitting(fits, lo: float, hi: float) -> float:
-    """Largest x in [lo, hi] with fits(x), for a predicate that is true up to some point and false after
-    (a non-decreasing cost against a budget). Requires fits(lo); returns hi when fits(hi)."""
-    if fits(hi):
-        return hi
-    for _ in range(_BISECT_MAX_STEPS):
-        if hi - lo <= _BISECT_REL_TOL * max(abs(lo), abs(hi), 1.0):
-            break
-        mid = 0.5 * (lo + hi)
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def _solve_width(arch: Arch, budget: float, depth: float, resolution: int):
-    """The uniform-width solve at fixed (d, resolution): (ScaleResult, w_range).
-
-    The solver reports the smallest multiplier giving its widths; the next breakpoint of any width on the
-    same family (where the next wider network, which no longer fits, begins) closes the interval.
-    """
-    from pyns.scaling.solve import cpp_family, family_spec, solve_budget
-
-    result = solve_budget(arch, macs=budget, method="uniform", depth=depth, resolution=resolution)
-    family = cpp_family(arch, family_spec(arch, "uniform", depth=depth, resolution=resolution), depth, resolution)
-    upper = min(family.next_breakpoint(l, result.scalar) for l in range(len(arch.network.symbols)))
-    return result, (float(result.scalar), float(upper) if math.isfinite(upper) else None)
-
-
 def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
     c = budget / base_macs
     pred = formula.predict(c)
@@ -291,7 +161,7 @@ def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
     if resolution < 1:
         raise BudgetError(f"the tiny formula's r = {r:.4g} gives an input of {resolution} pixels at c = {c:.4g}")
     try:
-        result, w_range = _solve_width(arch, budget, d, resolution)
+        result, w_range = solve_width(arch, budget, d, resolution)
     except DSLError as err:
         raise BudgetError(f"the formula's r = {r:.4g} gives a {resolution}x{resolution} input, at which "
                           f"{arch.name} cannot be built ({err.message}); this formula does not suit this "
@@ -303,109 +173,6 @@ def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
     return dict(r=r, d=d, w=float(result.scalar), resolution=resolution, widths=result.widths,
                 params=result.params, macs=result.macs, r_std=r_std, d_std=d_std, w_range=w_range,
                 closed_form_w=float(TinyFormula.closed_form_w(c, r, d)), notes=notes)
-
-
-def _width_only(arch: Arch, budget: float):
-    try:
-        result, w_range = _solve_width(arch, budget, 1.0, arch.resolution)
-    except BudgetError as err:
-        raise BudgetError(f"no width alone meets the budget: {err}") from None
-    return dict(r=1.0, d=1.0, w=float(result.scalar), resolution=arch.resolution, widths=result.widths,
-                params=result.params, macs=result.macs, w_range=w_range, notes=[])
-
-
-def _buildable(count) -> bool:
-    """Does the network exist? Too small an input leaves a layer without pixels (a DSLError), or none at all."""
-    try:
-        count()
-    except (DSLError, BudgetError):
-        return False
-    return True
-
-
-def _smallest_error(how: str, budget: float, macs: int) -> BudgetError:
-    return BudgetError(f"the budget of {budget:,.0f} MACs is below the smallest network reachable {how} "
-                       f"({macs:,} MACs); raise the budget or choose another method")
-
-
-def _ratio_for(resolution: int, base: int) -> float:
-    """The smallest r with int(base * r) == resolution (resolution / base, nudged past rounding error)."""
-    r = resolution / base
-    while scale_resolution(base, r) < resolution:
-        r = math.nextafter(r, math.inf)
-    return r
-
-
-def _resolution_only(arch: Arch, budget: float):
-    base = arch.resolution
-
-    def macs_at(resolution: int) -> int:
-        return arch.count(depth=1.0, resolution=resolution).macs
-
-    lo = 1
-    while not _buildable(lambda: macs_at(lo)):  # pooling layers may need a few pixels to have any output
-        lo += 1
-        if lo > base:
-            raise BudgetError(f"{arch.name} cannot be built at any resolution up to its default {base}")
-    if macs_at(lo) > budget:
-        raise _smallest_error("by shrinking the resolution alone", budget, macs_at(lo))
-    hi = max(lo, int(base * _R_MAX))
-    if macs_at(hi) <= budget:
-        raise BudgetError(f"the budget of {budget:,.0f} MACs is more than resolution alone can use "
-                          f"(up to {_R_MAX:g}x the default, {macs_at(hi):,} MACs)")
-    while hi - lo > 1:  # integer bisection: MACs never fall as the input grows
-        mid = (lo + hi) // 2
-        if macs_at(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    cost = arch.count(depth=1.0, resolution=lo)
-    return dict(r=_ratio_for(lo, base), d=1.0, w=1.0, resolution=lo, widths=cost.widths, params=cost.params,
-                macs=cost.macs, notes=[])
-
-
-def _depth_only(arch: Arch, budget: float):
-    path = CostPath(arch)
-    if not path.base_counts:
-        raise BudgetError(f"{arch.name} has no repeat statements, so its depth cannot be scaled")
-
-    def macs_at(d: float) -> int:
-        return path.count(1.0, d, None)[1]
-
-    lowest = 1e-6  # every repeat count is max(1, ...) here
-    if macs_at(lowest) > budget:
-        raise _smallest_error("by shrinking the depth alone", budget, macs_at(lowest))
-    d = _largest_fitting(lambda x: macs_at(x) <= budget, lowest, _D_MAX)
-    if d == _D_MAX:
-        raise BudgetError(f"the budget of {budget:,.0f} MACs is more than depth alone can use "
-                          f"(up to {_D_MAX:g}x the default)")
-    params, macs, widths, resolution = path.count(1.0, d, None)
-    return dict(r=1.0, d=d, w=1.0, resolution=resolution, widths=widths, params=params, macs=macs, notes=[])
-
-
-def _giant(arch: Arch, budget: float):
-    path = CostPath(arch)
-
-    def macs_at(phi: float) -> int:
-        return path.count(*giant_multipliers(phi))[1]
-
-    # The lowest φ whose network can be built (at least one pixel, pooling layers with an output) bounds the
-    # search from below.
-    phi_lo = _PHI_MIN
-    while not _buildable(lambda: macs_at(phi_lo)):
-        phi_lo += 0.25  # 1.15^0.25 = 3.5% steps in resolution: fine enough to find the first valid size
-        if phi_lo > 0:
-            raise BudgetError(f"{arch.name} cannot be built below its default size by the giant formula")
-    if macs_at(phi_lo) > budget:
-        raise _smallest_error("by the inverse giant formula", budget, macs_at(phi_lo))
-    phi = _largest_fitting(lambda x: macs_at(x) <= budget, phi_lo, _PHI_MAX)
-    if phi == _PHI_MAX:
-        raise BudgetError(f"the budget of {budget:,.0f} MACs is more than the giant formula reaches "
-                          f"(φ up to {_PHI_MAX:g})")
-    r, d, w = giant_multipliers(phi)
-    params, macs, widths, resolution = path.count(r, d, w)
-    return dict(r=r, d=d, w=w, resolution=resolution, widths=widths, params=params, macs=macs, phi=phi,
-                notes=[])
 
 
 def giant_cost(arch: Arch, phi: float,
@@ -443,13 +210,13 @@ def solve_tiny(arch: Arch | str | Path, macs: str | float | Budget | None = None
         formula_source = formula.source
         found = _tiny(arch, budget, formula, base.macs)
     elif method == "giant":
-        found = _giant(arch, budget)
+        found = solve_giant(arch, budget)
     elif method == "r":
-        found = _resolution_only(arch, budget)
+        found = solve_resolution_only(arch, budget)
     elif method == "d":
-        found = _depth_only(arch, budget)
+        found = solve_depth_only(arch, budget)
     else:
-        found = _width_only(arch, budget)
+        found = solve_width_only(arch, budget)
     if found["macs"] > budget:  # every path above only returns fitting networks; a guard, not a branch
         raise PynsError(f"internal error: the {method} method returned {found['macs']:,} MACs over the "
                         f"budget of {budget:,.0f}")
@@ -467,7 +234,7 @@ def _bake_depth(arch: Arch, depth: float) -> str:
     """The arch's source with every repeat count replaced by its count at `depth` under the arch's policy,
     so the file elaborates to the same network at depth 1."""
     edits: dict[tuple[int, int], int] = {}
-    for start, end, line, _base, scaled, _top in _record_repeats(arch, depth):
+    for start, end, line, _base, scaled, _top in record_repeats(arch, depth):
         if edits.setdefault((start, end), scaled) != scaled:
             raise PynsError(f"cannot write the depth into the file: the repeat count on line {line} takes "
                             "different values in different places (it depends on a block parameter)")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from pyns.errors import ProfileError
+from pyns.tiny_fit import DEFAULT_FRACTION, FORMULA_FILE, is_sample_dir, load_sample_dir, select_front
 from pyns.tiny_formula import TinyFormula, spearman_with_macs
-from pyns.tiny_sample import DEFAULT_FRACTION, FORMULA_FILE, is_sample_dir, load_sample_dir, select_front
 
 __all__ = ["FIGURE1", "FIGURE3", "plot_tiny_dir", "is_tiny_sample_dir"]
 

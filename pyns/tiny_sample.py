@@ -2,9 +2,10 @@
 
 `sample_tiny` draws (r, d, w) uniformly in a box (the paper's [0.35, 2.8]), keeps the first `n` draws whose
 MACs lie in the budget band [lo, hi] x C0 (C0 = MACs of the default network; the cost engine decides), and
-trains each with a short recipe. `fit_sample_dir` takes the top fraction (20%) of the trained models by
-non-dominated sorting on (accuracy up, MACs down), reports the Spearman correlation of r, d and w with MACs
-on that set, fits the GPs c -> r and c -> d, and writes a formula file `pyns tiny --formula` reads.
+trains each with a short recipe. `fit_sample_dir` (pyns.tiny_fit) takes the top fraction (20%) of the
+trained models by non-dominated sorting on (accuracy up, MACs down), reports the Spearman correlation of
+r, d and w with MACs on that set, fits the GPs c -> r and c -> d, and writes a formula file
+`pyns tiny --formula` reads.
 
 Run folder (every file written atomically; a killed run resumes where it stopped):
 
@@ -13,7 +14,7 @@ Run folder (every file written atomically; a killed run resumes where it stopped
     cells.json               the planned models: index, r, d, w, resolution, repeats, widths, params, MACs, c
     cells/00007/train/       the cell's `pyns.train` run (checkpoint.pt resumes mid-training)
     cells/00007/result.json  the plan plus final / best test accuracy: present = cell done, skipped on resume
-    fit.json, formula.json   written by `fit_sample_dir`
+    fit.json, formula.json   written by `fit_sample_dir` (pyns.tiny_fit)
 
 Executors: cells run one after another in this process ("local"), or as Ray tasks ("ray"; `pip install
 ray`). Ray workers write into the run folder themselves, so on a multi-machine cluster it must be on a
@@ -27,24 +28,20 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from pyns.arch import Arch, loads
-from pyns.errors import BudgetError, DSLError, ProfileError, PynsError, RunError
-from pyns.pareto import non_dominated_sort, pareto_top
+from pyns.errors import BudgetError, DSLError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, atomic_write_text, check_config, load_config
-from pyns.tiny import CostPath, stage_repeats, with_policy
-from pyns.tiny_formula import TinyFormula, fit_formula, sample_multipliers, spearman_with_macs
+from pyns.tiny_cost import CostPath, stage_repeats, with_policy
+from pyns.tiny_formula import sample_multipliers
 
 __all__ = [
-    "KIND", "Cell", "CellResult", "SampleJob", "SampleRun", "FitReport", "EXECUTORS", "plan_cells",
-    "short_recipe", "sample_tiny", "run_cell", "load_sample_dir", "is_sample_dir", "select_front",
-    "fit_sample_dir", "cell_dir",
+    "KIND", "Cell", "CellResult", "SampleJob", "EXECUTORS", "plan_cells", "short_recipe", "sample_tiny",
+    "run_cell", "cell_dir", "read_cell_result",
 ]
 
 KIND = "tiny-sample"
@@ -54,14 +51,10 @@ CELLS_FILE = "cells.json"
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
 TRAIN_DIR = "train"
-FIT_FILE = "fit.json"
-FORMULA_FILE = "formula.json"
 EXECUTORS = ("local", "ray")
-ACCURACIES = ("final", "best")
 
 DEFAULT_RANGE = (0.35, 2.8)   # the paper's sampling box for each of r, d, w
 DEFAULT_BAND = (0.03, 1.05)   # the paper's budget band, in units of C0
-DEFAULT_FRACTION = 0.2        # the paper's "top 20%" of the Pareto ranking
 # Draws allowed per wanted model before giving up: in the paper's box about one draw in ten lands in the
 # band; a thousand covers bands a hundred times narrower before calling the settings hopeless.
 MAX_DRAWS_PER_MODEL = 1000
@@ -181,7 +174,7 @@ def short_recipe(epochs: int = 10, *, lr: float = 0.1, batch_size: int = 128, se
                  **overrides: Any):
     """The sampling recipe: SPEC §5's SGD (momentum 0.5, weight decay 5e-4) for a few epochs, the learning
     rate divided by 10 at half and three quarters of the run (when it is long enough to have them)."""
-    from pyns.train import TrainRecipe
+    from pyns.train_recipe import TrainRecipe
 
     milestones = tuple(sorted({m for m in (epochs // 2, (3 * epochs) // 4) if 1 <= m < epochs}))
     return TrainRecipe(lr=lr, batch_size=batch_size, epochs=epochs, milestones=milestones, seed=seed,
@@ -226,7 +219,8 @@ def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False) -> CellResul
     """Train one cell (resuming its checkpoint if there is one) and write its result.json."""
     import torch
 
-    from pyns.train import CHECKPOINT_FILE, TrainRecipe, make_loaders, train
+    from pyns.train import CHECKPOINT_FILE, make_loaders, train
+    from pyns.train_recipe import TrainRecipe
 
     folder = cell_dir(job.run_dir, cell)
     arch = job.arch()
@@ -255,7 +249,7 @@ def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False) -> CellResul
     return result
 
 
-def _read_result(folder: Path, cell: Cell) -> CellResult | None:
+def read_cell_result(folder: Path, cell: Cell) -> CellResult | None:
     path = folder / RESULT_FILE
     if not path.exists():
         return None
@@ -365,7 +359,7 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
 
     cells, draws = plan_cells(arch, n, value_range, band, seed)
     atomic_write_json(folder / CELLS_FILE, {"draws": draws, "cells": [c.to_dict() for c in cells]})
-    results = {c.index: r for c in cells if (r := _read_result(cell_dir(folder, c), c)) is not None}
+    results = {c.index: r for c in cells if (r := read_cell_result(cell_dir(folder, c), c)) is not None}
     pending = [c for c in cells if c.index not in results]
     log(f"tiny sample: {len(cells)} models in the band ({draws:,} draws); {len(results)} already trained, "
         f"{len(pending)} to train ({executor})")
@@ -391,120 +385,3 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         else:
             _run_local(job, pending, report)
     return [results[c.index] for c in cells if c.index in results]
-
-
-# ---- reading a run back ------------------------------------------------------------------------------
-
-
-@dataclass
-class SampleRun:
-    """A sampling run folder as read back: its settings, its plan and the finished cells."""
-
-    folder: Path
-    config: dict[str, Any]
-    cells: list[Cell]
-    results: list[CellResult]
-
-    @property
-    def base_macs(self) -> int:
-        return int(self.config["base"]["macs"])
-
-    def arrays(self, accuracy: str = "final") -> dict[str, np.ndarray]:
-        """Columns over the finished cells: r, d, w, macs, c, acc ([n] each)."""
-        cols = {k: np.array([getattr(res.cell, k) for res in self.results], dtype=np.float64)
-                for k in ("r", "d", "w", "macs", "c")}
-        cols["acc"] = np.array([res.accuracy(accuracy) for res in self.results], dtype=np.float64)
-        return cols
-
-
-def is_sample_dir(path: str | Path) -> bool:
-    """Does `path` hold a `pyns tiny sample` run (its config.json says kind "tiny-sample")?"""
-    try:
-        config = load_config(path, CONFIG_FILE)
-    except RunError:
-        return False
-    return isinstance(config, dict) and config.get("kind") == KIND
-
-
-def load_sample_dir(path: str | Path) -> SampleRun:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise RunError(f"{folder} is not a folder; pass the --out folder of `pyns tiny sample`")
-    config = load_config(folder, CONFIG_FILE)
-    if not isinstance(config, dict) or config.get("kind") != KIND:
-        raise RunError(f"{folder} holds no tiny sampling run (no {CONFIG_FILE} of kind {KIND!r}); "
-                       "create one with `pyns tiny sample`")
-    try:
-        plan = json.loads((folder / CELLS_FILE).read_text(encoding="utf-8"))
-        cells = [Cell.from_dict(c) for c in plan["cells"]]
-    except FileNotFoundError:
-        raise RunError(f"{folder} has no {CELLS_FILE}; the sampling run never got past its start") from None
-    except (ValueError, KeyError, TypeError):
-        raise RunError(f"{folder / CELLS_FILE} is damaged; rerun `pyns tiny sample` with the same settings "
-                       "to rewrite it") from None
-    results = [r for c in cells if (r := _read_result(cell_dir(folder, c), c)) is not None]
-    return SampleRun(folder, config, cells, results)
-
-
-# ---- fitting -----------------------------------------------------------------------------------------
-
-
-def select_front(acc: np.ndarray, macs: np.ndarray, fraction: float = DEFAULT_FRACTION
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(selected, first front): indices of the top `fraction` by non-dominated sorting on (acc up, MACs
-    down), and of the models nobody dominates."""
-    return pareto_top(acc, macs, fraction), non_dominated_sort(acc, macs)[0]
-
-
-@dataclass
-class FitReport:
-    run_dir: Path
-    models: int                      # finished models considered
-    selected: list[str]              # cell names of the top fraction
-    front: list[str]                 # cell names of the first non-dominated front
-    spearman: dict[str, dict[str, float]]
-    formula: TinyFormula
-    formula_path: Path | None
-    accuracy: str
-    fraction: float
-    figures: list[Path] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "models": self.models, "fraction": self.fraction,
-                "accuracy": self.accuracy, "selected": self.selected, "front": self.front,
-                "spearman_with_macs": self.spearman, "formula": self.formula.to_dict(),
-                "formula_path": None if self.formula_path is None else str(self.formula_path),
-                "figures": [str(p) for p in self.figures]}
-
-
-def fit_sample_dir(path: str | Path, out: str | Path | None = None, *, fraction: float = DEFAULT_FRACTION,
-                   accuracy: str = "final") -> FitReport:
-    """Select the top `fraction` of the finished models, fit the tiny formula on them and write it to `out`
-    (default: RUN_DIR/formula.json), with the selection and Spearman correlations in RUN_DIR/fit.json."""
-    if accuracy not in ACCURACIES:
-        raise PynsError(f"accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
-    run = load_sample_dir(path)
-    if not run.results:
-        raise RunError(f"{run.folder} has no trained models yet; run `pyns tiny sample` first")
-    cols = run.arrays(accuracy)
-    selected, front = select_front(cols["acc"], cols["macs"], fraction)
-    names = [res.cell.name for res in run.results]
-    spearman = spearman_with_macs(cols["r"][selected], cols["d"][selected], cols["w"][selected],
-                                  cols["macs"][selected])
-    config = run.config
-    source = (f"fitted by `pyns tiny fit` on the top {len(selected)} of {len(run.results)} models "
-              f"(non-dominated sorting on {accuracy} test accuracy vs MACs) of {config['arch']} "
-              f"(policy {config['policy']}) sampled in {run.folder.name}/ on {config['data']}, "
-              f"{config['recipe']['epochs']} epochs each; c = MACs / {run.base_macs:,} (its default network)")
-    try:
-        formula = fit_formula(cols["c"][selected], cols["r"][selected], cols["d"][selected], source=source,
-                              labels=[names[i] for i in selected])
-    except ProfileError as err:
-        raise ProfileError(f"cannot fit a formula on the {len(selected)} selected models: {err}; sample "
-                           "more models (--n) or select a larger fraction") from None
-    target = Path(out) if out is not None else run.folder / FORMULA_FILE
-    atomic_write_text(target, formula.to_json())
-    report = FitReport(run.folder, len(run.results), [names[i] for i in selected], [names[i] for i in front],
-                       spearman, formula, target, accuracy, fraction)
-    atomic_write_json(run.folder / FIT_FILE, report.to_dict())
-    return report

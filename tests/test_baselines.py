@@ -21,7 +21,7 @@ from pyns.baselines import (
 )
 from pyns.errors import BudgetError, RunError
 from pyns.scaling.solve import solve_budget
-from pyns.train import TrainRecipe
+from pyns.train_recipe import TrainRecipe
 
 # Two widths `a` and `b` joined by an identity add (a == b, stride 1), so they form one tied group;
 # `m` is free. Small enough to set every weight by hand.

@@ -17,7 +17,8 @@ from pyns.data import load_dataset
 from pyns.errors import RunError
 from pyns.prune import run as prune_run
 from pyns.prune.importance import group_importance, select_units
-from pyns.prune.run import CHECKPOINT_FILE, TRAJECTORY_FILE, prune
+from pyns.prune.run import prune
+from pyns.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
 from pyns.prune.schedule import (
     STOP_EPOCH_LIMIT,
     STOP_FRACTION_REACHED,

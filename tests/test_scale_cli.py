@@ -9,7 +9,8 @@ import pytest
 import pyns.arch as A
 from pyns.cli.main import main
 from pyns.scaling import Profile, SymbolFit
-from pyns.scaling.solve import exhaustive_solve, exhaustive_table, family_spec
+from pyns.scaling.oracle import exhaustive_solve, exhaustive_table
+from pyns.scaling.solve import family_spec
 
 
 def run_json(capsys, *argv) -> dict:

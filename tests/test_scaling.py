@@ -20,6 +20,7 @@ from pyns.errors import BudgetError, ProfileError
 from pyns.ir import tied_groups
 from pyns.resources import shipped_archs
 from pyns.scaling import Profile, ScalingWarning, SymbolFit, fit_power_law, parse_budget, solve_batch
+from pyns.scaling import oracle
 from pyns.scaling import solve as S
 from pyns.scaling.resolved import resolved_text
 
@@ -52,7 +53,7 @@ def synthetic_profile(a: A.Arch, rng, *, tie: bool = True, negative: bool = Fals
 def check_against_exhaustive(a, spec, rng, n_random=120, n_exact=30, macs=True, nearest_too=True):
     """C++ batch answers == the exhaustive oracle's, and the acceptance property checked directly."""
     family = S.cpp_family(a, spec)
-    table = S.exhaustive_table(a, spec)
+    table = oracle.exhaustive_table(a, spec)
     pmin, pmax = table.params.min(), table.params.max()
     budgets = np.concatenate([np.exp(rng.uniform(np.log(pmin), np.log(pmax), n_random)),
                               table.params[rng.integers(0, table.params.size, n_exact)]])
@@ -67,7 +68,7 @@ def check_against_exhaustive(a, spec, rng, n_random=120, n_exact=30, macs=True, 
             for i in range(n):
                 B_p = None if bp is None else float(bp[i])
                 B_m = None if bm is None else float(bm[i])
-                want_status, row = S.exhaustive_solve(table, B_p, B_m, nearest)
+                want_status, row = oracle.exhaustive_solve(table, B_p, B_m, nearest)
                 assert status[i] == want_status, (a.name, B_p, B_m)
                 if want_status != S.OK:
                     continue
@@ -112,7 +113,7 @@ def test_uniform_family_is_the_policy(name):
     family = S.cpp_family(a, spec)
     for ratio in (0.013, 0.1, 0.25, 0.3333, 0.5, 0.75, 1.0, 1.37, 2.0, 3.1):
         want = a.uniform_widths(ratio)
-        assert S.py_widths(spec, ratio) == want
+        assert oracle.py_widths(spec, ratio) == want
         assert family.widths(ratio).tolist() == [want[s] for s in spec.symbols]
 
 
@@ -131,12 +132,12 @@ def test_dual_budget_the_tighter_binds():
     for name in ("resnet18", "efficientnet_b0"):
         a = arch(name)
         spec = S.family_spec(a, "uniform")
-        family, table = S.cpp_family(a, spec), S.exhaustive_table(a, spec)
+        family, table = S.cpp_family(a, spec), oracle.exhaustive_table(a, spec)
         rows = rng.integers(0, table.params.size, (40, 2))
         bp, bm = table.params[rows[:, 0]] * 1.003, table.macs[rows[:, 1]] * 1.003
         status, _, p, m, w = family.solve_batch(bp, bm, False)
         for i in range(bp.size):
-            want, row = S.exhaustive_solve(table, bp[i], bm[i])
+            want, row = oracle.exhaustive_solve(table, bp[i], bm[i])
             assert status[i] == want == S.OK
             assert p[i] <= bp[i] and m[i] <= bm[i]
             assert np.array_equal(w[i], table.widths[row])
@@ -177,7 +178,7 @@ def test_non_monotone_family_is_detected_and_scanned():
     # A budget inside a dip: the best configuration is not the last one below the budget in τ order.
     dips = np.flatnonzero(np.diff(table.params) < 0)
     budget = float(table.params[dips[0]]) - 0.5
-    status, row = S.exhaustive_solve(table, budget, None)
+    status, row = oracle.exhaustive_solve(table, budget, None)
     result = a.scale(params=budget, profile=profile)
     assert result.params == table.params[row] and not result.certified
 
@@ -191,7 +192,7 @@ def test_from_config_solve_is_exact(name, policy):
     spec = S.family_spec(a, "from-config", config=config)
     check_against_exhaustive(a, spec, rng, n_random=50, n_exact=15, macs=False)
     # m = 1 reproduces the configuration itself (up to the policy's rounding)
-    widths = S.py_widths(spec, 1.0)
+    widths = oracle.py_widths(spec, 1.0)
     policy_obj = a.policy
     for sym in a.network.searchable:
         assert widths[sym.name] == policy_obj.width(config[sym.name], 1.0, sym.roles)
@@ -208,7 +209,7 @@ def test_python_bisection_port_matches_cpp():
         for budget in np.exp(rng.uniform(np.log(pmin), np.log(pmax), 4)):
             for nearest in (False, True):
                 status, _, p, m, w, _ = family.solve(budget, math.nan, nearest)
-                py_status, py_w, py_p, py_m = S.py_solve(a, spec, float(budget), None, nearest=nearest)
+                py_status, py_w, py_p, py_m = oracle.py_solve(a, spec, float(budget), None, nearest=nearest)
                 assert status == py_status == S.OK
                 assert [py_w[s] for s in spec.symbols] == w.tolist() and (p, m) == (py_p, py_m)
 
@@ -264,7 +265,7 @@ def test_batch_matches_single_solves():
 
 def test_nearest_takes_the_closer_side():
     a = arch("vgg11")
-    table = S.exhaustive_table(a, S.family_spec(a, "uniform"))
+    table = oracle.exhaustive_table(a, S.family_spec(a, "uniform"))
     lo, hi = table.params[100], table.params[101]
     just_below_hi = hi - (hi - lo) / 10  # much closer to hi, which is over budget
     assert a.scale(params=just_below_hi).params == lo
@@ -444,5 +445,5 @@ def test_coincident_breakpoints_are_merged(name, base):
     for i in rng.integers(1, table.t.size, 3):  # the Python port steps past them the same way
         for nearest in (False, True):
             status, _, p, _, w, _ = family.solve(float(budgets[i - 1]), math.nan, nearest)
-            py = S.py_solve(a, spec, float(budgets[i - 1]), None, nearest=nearest)
+            py = oracle.py_solve(a, spec, float(budgets[i - 1]), None, nearest=nearest)
             assert py[0] == status and py[2] == p and [py[1][s] for s in spec.symbols] == w.tolist()

@@ -15,8 +15,9 @@ from conftest import FIXTURES
 from pyns.arch import load, loads
 from pyns.errors import BudgetError, ProfileError
 from pyns.policies import scale_resolution
-from pyns.tiny import (CostPath, giant_cost, giant_multipliers, resolved_tiny_text, solve_tiny,
-                       stage_repeats)
+from pyns.tiny import giant_cost, resolved_tiny_text, solve_tiny
+from pyns.tiny_baselines import giant_multipliers
+from pyns.tiny_cost import CostPath, stage_repeats
 from pyns.tiny_formula import RELEASED_TINYNETS, TinyFormula, load_default_formula
 from pyns.tiny_sample import plan_cells
 

@@ -27,12 +27,12 @@ from pyns.train import (
     CHECKPOINT_FILE,
     METRICS_FILE,
     RESULT_FILE,
-    TrainRecipe,
     evaluate,
-    load_checkpoint,
     make_loaders,
     train,
 )
+from pyns.train_checkpoint import load_checkpoint
+from pyns.train_recipe import TrainRecipe
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -340,7 +340,9 @@ from torch import nn
 
 from pyns.augment import Augment, BatchLoader
 from pyns.data import load_dataset
-from pyns.train import TrainRecipe, cleanup_distributed, setup_distributed, train
+from pyns.distributed import cleanup_distributed, setup_distributed
+from pyns.train import train
+from pyns.train_recipe import TrainRecipe
 
 PER_RANK_BATCH = 32
 PLAIN = TrainRecipe(lr=0.2, batch_size=2 * PER_RANK_BATCH, epochs=2, milestones=(1,), deterministic=True)

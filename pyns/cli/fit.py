@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 def fit_run(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "params") -> tuple[Path, list[str]]:
     """Fit the profile of a pruning run folder; returns its path and the fitter's warnings (e.g. the
     fall-back to uniform scaling when fewer than 6 rows were recorded)."""
-    from pyns.prune.run import TRAJECTORY_FILE, load_run_arch, load_run_config, read_trajectory
+    from pyns.prune.runfolder import TRAJECTORY_FILE, load_run_arch, load_run_config, read_trajectory
     from pyns.scaling.profile import fit_power_law
 
     run_dir = Path(run_dir)

@@ -64,7 +64,7 @@ FIGURE2_FILE = "figure2.png"
 
 
 def _is_prune_run(folder: Path) -> bool:
-    from pyns.prune.run import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
+    from pyns.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
     from pyns.runfiles import load_config
 
     try:
@@ -95,7 +95,7 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     import numpy as np
 
     from pyns.cli.fit import PROFILE_FILE
-    from pyns.prune.run import load_run_config, read_trajectory
+    from pyns.prune.runfolder import load_run_config, read_trajectory
     from pyns.runfiles import atomic_writer
     from pyns.scaling.profile import Profile
 

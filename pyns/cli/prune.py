@@ -128,7 +128,7 @@ def load_arch_and_data(args: argparse.Namespace, saved: dict[str, Any] | None, r
 
 def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
     """The config of the run being resumed, or None for a new run."""
-    from pyns.prune.run import CONFIG_FILE, RUN_KIND
+    from pyns.prune.runfolder import CONFIG_FILE, RUN_KIND
     from pyns.runfiles import load_config
 
     if not args.resume:
@@ -140,7 +140,8 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyns.prune.run import TRAJECTORY_FILE, prune
+    from pyns.prune.run import prune
+    from pyns.prune.runfolder import TRAJECTORY_FILE
     from pyns.prune.schedule import PruneConfig
 
     saved = _saved_config(args)

@@ -104,7 +104,9 @@ def _sources(args: argparse.Namespace, methods: list[str]) -> tuple[str | None, 
 
 def run(args: argparse.Namespace) -> int:
     from pyns.cli.train import device_from_args, recipe_from_args
-    from pyns.sweep import ArchSpec, DataSpec, SweepConfig, parse_ratios, run_sweep
+    from pyns.sweep import run_sweep
+    from pyns.sweep_plan import SweepConfig, parse_ratios
+    from pyns.train_run import ArchSpec, DataSpec
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)

@@ -220,7 +220,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _register_fit(tiny_sub) -> None:
-    from pyns.tiny_sample import ACCURACIES, DEFAULT_FRACTION
+    from pyns.tiny_fit import ACCURACIES, DEFAULT_FRACTION
 
     p = tiny_sub.add_parser(
         "fit", help="fit a tiny formula on a sampling run's Pareto front",
@@ -241,7 +241,7 @@ def _register_fit(tiny_sub) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pyns.tiny_sample import fit_sample_dir
+    from pyns.tiny_fit import fit_sample_dir
 
     if not 0 < args.fraction <= 1:
         raise PynsError(f"--fraction must be in (0, 1], got {args.fraction}")

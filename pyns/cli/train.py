@@ -78,7 +78,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 def recipe_from_args(args: argparse.Namespace, dataset: str):
     """The dataset's paper recipe with every option the command line sets."""
-    from pyns.train import TrainRecipe
+    from pyns.train_recipe import TrainRecipe
 
     overrides: dict[str, Any] = {}
     for flag in ("epochs", "lr", "gamma", "momentum", "weight_decay", "batch_size", "seed", "amp_dtype"):
@@ -107,7 +107,7 @@ def device_from_args(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"--device {name} was requested but torch sees no CUDA device; use --device cpu")
     if name == "cuda":
-        from pyns.train import default_device
+        from pyns.distributed import default_device
 
         return default_device()
     return torch.device(name)
@@ -160,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pyns.data import derive_seed
+    from pyns.distributed import cleanup_distributed, distributed_context
     from pyns.runfiles import atomic_write_json
-    from pyns.sweep import ArchSpec, DataSpec, run_training
-    from pyns.train import cleanup_distributed, distributed_context
+    from pyns.train_run import ArchSpec, DataSpec, run_training
 
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))

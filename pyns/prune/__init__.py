@@ -9,10 +9,12 @@
     result = prune(arch, train, PruneConfig(), "runs/vgg11")   # trajectory in runs/vgg11/trajectory.jsonl
 
 Modules: schedule (PruneConfig and the rules), importance (group importances, global ranking), shrink
-(rebuild smaller, copy surviving state; mask counterpart), run (the loop, run folder, resume).
+(rebuild smaller, copy surviving state; mask counterpart), run (the loop, resume), runfolder (the run
+folder's files, reading a run back), progress (the progress bar).
 """
 from pyns.prune.importance import Selection, group_importance, select_units
-from pyns.prune.run import PruneResult, PruneState, load_run_arch, load_run_config, prune, read_trajectory
+from pyns.prune.run import PruneResult, PruneState, prune
+from pyns.prune.runfolder import load_run_arch, load_run_config, read_trajectory
 from pyns.prune.schedule import PruneConfig, lr_at, recording_started, target_units
 from pyns.prune.shrink import ShrinkReport, mask_network, shrink_network
 

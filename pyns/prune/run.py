@@ -6,21 +6,8 @@ important ones and, in the default `mode="shrink"`, rebuilds the network smaller
 training gets cheaper as it goes. `mode="masked"` keeps the full network and zeroes gates instead: the
 reference code's way, kept for the benchmark that measures what shrinking saves.
 
-The run folder (crash-safe: every file is written atomically or appended one line at a time):
-
-    config.json        arch, its parameters, start widths, data set, PruneConfig, mode (checked on resume)
-    arch.arch          the architecture's source text
-    versions.json      pyns, torch, numpy, Python and platform versions
-    trajectory.jsonl   one row per prune step: step (1, 2, ...), epoch (0-based, warm-up included),
-                       minibatch (trained so far), params (τ), macs, widths {symbol: int} after the
-                       step, loss (mean train loss of the step's Q minibatches), lr, units (left),
-                       recording, time_s (training time so far); fit_power_law uses the rows with
-                       recording = true. A step after which a projection shortcut vanished also has
-                       dropped_layers.
-    checkpoint.pt      model, optimizer, pruning state (widths, kept channel indices, counters), RNG,
-                       loader position and the rows so far; written after every prune step and at the
-                       end of every warm-up epoch
-    summary.json       written at the end: why the run stopped, final widths and costs
+The run folder (config.json, trajectory.jsonl, checkpoint.pt, ...; crash-safe: every file is written
+atomically or appended one line at a time) is described in pyns.prune.runfolder.
 
 Resuming (`resume=True`) reloads checkpoint.pt, rewrites trajectory.jsonl from the rows it holds (so a
 row appended after the last checkpoint is dropped and recomputed) and continues; on the same machine and
@@ -32,10 +19,7 @@ modules. In masked mode they describe the network the widths define, not the ful
 from __future__ import annotations
 
 import dataclasses
-import platform
 import random
-import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +33,18 @@ import torch.nn.functional as F
 from pyns import ir
 from pyns.errors import RunError
 from pyns.prune.importance import Group, gates_by_symbol, group_importance, select_units
+from pyns.prune.progress import PruneProgress
+from pyns.prune.runfolder import (
+    ARCH_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    TRAJECTORY_FILE,
+    VERSIONS_FILE,
+    prepare_folder,
+    run_config,
+    versions,
+)
 from pyns.prune.schedule import (
     STOP_EPOCH_LIMIT,
     STOP_FRACTION_REACHED,
@@ -67,38 +63,18 @@ from pyns.runfiles import (
     atomic_write_text,
     capture_rng_state,
     check_config,
-    load_config,
-    read_jsonl,
     restore_rng_state,
     write_jsonl,
 )
 
 __all__ = [
-    "ARCH_FILE",
-    "CHECKPOINT_FILE",
-    "CONFIG_FILE",
     "MODES",
-    "SUMMARY_FILE",
-    "TRAJECTORY_FILE",
-    "VERSIONS_FILE",
     "PruneResult",
     "PruneState",
-    "load_run_arch",
-    "load_run_config",
     "prune",
-    "read_trajectory",
-    "run_config",
-    "width_summary",
 ]
 
 MODES = ("shrink", "masked")
-CONFIG_FILE = "config.json"
-TRAJECTORY_FILE = "trajectory.jsonl"
-CHECKPOINT_FILE = "checkpoint.pt"
-SUMMARY_FILE = "summary.json"
-ARCH_FILE = "arch.arch"
-VERSIONS_FILE = "versions.json"
-RUN_KIND = "prune"  # config.json's "kind": lets `pyns plot` and `pyns fit` recognise a pruning run
 _CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
 _CHECKPOINT_VERSION = 1
 # Settings that may change between an interrupted run and its resumption without changing what was
@@ -142,94 +118,6 @@ class PruneResult:
         return [row for row in self.rows if row["recording"]]
 
 
-def read_trajectory(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The trajectory rows of a pruning run folder (a torn last line is ignored)."""
-    path = Path(run_dir) / TRAJECTORY_FILE
-    if not path.exists():
-        raise RunError(f"{run_dir} holds no pruning trajectory: expected {path}")
-    return read_jsonl(path)
-
-
-def width_summary(widths: Mapping[str, int], symbols: list[str], limit: int = 10) -> str:
-    """`16/32/32/48` for a few widths; `min/median/max` of many (a progress bar has one line)."""
-    values = [widths[s] for s in symbols]
-    if len(values) <= limit:
-        return "/".join(str(v) for v in values)
-    return f"{min(values)}..{int(statistics.median(values))}..{max(values)} ({len(values)} widths)"
-
-
-def _versions() -> dict[str, str]:
-    import pyns
-
-    return {"pyns": pyns.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
-
-
-def run_config(arch, data: Mapping[str, Any], config: PruneConfig, mode: str,
-               widths: Mapping[str, int]) -> dict[str, Any]:
-    """The config.json of a pruning run (compared on resume)."""
-    return {
-        "kind": RUN_KIND,
-        "arch": arch.name,
-        "arch_file": arch.source.filename,
-        "variant": arch.variant,
-        "arch_params": dict(arch.params),
-        "policy": arch.policy.name,
-        "searchable": list(arch.searchable),
-        "start_widths": dict(widths),
-        "data": dict(data),
-        "mode": mode,
-        "seed": config.seed,
-        "prune": dataclasses.asdict(config),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# Progress display
-# ----------------------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A tqdm bar over warm-up minibatches, then one over removed units; silent when disabled or when
-    stderr is not a terminal (tqdm's disable=None)."""
-
-    def __init__(self, enabled: bool, symbols: list[str]):
-        self.enabled = enabled
-        self.symbols = symbols
-        self.bar: Any = None
-        self.phase = ""
-
-    def start(self, phase: str, total: int, done: int, unit: str) -> None:
-        if not self.enabled or self.phase == phase:
-            return
-        self.close()
-        from tqdm.auto import tqdm
-
-        self.phase = phase
-        self.bar = tqdm(total=total, initial=done, desc=phase, unit=unit, dynamic_ncols=True, disable=None)
-
-    def show(self, advance: int, epoch: int, params: int, widths: Mapping[str, int], loss: float | None) -> None:
-        if self.bar is None:
-            return
-        postfix = {"epoch": epoch, "τ": f"{params:,}", "widths": width_summary(widths, self.symbols)}
-        if loss is not None:
-            postfix["loss"] = f"{loss:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(advance)
-
-    def write(self, line: str) -> None:
-        if self.enabled:
-            from tqdm.auto import tqdm
-
-            tqdm.write(line, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = None
-        self.phase = ""
-
-
 # ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
@@ -260,7 +148,7 @@ class _Pruner:
                                   seed=config.seed)
         if len(self.loader) == 0:
             raise RunError(f"the training set has {len(train_set)} images, fewer than one batch")
-        self.progress = _Progress(progress, self.searchable)
+        self.progress = PruneProgress(progress, self.searchable)
         self.rows: list[dict[str, Any]] = []
         self.model: Any = None
         self.optimizer: Any = None
@@ -488,15 +376,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _prepare_folder(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{out} exists and is not a folder; choose another --out")
-    if not resume and out.exists() and any(out.iterdir()):
-        raise RunError(f"the run folder {out} is not empty: pass --resume to continue the run in it, or "
-                       "choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
           mode: str = "shrink", device: str | torch.device = "cpu", resume: bool = False,
           widths: Mapping[str, int] | None = None, data: Mapping[str, Any] | None = None,
@@ -506,7 +385,7 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
     `widths` are the start widths (default: the arch's defaults); `data` describes the data set for
     config.json (default: its name and size). `callback(state, model)` runs after every minibatch, after
     the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the
-    trajectory and where the run ended; see the module docstring for the run folder. Raises RunError for
+    trajectory and where the run ended; see pyns.prune.runfolder for the run folder. Raises RunError for
     a non-empty folder without `resume`, or a resume with other settings.
     """
     config.validate()
@@ -518,13 +397,13 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
                        f"images, the data set has {train_set.channels}x{train_set.resolution}x"
                        f"{train_set.resolution}; load it with resolution= and channels= to match")
     out = Path(out_dir)
-    _prepare_folder(out, resume)
+    prepare_folder(out, resume)
     data_info = dict(data) if data is not None else {"name": train_set.name}
     data_info.setdefault("num_samples", len(train_set))
     data_info.setdefault("num_classes", train_set.num_classes)
     check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
     atomic_write_text(out / ARCH_FILE, arch.source.text)
-    atomic_write_json(out / VERSIONS_FILE, _versions())
+    atomic_write_json(out / VERSIONS_FILE, versions())
 
     pruner = _Pruner(arch, train_set, config, mode, _resolve_device(device), out, start, progress, callback)
     checkpoint = out / CHECKPOINT_FILE
@@ -543,26 +422,3 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
     atomic_write_json(out / SUMMARY_FILE, summary)
     return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
                        s.seconds)
-
-
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """config.json of a pruning run folder, or RunError naming what was expected."""
-    config = load_config(run_dir, CONFIG_FILE)
-    if config is None or config.get("kind") != RUN_KIND:
-        raise RunError(f"{run_dir} is not a pyns pruning run: expected {Path(run_dir) / CONFIG_FILE} "
-                       f"written by `pyns prune`")
-    return config
-
-
-def load_run_arch(run_dir: str | Path):
-    """The Arch a pruning run used, from the source copy in the folder and the saved settings."""
-    from pyns.arch import loads
-
-    config = load_run_config(run_dir)
-    path = Path(run_dir) / ARCH_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise RunError(f"cannot read the run's architecture {path}: {err}") from None
-    return loads(text, filename=config.get("arch_file", ARCH_FILE), variant=config.get("variant"),
-                 policy=config.get("policy"), **config.get("arch_params", {}))

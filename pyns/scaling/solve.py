@@ -14,14 +14,12 @@ Non-searchable widths stay fixed. The family spans t from where every width is a
 first width reaches WIDTH_CAP times its default; a budget outside what that range can build is a
 BudgetError naming the feasible range.
 
-This module also holds the pure-Python oracle of the C++ solver: `py_widths` (the family), `py_solve`
-(the same bisection, step for step, over the pure-Python cost oracle) and `exhaustive_table` /
-`exhaustive_solve` (every configuration of the family, found from the analytic breakpoints of each width).
+The pure-Python oracle of the C++ solver (the family, the same bisection, an exhaustive table) is in
+pyns.scaling.oracle.
 """
 from __future__ import annotations
 
 import math
-import struct
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pyns.dsl.expr import make_divisible
 from pyns.errors import BudgetError, ProfileError
 from pyns.scaling.budget import Budget, parse_budget
 from pyns.scaling.profile import Profile, ScalingWarning
@@ -373,222 +370,5 @@ def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
     return BatchResult(plan.method, list(plan.spec.symbols), w.astype(np.int64), p, m, t, status)
 
 
-# ---- the pure-Python oracle --------------------------------------------------------------------
-def py_width(spec: FamilySpec, l: int, t: float) -> int:
-    a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
-    if r == FIXED:
-        return int(a)
-    raw = a * t if b == 1.0 else (a if b == 0.0 else a * t ** b)
-    if r == TRUNC:
-        w = int(raw)
-    elif r == ROUND:
-        w = round(raw)
-    else:
-        w = make_divisible(raw, 8)
-    return int(max(spec.floor_width[l], max(spec.min_width[l], w)))
-
-
-def py_widths(spec: FamilySpec, t: float) -> dict[str, int]:
-    return {s: py_width(spec, l, t) for l, s in enumerate(spec.symbols)}
-
-
-def _bits(x: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", x))[0]
-
-
-def _double(i: int) -> float:
-    return struct.unpack("<d", struct.pack("<q", i))[0]
-
-
-def _slack(p, m, bp, bm) -> float:
-    d = math.inf
-    if bp is not None:
-        d = min(d, (bp - p) / bp)
-    if bm is not None:
-        d = min(d, (bm - m) / bm)
-    return d
-
-
-def _overshoot(p, m, bp, bm) -> float:
-    d = 0.0
-    if bp is not None:
-        d = max(d, (p - bp) / bp)
-    if bm is not None:
-        d = max(d, (m - bm) / bm)
-    return d
-
-
-def py_solve(arch, spec: FamilySpec, params: float | None, macs: float | None, *, nearest: bool = False,
-             depth: float = 1.0, resolution: int | None = None):
-    """The C++ bisection step for step, over the pure-Python cost oracle (valid when the cost is
-    non-decreasing in t, as the C++ solver proves before bisecting). -> (status, widths, params, macs)."""
-    from pyns.cost import oracle
-
-    network = arch.ir(depth, resolution)
-    fits = lambda p, m: (params is None or p <= params) and (macs is None or m <= macs)  # noqa: E731
-
-    def config(t):
-        return py_widths(spec, t)
-
-    wa, wc = config(spec.t_lo), config(spec.t_hi)
-    pa, ma = oracle.count(network, wa)
-    pc, mc = oracle.count(network, wc)
-    if not fits(pa, ma):
-        return BELOW, None, None, None
-    a, c = _bits(spec.t_lo), _bits(spec.t_hi)
-    if fits(pc, mc):
-        if all(v is None or cost < v for v, cost in ((params, pc), (macs, mc))):
-            return ABOVE, None, None, None
-        return OK, wc, pc, mc
-    while c - a > 1:
-        mid = a + (c - a) // 2
-        wm = config(_double(mid))
-        if wm == wa:
-            a = mid
-            continue
-        if wm == wc:
-            c = mid
-            continue
-        pm, mm = oracle.count(network, wm)
-        if fits(pm, mm):
-            a, wa, pa, ma = mid, wm, pm, mm
-        else:
-            c, wc, pc, mc = mid, wm, pm, mm
-
-    def first_true(lo: float, hi: float, pred) -> float:
-        i, j = _bits(lo), _bits(hi)
-        while j - i > 1:
-            k = i + (j - i) // 2
-            i, j = (i, k) if pred(_double(k)) else (k, j)
-        return _double(j)
-
-    def left_edge(w, t):
-        reaches = lambda x: all(v >= w[s] for s, v in config(x).items())  # noqa: E731
-        return spec.t_lo if reaches(spec.t_lo) else first_true(spec.t_lo, t, reaches)
-
-    def right_edge(w, t):
-        changed = lambda x: config(x) != w  # noqa: E731
-        return math.inf if t >= spec.t_hi or not changed(spec.t_hi) else first_true(t, spec.t_hi, changed)
-
-    # Step past configurations that live for less than MERGE (rounding artifacts), as the C++ does.
-    left_a = left_edge(wa, _double(a))
-    while a != c and left_a > spec.t_lo and not _double(c) > left_a * (1 + MERGE):
-        c = _bits(left_a)
-        a = c - 1
-        wa = config(_double(a))
-        pa, ma = oracle.count(network, wa)
-        left_a = left_edge(wa, _double(a))
-    if nearest and a != c:
-        left_c = _double(c)
-        wc = config(left_c)
-        right = right_edge(wc, left_c)
-        while right <= spec.t_hi and not right > left_c * (1 + MERGE):
-            left_c = right
-            wc = config(left_c)
-            right = right_edge(wc, left_c)
-        pc, mc = oracle.count(network, wc)
-        if _overshoot(pc, mc, params, macs) < _slack(pa, ma, params, macs):
-            return OK, wc, pc, mc
-    return OK, wa, pa, ma
-
-
-def _np_widths(spec: FamilySpec, t: np.ndarray) -> np.ndarray:
-    """[n, L] widths at many t (vectorised py_width)."""
-    out = np.empty((t.size, len(spec.symbols)))
-    for l in range(len(spec.symbols)):
-        a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
-        if r == FIXED:
-            out[:, l] = a
-            continue
-        raw = a * t if b == 1.0 else (np.full_like(t, a) if b == 0.0 else a * np.power(t, b))
-        if r == TRUNC:
-            w = np.trunc(raw)
-        elif r == ROUND:
-            w = np.rint(raw)  # ties to even, as Python's round
-        else:
-            base = np.maximum(np.floor(np.trunc(raw + 4.0) / 8.0) * 8.0, 8.0)
-            w = np.where(base < 0.9 * raw, base + 8.0, base)
-        out[:, l] = np.maximum(spec.floor_width[l], np.maximum(spec.min_width[l], w))
-    return out
-
-
-@dataclass
-class FamilyTable:
-    t: np.ndarray        # [n] a t giving each configuration, increasing
-    widths: np.ndarray   # [n, L]
-    params: np.ndarray   # [n]
-    macs: np.ndarray     # [n]
-
-
-def _thresholds(r: int, lo: float, hi: float) -> np.ndarray:
-    """Raw values in [lo, hi] where a rounding's output can change: trunc at integers, round at halves,
-    make_divisible where int(v + 4) reaches a multiple of 8 (v = 8j - 4) and at its 10% bump (v = 8j/0.9)."""
-    if r == TRUNC:
-        return np.arange(max(1, math.floor(lo)), math.ceil(hi) + 1, dtype=np.float64)
-    if r == ROUND:
-        return np.arange(max(0, math.floor(lo)), math.ceil(hi) + 1, dtype=np.float64) + 0.5
-    j = np.arange(1, math.ceil(hi / 8) + 2, dtype=np.float64)
-    return np.concatenate([8 * j - 4, 8 * j / 0.9])
-
-
-def exhaustive_table(arch, spec: FamilySpec, *, depth: float = 1.0, resolution: int | None = None) -> FamilyTable:
-    """Every configuration of the family, independently of the C++ breakpoint search.
-
-    Each width changes only where its raw value a t^b crosses a rounding threshold, and those t are known
-    in closed form. Breakpoints within MERGE of each other are one (as in the C++); the configuration
-    between two consecutive merged breakpoints is read at their geometric midpoint, far (> MERGE/2) from
-    either, so floating-point error in the closed form cannot pick the wrong side.
-    """
-    breakpoints = [np.empty(0)]
-    for l in range(len(spec.symbols)):
-        a, b, r = spec.a[l], spec.b[l], spec.rounding[l]
-        if r == FIXED or b == 0.0:
-            continue
-        lo, hi = sorted((a * spec.t_lo ** b, a * spec.t_hi ** b))
-        t = (_thresholds(r, lo, hi) / a) ** (1.0 / b)
-        breakpoints.append(t[(t > spec.t_lo) & (t <= spec.t_hi)])
-    bps = np.unique(np.concatenate(breakpoints))
-    # chains of breakpoints each within MERGE of the previous one form one breakpoint at the chain's end
-    ends = bps[np.append(bps[1:] > bps[:-1] * (1 + MERGE), True)] if bps.size else bps
-    starts = bps[np.insert(bps[1:] > bps[:-1] * (1 + MERGE), 0, True)] if bps.size else bps
-    nxt = np.append(starts[1:], spec.t_hi)
-    samples = np.concatenate([[spec.t_lo], np.sqrt(ends * nxt), [spec.t_hi]])
-    samples = np.unique(np.clip(samples, spec.t_lo, spec.t_hi))
-    widths = _np_widths(spec, samples)
-    keep = np.ones(samples.size, dtype=bool)
-    keep[1:] = np.any(widths[1:] != widths[:-1], axis=1)  # each width is monotone: a config never returns
-    t, widths = samples[keep], widths[keep]
-    params, macs = arch.count_batch(widths, depth=depth, resolution=resolution)
-    return FamilyTable(t, widths, np.asarray(params, dtype=np.float64), np.asarray(macs, dtype=np.float64))
-
-
-def exhaustive_solve(table: FamilyTable, params: float | None, macs: float | None,
-                     nearest: bool = False) -> tuple[int, int]:
-    """(status, row) of the best configuration: the fitting one with the least relative slack in its
-    binding metric (ties: larger t); with `nearest`, an over-budget one wins if strictly closer (ties:
-    smaller t)."""
-    P, M = table.params, table.macs
-    bp = math.inf if params is None else params
-    bm = math.inf if macs is None else macs
-    fits = (P <= bp) & (M <= bm)
-    if not fits.any():
-        return BELOW, -1
-    slack = np.full(P.size, np.inf)
-    over = np.zeros(P.size)
-    for budget, cost in ((params, P), (macs, M)):
-        if budget is not None:
-            slack = np.minimum(slack, (budget - cost) / budget)
-            over = np.maximum(over, (cost - budget) / budget)
-    if fits.all() and all(b is None or cost.max() < b for b, cost in ((params, P), (macs, M))):
-        return ABOVE, -1
-    best_fit = np.flatnonzero(fits & (slack == slack[fits].min()))[-1]
-    if nearest and not fits.all():
-        over_min = over[~fits].min()
-        if over_min < slack[best_fit]:
-            return OK, int(np.flatnonzero(~fits & (over == over_min))[0])
-    return OK, int(best_fit)
-
-
 __all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "family_spec",
-           "cpp_family", "resolve_budgets", "py_width", "py_widths", "py_solve", "exhaustive_table",
-           "exhaustive_solve", "FamilyTable", "METHODS", "WIDTH_CAP", "Budget"]
+           "cpp_family", "resolve_budgets", "METHODS", "WIDTH_CAP", "Budget"]
