@@ -135,6 +135,26 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def load_versioned_checkpoint(path: PathLike, kind: str, version: int, what: str) -> dict[str, Any]:
+    """torch.load a checkpoint (tensors on the CPU, weights only) whose payload says `format: kind` and
+    `version: version`; anything else — damaged, foreign or from another pyns version — is a RunError."""
+    import torch
+
+    target = Path(path)
+    if not target.exists():
+        raise RunError(f"there is no checkpoint at {target}")
+    try:
+        payload = torch.load(target, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged or foreign files
+        raise RunError(f"{target} could not be read as a pyns {what} checkpoint ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        raise RunError(f"{target} is not a pyns {what} checkpoint")
+    if payload.get("version") != version:
+        raise RunError(f"{target} has checkpoint version {payload.get('version')}; this pyns reads "
+                       f"version {version}")
+    return payload
+
+
 def to_jsonable(obj: Any) -> Any:
     """Turn dataclasses, paths, tuples, enums, sets, numpy and torch scalars into plain JSON values.
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from pyns.distributed import DistContext, gather_rank_states
 from pyns.errors import RunError
-from pyns.runfiles import capture_rng_state, restore_rng_state
+from pyns.runfiles import capture_rng_state, load_versioned_checkpoint, restore_rng_state
 from pyns.train_recipe import EpochRecord, TrainRecipe
 
 __all__ = ["load_checkpoint", "checkpoint_payload", "restore_checkpoint"]
@@ -29,20 +29,7 @@ _CHECKPOINT_VERSION = 1
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint (tensors on the CPU), refusing files that are not one."""
-    target = Path(path)
-    if not target.exists():
-        raise RunError(f"there is no checkpoint at {target}")
-    try:
-        payload = torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged or foreign files
-        raise RunError(f"{target} could not be read as a pyns training checkpoint ({err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-        raise RunError(f"{target} is not a pyns training checkpoint")
-    if payload.get("version") != _CHECKPOINT_VERSION:
-        raise RunError(
-            f"{target} has checkpoint version {payload.get('version')}, this pyns reads version {_CHECKPOINT_VERSION}"
-        )
-    return payload
+    return load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "training")
 
 
 def _loader_state(loader: Any) -> Any:

@@ -63,6 +63,7 @@ from pyns.runfiles import (
     atomic_write_text,
     capture_rng_state,
     check_config,
+    load_versioned_checkpoint,
     restore_rng_state,
     write_jsonl,
 )
@@ -188,15 +189,7 @@ class _Pruner:
         write_jsonl(self.out / TRAJECTORY_FILE, [])
 
     def restore(self, path: Path) -> None:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for damaged or foreign files
-            raise RunError(f"{path} could not be read as a pyns pruning checkpoint ({err})") from None
-        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
-            raise RunError(f"{path} is not a pyns pruning checkpoint")
-        if payload.get("version") != _CHECKPOINT_VERSION:
-            raise RunError(f"{path} has checkpoint version {payload.get('version')}; this pyns reads "
-                           f"version {_CHECKPOINT_VERSION}")
+        payload = load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
         self.state = PruneState(**payload["state"])
         widths = self.state.widths if self.mode == "shrink" else self.initial
         with torch.random.fork_rng(devices=[]):  # the RNG state is restored below anyway
