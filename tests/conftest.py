@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 if str(TESTS) not in sys.path:  # reference_nets.py lives beside the tests
@@ -12,3 +14,14 @@ if __import__("os").environ.get("PYNS_EXPECT_INSTALLED"):
 
     # CI must exercise the wheel (grammar and .arch files inside the package), not the source tree.
     assert "site-packages" in pyns.__file__, f"tests imported pyns from {pyns.__file__}"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core CPU: one torch thread avoids OpenMP oversubscription (3-5x faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,12 +21,7 @@ FAST_FLAGS = ["--warmup", "2", "--epochs", "12", "--every", "4", "--units", "3",
               "--skip-at-min-width", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread hand-offs cost more than they save on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -106,15 +106,6 @@ def test_ray_executor_without_ray_says_how_to_install(capsys, tmp_path):
 # ---- end to end --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription and is several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def brute_force_fronts(acc, macs):
     """Peel non-dominated sets by definition: i is dominated if some j is no worse in both objectives and
     strictly better in one."""

@@ -20,13 +20,7 @@ from pyns.train_checkpoint import load_checkpoint
 FAST = ["--data", "digits", "--batch-size", "64", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The suite runs on 2 shared cores: several threads per tiny conv only fight each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
