@@ -3,7 +3,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from pyns.arch import load
 from pyns.cli.main import main
