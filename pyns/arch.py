@@ -109,12 +109,14 @@ class Arch:
     def widths(self, widths: Mapping[str, int] | None = None) -> dict[str, int]:
         """Complete a partial width assignment with defaults; reject unknown or non-positive widths."""
         full = self.defaults
+        minimum = {s.name: s.minimum for s in self.symbols}
         for key, value in (widths or {}).items():
             if key not in full:
                 raise PynsError(f"{self.name} has no width symbol `{key}`" + suggest(key, full)
                                 + f" (symbols: {', '.join(full)})")
-            if int(value) != value or value < 1:
-                raise PynsError(f"width `{key}` must be a whole number >= 1, got {value}")
+            if int(value) != value or value < minimum[key]:
+                raise PynsError(f"width `{key}` must be a whole number >= {minimum[key]}"
+                                + (" (its declared minimum)" if minimum[key] > 1 else "") + f", got {value}")
             full[key] = int(value)
         return full
 
@@ -122,7 +124,7 @@ class Arch:
         """Every searchable width scaled by `ratio` under this arch's policy (the uniform baseline)."""
         out = self.defaults
         for sym in self.network.searchable:
-            out[sym.name] = self.policy.width(sym.default, ratio, sym.roles)
+            out[sym.name] = max(sym.minimum, self.policy.width(sym.default, ratio, sym.roles))
         return out
 
     def vector(self, widths: Mapping[str, int] | None = None) -> np.ndarray:

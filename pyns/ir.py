@@ -21,6 +21,7 @@ class WidthSymbol:
     searchable: bool
     roles: tuple[str, ...] = ()
     pos: SourcePos | None = None
+    minimum: int = 1  # the smallest width a solver or a user may give it
 
 
 @dataclass

@@ -177,3 +177,22 @@ def test_fuzz_arbitrary_text(text):
         loads(text)
     except PynsError:
         pass
+
+
+def test_declared_minimum_bounds_solvers_and_explicit_widths():
+    src = GOOD.replace("width c1 = 8, c2 = 16", "width c1 = 8 [min = 6], c2 = 16")
+    arch = loads(src)
+    assert [s.minimum for s in arch.symbols] == [6, 1]
+    result = arch.scale(params=arch.count({"c1": 6, "c2": 1}).params)  # the smallest allowed network
+    assert result.widths == {"c1": 6, "c2": 1}
+    small = arch.scale(params=400)
+    assert small.widths["c1"] >= 6 and small.params <= 400
+    assert arch.uniform_widths(0.1)["c1"] == 6
+    with pytest.raises(PynsError, match="must be a whole number >= 6 \\(its declared minimum\\)"):
+        arch.count({"c1": 5})
+    with pytest.raises(PynsError, match="no network meets"):
+        arch.scale(params=arch.count({"c1": 6, "c2": 1}).params - 1)
+    err = error_of(GOOD.replace("width c1 = 8, c2 = 16", "width c1 = 8 [min = 9], c2 = 16"))
+    assert "minimum 9 above its default 8" in err.message
+    err = error_of(GOOD.replace("width c1 = 8, c2 = 16", "width c1 = 8 [max = 9], c2 = 16"))
+    assert "unknown width attribute `max`" in err.message

@@ -33,6 +33,7 @@ class WidthDecl:
     searchable: bool
     roles: tuple[str, ...]
     pos: SourcePos
+    minimum: lark.Tree | None = None  # `[min = N]`: the smallest width the solvers may choose
 
 
 @dataclass
@@ -116,13 +117,22 @@ def collect(text: str, filename: str = "<string>") -> ArchSource:
         elif kind == "width_decl":
             for w in item.children:
                 wname = str(w.children[0])
-                roles = tuple(str(r) for r in w.children[2].children) if len(w.children) > 2 else ()
-                for role in roles:
-                    if role not in KNOWN_ROLES:
-                        raise DSLError(f"unknown role `{role}`; roles are {', '.join(KNOWN_ROLES)}"
-                                       + suggest(role, KNOWN_ROLES), pos=src.pos(w.meta))
+                roles: list[str] = []
+                minimum = None
+                for attr in (w.children[2].children if len(w.children) > 2 else ()):
+                    key = str(attr.children[0])
+                    if len(attr.children) > 1:  # `min = N`
+                        if key != "min":
+                            raise DSLError(f"unknown width attribute `{key}`; the only one is `min`"
+                                           + suggest(key, ["min"]), pos=src.pos(attr.meta))
+                        minimum = attr.children[1]
+                    elif key not in KNOWN_ROLES:
+                        raise DSLError(f"unknown role `{key}`; roles are {', '.join(KNOWN_ROLES)}"
+                                       + suggest(key, KNOWN_ROLES), pos=src.pos(attr.meta))
+                    else:
+                        roles.append(key)
                 pos = define(wname, w.meta, "width symbol")
-                src.widths.append(WidthDecl(wname, w.children[1], True, roles, pos))
+                src.widths.append(WidthDecl(wname, w.children[1], True, tuple(roles), pos, minimum))
         elif kind == "fixed_decl":
             fname = str(item.children[0])
             pos = define(fname, item.meta, "width symbol")

@@ -254,7 +254,14 @@ class Elaborator:
             default = self.static_int(value, f"the default of `{decl.name}`", decl.value.meta, minimum=1)
             if default > MAX_WIDTH:
                 raise DSLError(f"width `{decl.name}` = {default} is absurd (limit {MAX_WIDTH})", pos=decl.pos)
-            symbols.append(ir.WidthSymbol(decl.name, default, decl.searchable, decl.roles, decl.pos))
+            minimum = 1
+            if decl.minimum is not None:
+                minimum = self.static_int(self.expr(decl.minimum, top, None), f"the minimum of `{decl.name}`",
+                                          decl.minimum.meta, minimum=1)
+                if minimum > default:
+                    raise DSLError(f"width `{decl.name}` has minimum {minimum} above its default {default}",
+                                   pos=decl.pos)
+            symbols.append(ir.WidthSymbol(decl.name, default, decl.searchable, decl.roles, decl.pos, minimum))
             top.values[decl.name] = Sym(decl.name) if decl.searchable else Const(default)
             self.defaults[decl.name] = default
         for lname, tree, _pos in src.lets:

@@ -168,12 +168,12 @@ def _law(sym, method: str, base: Mapping[str, int], profile: Profile | None, pol
         if sym.name not in profile.fits:
             raise ProfileError(f"the profile has no fit for `{sym.name}`")
         fit = profile.fits[sym.name]
-        return fit.alpha, fit.beta, MAKE_DIV8 if divisible else ROUND, 1.0, 0.0
+        return fit.alpha, fit.beta, MAKE_DIV8 if divisible else ROUND, float(sym.minimum), 0.0
     c = float(base[sym.name])
     if "stem" in sym.roles and policy.fix_stem:
         return c, 0.0, FIXED, 1.0, 0.0
     floor = c if "head" in sym.roles and policy.head_floor else 0.0
-    return c, 1.0, MAKE_DIV8 if divisible else TRUNC, 1.0, floor
+    return c, 1.0, MAKE_DIV8 if divisible else TRUNC, float(sym.minimum), floor
 
 
 def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None,
