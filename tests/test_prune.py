@@ -355,3 +355,11 @@ def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
     assert "holds no run pyns can plot" in capsys.readouterr().err
     assert main(["fit", str(out)]) == 2
     assert "is not a pyns pruning run" in capsys.readouterr().err
+
+
+def test_per_group_minimum_widths_block_their_own_group_only():
+    """A symbol's declared `[min = N]` floors its group; other groups still prune down to 1."""
+    importances = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.05, 0.4])]
+    selection = select_units(importances, 4, [2, 1])
+    assert selection.removed == {0: [0], 1: [0]} and selection.blocked  # group 0 stops at 2 units
+    assert select_units(importances, 4, 1).removed == {0: [0, 1], 1: [0]}

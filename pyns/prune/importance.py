@@ -77,15 +77,18 @@ class Selection:
         return sum(len(v) for v in self.removed.values())
 
 
-def select_units(importances: Sequence[torch.Tensor], count: int, min_width: int = 1) -> Selection:
-    """The `count` least important units over all groups, never taking a group below `min_width`.
+def select_units(importances: Sequence[torch.Tensor], count: int,
+                 min_width: int | Sequence[int] = 1) -> Selection:
+    """The `count` least important units over all groups, never taking a group below `min_width`
+    (one bound for every group, or one per group: a symbol's `[min = N]` from the DSL).
 
     Units are ranked by importance ascending; equal importances (e.g. dead channels at exactly 0) are
     broken by group order, then channel position, so the choice is deterministic. A unit whose group has
     reached `min_width` is skipped and `blocked` is set; the caller decides whether that ends the run.
     """
-    if count < 0 or min_width < 1:
-        raise ValueError(f"need count >= 0 and min_width >= 1, got {count} and {min_width}")
+    floors = [min_width] * len(importances) if isinstance(min_width, int) else list(min_width)
+    if count < 0 or len(floors) != len(importances) or min(floors, default=1) < 1:
+        raise ValueError(f"need count >= 0 and one min_width >= 1 per group, got {count} and {min_width}")
     if not importances:
         return Selection()
     values = torch.cat([imp.to(torch.float64).reshape(-1) for imp in importances])
@@ -99,7 +102,7 @@ def select_units(importances: Sequence[torch.Tensor], count: int, min_width: int
         if selection.count >= count:
             break
         group = int(group_of[unit])
-        if remaining[group] <= min_width:
+        if remaining[group] <= floors[group]:
             selection.blocked = True
             continue
         remaining[group] -= 1

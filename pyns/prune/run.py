@@ -302,7 +302,9 @@ class _Pruner:
         c, s = self.config, self.state
         groups = self._groups()
         importances = group_importance(self.model, groups, s.kept if self.mode == "masked" else None)
-        selection = select_units(importances, c.units_per_step, c.min_width)
+        minimum = {sym.name: sym.minimum for sym in self.arch.symbols}
+        floors = [max(c.min_width, *(minimum[name] for name in group)) for group in groups]
+        selection = select_units(importances, c.units_per_step, floors)
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
             return 0
