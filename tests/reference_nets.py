@@ -236,8 +236,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def macs_per_layer(model: nn.Module, resolution: int | tuple[int, int]) -> list[tuple[str, int]]:
-    """(module name, MACs) for every Conv2d / Linear in forward order, one image of the given size."""
+def macs_per_layer(model: nn.Module, resolution: int | tuple[int, int],
+                   channels: int = 3) -> list[tuple[str, int]]:
+    """(module name, MACs) for every Conv2d / Linear in forward order, one image of the given size.
+
+    Works on meta-device modules too (a shape-only forward), so big networks need no memory."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     names = {m: n for n, m in model.named_modules()}
     records: list[tuple[str, int]] = []
@@ -255,8 +258,9 @@ def macs_per_layer(model: nn.Module, resolution: int | tuple[int, int]) -> list[
     was_training = model.training
     try:
         model.eval()
+        device = next(model.parameters()).device
         with torch.no_grad():
-            model(torch.zeros(1, 3, h, w))
+            model(torch.zeros(1, channels, h, w, device=device))
     finally:
         for handle in handles:
             handle.remove()
@@ -264,6 +268,6 @@ def macs_per_layer(model: nn.Module, resolution: int | tuple[int, int]) -> list[
     return records
 
 
-def macs(model: nn.Module, resolution: int | tuple[int, int]) -> int:
+def macs(model: nn.Module, resolution: int | tuple[int, int], channels: int = 3) -> int:
     """Total multiply-accumulates (convs + linears only) at batch size 1."""
-    return sum(m for _, m in macs_per_layer(model, resolution))
+    return sum(m for _, m in macs_per_layer(model, resolution, channels))

@@ -20,29 +20,6 @@ TINYNETS = {"a": (0.86, 1.2, 1.0), "b": (0.84, 1.1, 0.75), "c": (0.825, 0.85, 0.
             "d": (0.68, 0.695, 0.54), "e": (0.475, 0.60, 0.51)}
 
 
-def module_macs(model: torch.nn.Module, resolution: int, channels: int) -> int:
-    """MACs by forward hooks on the built module (SPEC §3): conv k*k*(Cin/g)*Cout*Ho*Wo, linear in*out."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += kh * kw * (module.in_channels // module.groups) * output.shape[1] * output.shape[2] * output.shape[3]
-        elif isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    model.eval()
-    device = next(model.parameters()).device  # meta-device modules run shape-only forwards
-    with torch.no_grad():
-        model(torch.zeros(1, channels, resolution, resolution, device=device))
-    for h in handles:
-        h.remove()
-    return total
-
-
 def numel(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -133,7 +110,7 @@ def test_cpp_equals_oracle_equals_module_on_random_settings(name):
             with torch.device("meta"):
                 model = arch.build(widths, depth=depth, resolution=resolution)
             assert cost.params == numel(model)
-            assert cost.macs == module_macs(model, network.resolution, network.in_channels)
+            assert cost.macs == R.macs(model, network.resolution, network.in_channels)
         checked += 1
     assert checked >= 30
 

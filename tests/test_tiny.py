@@ -1,7 +1,7 @@
 """TinyNet's tiny formula on real networks (pyns.tiny) and the sampling plan (pyns.tiny_sample).
 
 Oracles: the released TinyNets' exact counts (tests/fixtures/reference_models.json, from timm), built torch
-modules (numel, forward-hook MACs), exhaustive scans of each baseline's one-dimensional path, and the
+modules (numel, forward-hook MACs from reference_nets), exhaustive scans of each baseline's one-dimensional path, and the
 closed-form expressions of the paper.
 """
 import json
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference_nets as R
 from conftest import FIXTURES
 from pyns.arch import load, loads
 from pyns.errors import BudgetError, ProfileError
@@ -29,28 +30,6 @@ NOMINAL_C = {"tinynet_a": 0.9, "tinynet_b": 0.5, "tinynet_c": 0.25, "tinynet_d":
 @pytest.fixture(scope="module")
 def b0():
     return load("efficientnet_b0", policy="tinynet")
-
-
-def module_macs(model: torch.nn.Module, resolution: int, channels: int) -> int:
-    """SPEC §3 MACs by forward hooks: conv k*k*(Cin/g)*Cout*Ho*Wo, linear in*out (meta device: shapes only)."""
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += kh * kw * (module.in_channels // module.groups) * output.shape[1:].numel()
-        else:
-            total += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, channels, resolution, resolution, device=next(model.parameters()).device))
-    for h in handles:
-        h.remove()
-    return total
 
 
 # ---- the tiny method ---------------------------------------------------------------------------------
@@ -93,7 +72,7 @@ def test_cost_engine_equals_the_built_module(b0):
     with torch.device("meta"):
         model = b0.build(res.widths, depth=res.d, resolution=res.resolution)
     assert sum(p.numel() for p in model.parameters()) == res.params
-    assert module_macs(model, res.resolution, 3) == res.macs
+    assert R.macs(model, res.resolution) == res.macs
     # blocks per stage: every MBConv block is one residual module of the builder
     assert res.repeats == [1, 2, 2, 3, 3, 3, 1]
 
