@@ -104,7 +104,6 @@ def test_descent_then_sweep_end_to_end_on_digits(tmp_path, capsys):
                  "0.5,0.75", "--methods", "uniform,neuralscale", "--seeds", "1", "--descent", str(run_dir),
                  "--epochs", "2", "--batch-size", "64", "--quiet"]) == 0
     arch = load("digits_cnn")
-    full = arch.count().params
     with open(sweep_dir / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["method"], float(r["ratio"])) for r in rows} == {

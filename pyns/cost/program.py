@@ -8,7 +8,7 @@ import numpy as np
 
 from pyns import ir
 from pyns.cost.formulas import counted_layers
-from pyns.dsl.expr import Const, Expr, Op, Sym, op
+from pyns.dsl.expr import Const, Expr, Sym, op
 
 # Keep in sync with enum Op in csrc/cost_program.h.
 OPCODES = {name: i for i, name in enumerate(
@@ -83,4 +83,4 @@ def compile_program(network: ir.Network):
     return program, names
 
 
-__all__ = ["compile_program", "OPCODES", "Op"]
+__all__ = ["compile_program", "OPCODES"]

@@ -299,7 +299,10 @@ class Elaborator:
                 nodes += self.call(stmt, scope, state, namer)
         return nodes
 
-    def bind_args(self, stmt, names, defaults, words, scope, state, what: str) -> dict[str, object]:
+    def bind_args(self, stmt, names, defaults, words, scope, state, what: str,
+                  any_word: bool = False) -> dict[str, object]:
+        """Bind a call's arguments to `names`. A bare undefined name becomes a `Word` for the parameters in
+        `words`, or for every parameter with `any_word` (a user block passes words on to its layers)."""
         args_tree = next((c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "args"), None)
         args = [a for a in args_tree.children if isinstance(a, lark.Tree)] if args_tree is not None else []
         bound: dict[str, object] = {}
@@ -319,15 +322,12 @@ class Elaborator:
                 key, tree = names[len(bound)], a.children[0]
             if key in bound:
                 raise self.error(f"{what} got `{key}` twice", a.meta)
-            if tree.data == "var" and (key in words or what.startswith("block")):
+            if tree.data == "var" and (key in words or any_word):
                 name = str(tree.children[0])
                 try:
                     bound[key] = self.lookup(name, tree, scope, state)
                 except DSLError:
-                    if key in words or what.startswith("block"):
-                        bound[key] = Word(name)
-                    else:
-                        raise
+                    bound[key] = Word(name)
             else:
                 bound[key] = self.value(tree, scope, state)
         for key in names:
@@ -357,7 +357,8 @@ class Elaborator:
         if len(self.call_stack) >= MAX_CALL_DEPTH or block.name in self.call_stack:
             raise self.error(f"block `{block.name}` calls itself (recursion is not allowed)", stmt.meta)
         defaults = {k: v for k, v in block.defaults.items()}
-        args = self.bind_args(stmt, block.params, defaults, (), scope, state, f"block `{block.name}`")
+        args = self.bind_args(stmt, block.params, defaults, (), scope, state, f"block `{block.name}`",
+                              any_word=True)
         for key, value in list(args.items()):
             if isinstance(value, lark.Tree):  # a default: evaluated in the block's definition scope
                 args[key] = self.value(value, _Scope(dict(args), self.top_scope(scope)), state)

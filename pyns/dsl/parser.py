@@ -40,7 +40,7 @@ def parse(text: str, filename: str = "<string>") -> lark.Tree:
         got = "end of file" if err.token.type == "$END" else repr(str(err.token))
         shown = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
         raise DSLError(f"unexpected {got}; expected {shown}", pos=pos) from None
-    except lark.UnexpectedEOF as err:
+    except lark.UnexpectedEOF:
         last = text.splitlines() or [""]
         pos = source_pos(text, filename, len(last), len(last[-1]) + 1)
         raise DSLError("unexpected end of file (is a '}' or ')' missing?)", pos=pos) from None
