@@ -10,5 +10,13 @@ from pyns.arch import Arch, Cost, load, loads
 from pyns.errors import BudgetError, DataError, DSLError, ProfileError, PynsError, RunError
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "Cost", "load", "loads", "PynsError", "DSLError", "BudgetError", "ProfileError", "DataError",
+
+
+def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
+    """Import a torch CNN (torchvision, timm, your own nn.Module) as an Arch; see pyns.torch_import."""
+    from pyns.torch_import import from_torch as _from_torch  # torch.fx only when importing
+    return _from_torch(model, input_size, **options)
+
+
+__all__ = ["Arch", "Cost", "load", "loads", "from_torch", "PynsError", "DSLError", "BudgetError", "ProfileError", "DataError",
            "RunError", "__version__"]

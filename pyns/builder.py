@@ -20,7 +20,8 @@ from pyns.errors import PynsError
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True), "swish": nn.SiLU,
-    "silu": nn.SiLU, "hswish": nn.Hardswish, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "silu": nn.SiLU, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+    "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU,
 }
 
 
@@ -97,12 +98,13 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             cin, cout, groups = _value(node.in_ch, env), _value(node.out_ch, env), _value(node.groups, env)
             if cin % groups or cout % groups:
                 raise PynsError(f"{node.name}: groups {groups} does not divide widths {cin} -> {cout}")
-            conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, groups=groups, bias=node.bias)
+            conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, dilation=node.dilation,
+                             groups=groups, bias=node.bias)
             conv.pyns_layer = node  # type: ignore[attr-defined]  # lets the pruner map weights back to the IR
             modules.append(conv)
         elif isinstance(node, ir.BatchNorm):
             c = _value(node.channels, env)
-            bn = nn.BatchNorm2d(c) if node.spatial else nn.BatchNorm1d(c)
+            bn = nn.BatchNorm2d(c, eps=node.eps) if node.spatial else nn.BatchNorm1d(c, eps=node.eps)
             bn.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(bn)
         elif isinstance(node, ir.Activation):

@@ -37,6 +37,7 @@ class Conv:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     pos: SourcePos | None = None
+    dilation: int = 1  # spreads the taps; changes the output size, not the cost per output
 
 
 @dataclass
@@ -45,12 +46,13 @@ class BatchNorm:
     channels: Expr
     spatial: bool  # BatchNorm2d after a conv, BatchNorm1d after flatten/linear
     pos: SourcePos | None = None
+    eps: float = 1e-5  # torch's default; MobileNetV3 / TF-ported nets use 1e-3
 
 
 @dataclass
 class Activation:
     name: str
-    kind: str  # relu | relu6 | swish | hswish | sigmoid | gelu
+    kind: str  # one of pyns.dsl.elaborate.ACTIVATIONS
     pos: SourcePos | None = None
 
 

@@ -24,7 +24,8 @@ MAX_WIDTH = 1 << 20      # a million channels: far past any real layer
 MAX_RESOLUTION = 16_384  # beyond gigapixel inputs
 MAX_CALL_DEPTH = 64      # nested block calls; deeper means recursion
 
-ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "sigmoid", "gelu", "tanh")
+# leaky_relu is torch's default slope 0.01; hsigmoid is torch's Hardsigmoid (relu6(x + 3) / 6).
+ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "hsigmoid", "sigmoid", "gelu", "tanh", "leaky_relu")
 SHORTCUTS = ("identity", "conv", "conv_bn", "none")
 
 
@@ -37,10 +38,11 @@ class Word:
 
 # layer -> (positional parameter names, defaults, parameters that take words)
 LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]]] = {
-    "conv": (("out", "k", "stride", "pad", "groups", "bias"),
-             {"k": 3, "stride": 1, "pad": None, "groups": 1, "bias": 0}, ()),
-    "dwconv": (("k", "stride", "pad", "bias", "mult"), {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1}, ()),
-    "bn": ((), {}, ()),
+    "conv": (("out", "k", "stride", "pad", "groups", "bias", "dilation"),
+             {"k": 3, "stride": 1, "pad": None, "groups": 1, "bias": 0, "dilation": 1}, ()),
+    "dwconv": (("k", "stride", "pad", "bias", "mult", "dilation"),
+               {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1, "dilation": 1}, ()),
+    "bn": (("eps",), {"eps": 1e-5}, ()),
     "maxpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
     "avgpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
     "gap": ((), {}, ()),
@@ -51,7 +53,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
     "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
     **{a: ((), {}, ()) for a in ACTIVATIONS},
 }
-RESIDUAL_SPEC = (("shortcut", "bias"), {"shortcut": "identity", "bias": 0}, ("shortcut",))
+# always = 1: keep the projection even where stride and widths would allow the identity (imported nets).
+RESIDUAL_SPEC = (("shortcut", "bias", "always"), {"shortcut": "identity", "bias": 0, "always": 0}, ("shortcut",))
 
 
 @dataclass
@@ -402,6 +405,9 @@ class Elaborator:
             raise self.error(f"unknown shortcut `{mode}`; choose one of {', '.join(SHORTCUTS)}"
                              + suggest(mode, SHORTCUTS), stmt.meta)
         bias = bool(self.static_int(args["bias"], "bias", stmt.meta))
+        always = bool(self.static_int(args["always"], "always", stmt.meta))
+        if always and mode not in ("conv", "conv_bn"):
+            raise self.error("residual(always = 1) needs a projection shortcut (conv or conv_bn)", stmt.meta)
         if state.hw is None:
             raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
         in_ch, in_hw = state.ch, state.hw
@@ -414,7 +420,7 @@ class Elaborator:
         if (in_hw[0] - 1) // stride + 1 != out_hw[0] or (in_hw[1] - 1) // stride + 1 != out_hw[1]:
             raise self.error(f"the residual body turns {in_hw[0]}x{in_hw[1]} into {out_hw[0]}x{out_hw[1]}, "
                              "which no strided 1x1 shortcut can match", stmt.meta)
-        differs = Const(1) if stride != 1 else op("ne", in_ch, out_ch)
+        differs = Const(1) if stride != 1 or always else op("ne", in_ch, out_ch)
         name = namer("residual")
         shortcut: list[ir.Node] = []
         if mode == "identity":

@@ -12,8 +12,8 @@ if TYPE_CHECKING:  # pragma: no cover
 POOLS = {"maxpool": "max", "avgpool": "avg"}
 
 
-def _out_size(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1  # floor((H + 2p - k) / s) + 1, SPEC §3
+def _out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1  # floor((H + 2p - k) / s) + 1 (SPEC §3) at dilation 1
 
 
 def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, int]:
@@ -22,9 +22,9 @@ def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, i
     return state.hw
 
 
-def _shrink(el, state, stmt, what: str, k: int, s: int, p: int) -> tuple[int, int]:
+def _shrink(el, state, stmt, what: str, k: int, s: int, p: int, d: int = 1) -> tuple[int, int]:
     h, w = _spatial(el, state, what, stmt)
-    out = (_out_size(h, k, s, p), _out_size(w, k, s, p))
+    out = (_out_size(h, k, s, p, d), _out_size(w, k, s, p, d))
     if min(out) < 1:
         raise el.error(f"spatial size reaches zero at `{what}`: input {h}x{w}, kernel {k}, stride {s}, "
                        f"padding {p}", stmt.meta)
@@ -41,7 +41,8 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
     if kind in ("conv", "dwconv"):
         k = el.static_int(args["k"], "the kernel size", meta, 1)
         s = el.static_int(args["stride"], "the stride", meta, 1)
-        p = k // 2 if args["pad"] is None else el.static_int(args["pad"], "the padding", meta, 0)
+        d = el.static_int(args["dilation"], "the dilation", meta, 1)
+        p = d * (k // 2) if args["pad"] is None else el.static_int(args["pad"], "the padding", meta, 0)
         bias = bool(el.static_int(args["bias"], "bias", meta))
         in_ch = state.ch
         if kind == "dwconv":
@@ -52,12 +53,16 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
             out_ch = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
             groups = el.expr_value(args["groups"], meta)
         _check_groups(el, in_ch, out_ch, groups, meta)
-        out_hw = _shrink(el, state, stmt, kind, k, s, p)
-        node = ir.Conv(namer("conv"), in_ch, out_ch, k, s, p, groups, bias, state.hw, out_hw, pos)
+        out_hw = _shrink(el, state, stmt, kind, k, s, p, d)
+        node = ir.Conv(namer("conv"), in_ch, out_ch, k, s, p, groups, bias, state.hw, out_hw, pos, dilation=d)
         state.ch, state.hw = out_ch, out_hw
         return [node]
     if kind == "bn":
-        return [ir.BatchNorm(namer("bn"), state.ch, state.hw is not None, pos)]
+        eps = args["eps"]
+        value = eps.value if isinstance(eps, Const) else eps if isinstance(eps, float) else None
+        if value is None or not 0 < value < 1:
+            raise el.error("bn(eps) needs a small positive number, e.g. bn(eps = 0.001)", meta)
+        return [ir.BatchNorm(namer("bn"), state.ch, state.hw is not None, pos, eps=float(value))]
     if kind in POOLS:
         k = el.static_int(args["k"], "the kernel size", meta, 1)
         s = k if args["stride"] is None else el.static_int(args["stride"], "the stride", meta, 1)

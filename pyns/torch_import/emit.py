@@ -1,0 +1,198 @@
+"""Analyzed graph -> readable .arch text, with identical consecutive blocks folded into `repeat(n)`.
+
+A *unit* is the run of top-level ops that belong to one block module (the module class that holds a
+residual add, e.g. torchvision's `Bottleneck`, or any sibling of such a module): a ResNet block and
+the ReLU after its add. Consecutive units with the same structure and the same default widths are
+emitted once inside `repeat(n)`, so a depth multiplier acts on them; their width groups are merged
+position by position (a repeat body names one set of widths), which ties for example the inner width
+of all identical bottlenecks of a stage together — the shape of a hand-written stage.
+"""
+from __future__ import annotations
+
+import re
+
+from pyns.dsl.elaborate import ACTIVATIONS, LAYER_SPECS
+from pyns.dsl.expr import FUNCTIONS
+from pyns.errors import PynsError
+from pyns.torch_import.graph import Analyzer, Op, _shape, unsupported
+
+RESERVED = ({"in", "block_in", "true", "false", "resolution", "classes", "in_channels", "first", "network",
+             "width", "fixed", "let", "block", "body", "repeat", "residual", "policy", "variant"}
+            | set(FUNCTIONS) | set(LAYER_SPECS) | set(ACTIVATIONS))
+
+
+def sanitize(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text).strip("_") or "w"
+    if name[0].isdigit():
+        name = "w" + name
+    return name + "_" if name in RESERVED else name
+
+
+class Emitter:
+    def __init__(self, an: Analyzer):
+        self.an = an
+
+    # ---- widths -------------------------------------------------------------------------------
+    def width(self, node, names) -> str:
+        r = self.an.root(node)
+        root = self.an.roots[r]
+        if root.fixed:
+            return root.fixed
+        name = names(r)
+        return f"{root.multiple} * {name}" if root.multiple > 1 else name
+
+    # ---- one op -> lines ----------------------------------------------------------------------
+    def lines(self, ops: list[Op], names, depth: int, comments: bool) -> list[str]:
+        out: list[str] = []
+        pad = "    " * depth
+        for o in ops:
+            a = o.attrs
+            text = None
+            if o.kind == "conv":
+                args = [self.width(o.node, names), str(a["k"])]
+                args += self._conv_options(a)
+                if a["groups"] > 1:
+                    args.append(f"groups = {a['groups']}")
+                text = f"conv({', '.join(args)})"
+            elif o.kind == "dwconv":
+                text = f"dwconv({', '.join([str(a['k'])] + self._conv_options(a))})"
+            elif o.kind == "bn":
+                text = "bn" if a["eps"] == 1e-5 else f"bn(eps = {a['eps']:g})"
+            elif o.kind == "act":
+                text = a["act"]
+            elif o.kind in ("maxpool", "avgpool"):
+                text = f"{o.kind}({a['k']}, {a['s']}, {a['p']})"
+            elif o.kind == "gap":
+                text = "gap"
+            elif o.kind == "apool":
+                text = f"adaptive_avgpool({a['size']})"
+            elif o.kind == "flatten":
+                text = "flatten"
+            elif o.kind == "linear":
+                text = f"linear({self.width(o.node, names)}" + ("" if a["bias"] else ", bias = 0") + ")"
+            elif o.kind == "dropout":
+                text = f"dropout({a['p']:g})"
+            elif o.kind == "se":
+                text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
+            elif o.kind == "residual":
+                out += self.residual_lines(o, names, depth, comments)
+                continue
+            else:  # pragma: no cover - graph.py produces only the kinds above
+                raise PynsError(f"internal: no .arch form for op kind {o.kind}")
+            if comments and o.kind == "se":
+                text = f"{pad + text:<48} # {a['paths'][0]}, {a['paths'][1]}"
+            elif comments and o.path and o.kind != "act":
+                text = f"{pad + text:<48} # {o.path}"
+            else:
+                text = pad + text
+            out.append(text)
+        return out
+
+    @staticmethod
+    def _conv_options(a) -> list[str]:
+        opts = []
+        if a["s"] != 1:
+            opts.append(f"stride = {a['s']}")
+        if a["p"] != a["d"] * (a["k"] // 2):
+            opts.append(f"pad = {a['p']}")
+        if a["bias"]:
+            opts.append("bias = 1")
+        if a["d"] != 1:
+            opts.append(f"dilation = {a['d']}")
+        return opts
+
+    def residual_lines(self, o: Op, names, depth: int, comments: bool) -> list[str]:
+        pad = "    " * depth
+        args = []
+        if o.shortcut:
+            conv = o.shortcut[0]
+            args.append("shortcut = " + ("conv_bn" if len(o.shortcut) == 2 else "conv"))
+            if conv.attrs["bias"]:
+                args.append("bias = 1")
+            in_hw, out_hw = _shape(o.in_node)[2:], _shape(o.node)[2:]
+            stride = max(1, -(-in_hw[0] // out_hw[0]))
+            if conv.attrs["s"] != stride:
+                raise unsupported(conv.node, f"a projection shortcut of stride {conv.attrs['s']} beside a body "
+                                             f"of stride {stride}")
+            if stride == 1:
+                args.append("always = 1")  # the imported network keeps its projection at any widths
+        head = pad + "residual" + (f"({', '.join(args)})" if args else "") + " {"
+        if comments:
+            head = f"{head:<48} # {_block_path(o.node)}"
+        return [head] + self.lines(o.body, names, depth + 1, comments) + [pad + "}"]
+
+    # ---- units and repeats --------------------------------------------------------------------
+    def units(self, ops: list[Op]) -> list[list[Op]]:
+        """Consecutive top-level ops grouped by the block module they belong to; `self.unit_keys` holds
+        each unit's block path (or its op's path)."""
+        block_types = {_block_class(o.node) for o in ops if o.kind == "residual"} - {None}
+        block_parents = {_block_path(o.node).rpartition(".")[0] for o in ops if o.kind == "residual"}
+        units: list[list[Op]] = []
+        self.unit_keys: list[str] = []
+        last_key = None
+        for o in ops:
+            key = None
+            for path, cls in _stack(o.node):
+                if cls in block_types or (path.rpartition(".")[0] in block_parents and "." in path):
+                    key = path
+                    break
+            if key is not None and key == last_key:
+                units[-1].append(o)
+            else:
+                units.append([o])
+                self.unit_keys.append(key or o.path)
+            last_key = key
+        return units
+
+    def signature(self, unit: list[Op]) -> tuple[str, list[int]]:
+        slots: list[int] = []
+
+        def slot(r: int) -> str:
+            if r not in slots:
+                slots.append(r)
+            root = self.an.roots[r]
+            return f"s{slots.index(r)}_{root.width}"
+
+        slot(self.an.root(unit[0].in_node))
+        text = "\n".join(self.lines(unit, slot, 0, comments=False))
+        return text, slots
+
+    def fold_repeats(self, ops: list[Op]) -> list[tuple[int, list[Op], list[list[Op]]]]:
+        """-> [(count, the unit's ops, all units)] with the width groups of repeated units merged."""
+        units = self.units(ops)
+        sigs = [self.signature(u) for u in units]
+        runs = []
+        keys = self.unit_keys
+        i = 0
+        while i < len(units):
+            j = i + 1
+            while j < len(units) and sigs[j][0] == sigs[i][0] and self._mergeable(sigs[i][1], sigs[j][1]):
+                j += 1
+            for k in range(i + 1, j):
+                for a, b in zip(sigs[i][1], sigs[k][1]):
+                    self.an.union(a, b)
+            runs.append((j - i, units[i], units[i:j], keys[i], keys[j - 1]))
+            i = j
+        return runs
+
+    def _mergeable(self, a: list[int], b: list[int]) -> bool:
+        for x, y in zip(a, b):
+            if (self.an.roots[self.an.find(x)].fixed or self.an.roots[self.an.find(y)].fixed) and (
+                    self.an.find(x) != self.an.find(y)):
+                return False
+        return True
+
+
+def _stack(node) -> list[tuple[str, type]]:
+    stack = node.meta.get("nn_module_stack") or {}
+    return [(path, cls) for path, cls in stack.values()]
+
+
+def _block_path(node) -> str:
+    stack = _stack(node)
+    return stack[-1][0] if stack else ""
+
+
+def _block_class(node):
+    stack = _stack(node)
+    return stack[-1][1] if stack else None

@@ -1,0 +1,423 @@
+"""fx graph -> a nested list of layer ops (residuals nest) plus the coupled width groups.
+
+Two passes over the traced graph:
+
+1. Channel groups (the dependency graph): a union-find over channel "producers". A conv or linear
+   starts a new group, every other op passes its input's group through; an add joins its operands'
+   groups, a depthwise conv ties its output to its input, a squeeze-excite multiply ties the gate to
+   the gated tensor. A grouped conv (1 < groups < channels) requires its input and output groups to be
+   multiples of the group count: such a group is searched as its per-group width.
+2. Structure: walking back from the output, an add becomes a residual whose fork is the latest common
+   ancestor of its operands (ancestor sets as bit masks over the topological order), a multiply whose
+   one operand is an ancestor of the other becomes a squeeze-excite, everything else must be a chain.
+   Every tensor node must be consumed exactly once, so a topology this cannot express (a dense
+   connection, a concat) is an error naming the node, never a silently different network.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from pyns.errors import PynsError
+
+ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "swish", nn.Hardswish: "hswish", nn.Hardsigmoid: "hsigmoid",
+    nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu", nn.LeakyReLU: "leaky_relu",
+}
+ACT_FUNCTIONS = {
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "swish", F.hardswish: "hswish",
+    F.hardsigmoid: "hsigmoid", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
+    F.gelu: "gelu", F.leaky_relu: "leaky_relu",
+}
+ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "relu_": "relu", "sigmoid_": "sigmoid"}
+# timm's own activation classes (used when it prefers them over torch's), matched by class name.
+ACT_CLASS_NAMES = {"Swish": "swish", "SiLU": "swish", "HardSwish": "hswish", "HardSigmoid": "hsigmoid",
+                   "Sigmoid": "sigmoid", "GELU": "gelu", "Tanh": "tanh"}
+ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
+MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+IDENTITY_METHODS = {"contiguous", "clone", "detach"}
+
+
+@dataclass
+class Op:
+    kind: str  # conv dwconv bn act maxpool avgpool gap apool flatten linear dropout se residual
+    node: fx.Node  # the fx node whose output this op produces
+    path: str = ""  # module path holding the parameters ("" for functional ops)
+    attrs: dict = field(default_factory=dict)
+    body: list["Op"] = field(default_factory=list)  # residual body
+    shortcut: list["Op"] = field(default_factory=list)  # residual projection ([] = identity)
+    in_node: fx.Node | None = None  # the op's input tensor
+
+
+@dataclass
+class Root:
+    name: str
+    width: int
+    index: int  # topological position of the first producer
+    multiple: int = 1
+    fixed: str | None = None  # "in_channels" / "classes"
+
+
+def where(node: fx.Node) -> str:
+    """`module path` and the forward() source line torch.fx recorded, for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = node.target if node.op == "call_module" else (list(stack.values())[-1][0] if stack else "")
+    text = f" at module `{path}`" if path else " in the top-level forward()"
+    trace = (node.stack_trace or "").strip().splitlines()
+    if len(trace) >= 2:
+        text += f"\n  {trace[-2].strip()}\n    {trace[-1].strip()}"
+    return text
+
+
+def op_name(node: fx.Node) -> str:
+    target = node.target
+    if node.op == "call_module":
+        return type(node.graph.owning_module.get_submodule(target)).__name__ if node.graph.owning_module else str(target)
+    if node.op == "call_method":
+        return f"Tensor.{target}"
+    return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
+
+
+def unsupported(node: fx.Node, why: str = "") -> PynsError:
+    return PynsError(f"cannot import `{op_name(node)}`{where(node)}" + (f": {why}" if why else
+                     ": pyns has no layer for this operation"))
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _pair(v, what: str, node) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise unsupported(node, f"non-square {what} {tuple(v)}")
+        v = v[0]
+    return int(v)
+
+
+class Analyzer:
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.nodes = [n for n in gm.graph.nodes
+                      if n.op != "output" and (_shape(n) is not None or n.op == "placeholder")]
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.parent: dict[int, int] = {}
+        self.roots: dict[int, Root] = {}
+        self.root_of: dict[fx.Node, int] = {}
+        self.grouped: list[tuple[int, int]] = []  # (root, group count) constraints
+        self.kind: dict[fx.Node, tuple[str, dict]] = {}
+        self.visited: set[fx.Node] = set()
+
+    # ---- union-find ---------------------------------------------------------------------------
+    def new_root(self, node: fx.Node, name: str) -> int:
+        r = len(self.parent)
+        self.parent[r] = r
+        shape = _shape(node)
+        self.roots[r] = Root(name, int(shape[1]), self.index[node])
+        return r
+
+    def find(self, r: int) -> int:
+        while self.parent[r] != r:
+            self.parent[r] = self.parent[self.parent[r]]
+            r = self.parent[r]
+        return r
+
+    def union(self, a: int, b: int, node: fx.Node | None = None) -> int:
+        a, b = self.find(a), self.find(b)
+        if a == b:
+            return a
+        ra, rb = self.roots[a], self.roots[b]
+        if ra.width != rb.width:
+            raise PynsError(f"internal: joining widths {ra.width} and {rb.width}" + (where(node) if node else ""))
+        if (rb.index, rb.fixed is None) < (ra.index, ra.fixed is None) or (rb.fixed and not ra.fixed):
+            a, b, ra, rb = b, a, rb, ra
+        self.parent[b] = a
+        ra.fixed = ra.fixed or rb.fixed
+        return a
+
+    def root(self, node: fx.Node) -> int:
+        return self.find(self.root_of[node])
+
+    # ---- classification -----------------------------------------------------------------------
+    def inputs(self, node: fx.Node) -> list[fx.Node]:
+        return [a for a in node.all_input_nodes if a in self.index]
+
+    def classify(self, node: fx.Node) -> tuple[str, dict]:
+        """(kind, attributes) of one tensor node; raises for what pyns cannot represent."""
+        shape, ins = _shape(node), self.inputs(node)
+        if node.op == "placeholder":
+            return "input", {}
+        if node.op == "call_module":
+            return self.classify_module(node, self.modules[node.target], shape, ins)
+        target = node.target
+        if node.op == "call_function" and target in ACT_FUNCTIONS:
+            return "act", {"act": ACT_FUNCTIONS[target]}
+        if node.op == "call_method" and target in ACT_METHODS:
+            return "act", {"act": ACT_METHODS[target]}
+        if target in ADD or target in MUL:
+            if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+                raise unsupported(node, "only the sum / product of two tensors is supported")
+            if _shape(ins[0])[:2] != _shape(ins[1])[:2]:
+                raise unsupported(node, f"operands of shape {_shape(ins[0])} and {_shape(ins[1])}")
+            kind = "add" if target in ADD else "mul"
+            if kind == "add" and _shape(ins[0]) != _shape(ins[1]):
+                raise unsupported(node, "a broadcasting add")
+            return kind, {}
+        if target in (torch.flatten, "flatten", "view", "reshape", torch.reshape):
+            return self.reshape(node, shape, ins)
+        if target in ("mean", torch.mean):
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+            in_shape = _shape(ins[0])
+            dims = tuple(sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else [dims])))
+            if len(in_shape) == 4 and dims == (2, 3):
+                return "gap", {"flatten": not keep}
+            raise unsupported(node, f"a mean over dims {dims}")
+        if target in (F.adaptive_avg_pool2d,):
+            return self.adaptive(node, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"])
+        if target in (F.dropout,):
+            p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+            return ("dropout", {"p": float(p)}) if p > 0 else ("identity", {})
+        if node.op == "call_method" and target in IDENTITY_METHODS:
+            return "identity", {}
+        raise unsupported(node)
+
+    def reshape(self, node, shape, ins):
+        in_shape = _shape(ins[0])
+        if in_shape == shape:
+            return "identity", {}
+        if len(in_shape) == 4 and len(shape) == 2 and shape[1] == math.prod(in_shape[1:]):
+            return "flatten", {}
+        raise unsupported(node, f"a reshape from {in_shape} to {shape}")
+
+    def adaptive(self, node, size):
+        size = _pair(size, "output size", node)
+        return ("gap", {"flatten": False}) if size == 1 else ("apool", {"size": size})
+
+    def classify_module(self, node, m: nn.Module, shape, ins):
+        cls = type(m)
+        name = cls.__name__
+        if cls is nn.Conv2d:
+            return self.conv(node, m)
+        if isinstance(m, nn.BatchNorm2d) and (cls is nn.BatchNorm2d or name in ("BatchNormAct2d",)):
+            if not m.affine or not m.track_running_stats:
+                raise unsupported(node, "BatchNorm without affine parameters or running statistics")
+            attrs = {"eps": float(m.eps), "act": None}
+            if name == "BatchNormAct2d":
+                if not isinstance(getattr(m, "drop", nn.Identity()), (nn.Identity, nn.Dropout)):
+                    raise unsupported(node, "BatchNormAct2d with a drop layer")
+                act = m.act
+                if not isinstance(act, nn.Identity):
+                    attrs["act"] = self.act_kind(node, act)
+            return "bn", attrs
+        if cls is nn.BatchNorm1d:
+            if not m.affine or not m.track_running_stats:
+                raise unsupported(node, "BatchNorm without affine parameters or running statistics")
+            return "bn", {"eps": float(m.eps), "act": None}
+        if cls is nn.Linear:
+            if len(_shape(ins[0])) != 2:
+                raise unsupported(node, "a Linear layer on a tensor that is not [batch, features]")
+            return "linear", {"bias": m.bias is not None}
+        if cls in (nn.Dropout, nn.Dropout2d, nn.AlphaDropout):
+            if cls is not nn.Dropout:
+                raise unsupported(node, "only nn.Dropout is supported")
+            return ("dropout", {"p": float(m.p)}) if m.p > 0 else ("identity", {})
+        if cls is nn.Identity:
+            return "identity", {}
+        if cls is nn.Flatten:
+            return self.reshape(node, shape, ins)
+        if cls in (nn.MaxPool2d, nn.AvgPool2d):
+            k, s = _pair(m.kernel_size, "kernel", node), _pair(m.stride, "stride", node)
+            p = _pair(m.padding, "padding", node)
+            if m.ceil_mode:
+                raise unsupported(node, "ceil_mode pooling")
+            if cls is nn.MaxPool2d and _pair(m.dilation, "dilation", node) != 1:
+                raise unsupported(node, "dilated max pooling")
+            if cls is nn.AvgPool2d and (not m.count_include_pad or m.divisor_override is not None):
+                raise unsupported(node, "average pooling that excludes the padding")
+            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), {"k": k, "s": s, "p": p}
+        if cls is nn.AdaptiveAvgPool2d:
+            return self.adaptive(node, m.output_size)
+        act = self.act_kind(node, m, required=False)
+        if act is not None:
+            return "act", {"act": act}
+        raise unsupported(node)
+
+    def act_kind(self, node, m: nn.Module, required: bool = True) -> str | None:
+        cls = type(m)
+        kind = ACT_MODULES.get(cls)
+        if kind is None and cls.__module__.startswith("timm."):
+            kind = ACT_CLASS_NAMES.get(cls.__name__)
+        if kind == "gelu" and getattr(m, "approximate", "none") != "none":
+            raise unsupported(node, "tanh-approximated GELU")
+        if kind == "leaky_relu" and m.negative_slope != 0.01:
+            raise unsupported(node, f"LeakyReLU with slope {m.negative_slope} (pyns has torch's default 0.01)")
+        if kind is None and required:
+            raise unsupported(node, f"activation {cls.__name__}")
+        return kind
+
+    def conv(self, node, m: nn.Conv2d):
+        if m.padding_mode != "zeros":
+            raise unsupported(node, f"padding_mode {m.padding_mode!r}")
+        k = _pair(m.kernel_size, "kernel", node)
+        s = _pair(m.stride, "stride", node)
+        d = _pair(m.dilation, "dilation", node)
+        if isinstance(m.padding, str):
+            if m.padding == "valid":
+                p = 0
+            elif (d * (k - 1)) % 2 == 0:  # 'same' at stride 1: symmetric exactly when the span is even
+                p = d * (k - 1) // 2
+            else:
+                raise unsupported(node, "asymmetric 'same' padding")
+        else:
+            p = _pair(m.padding, "padding", node)
+        g, cin, cout = m.groups, m.in_channels, m.out_channels
+        kind = "dwconv" if g == cin == cout and g > 1 else "conv"
+        if g == cin and cout != cin and g > 1:
+            raise unsupported(node, "a depthwise conv with a channel multiplier")
+        return kind, {"k": k, "s": s, "p": p, "d": d, "groups": g, "bias": m.bias is not None}
+
+    # ---- pass 1: widths -----------------------------------------------------------------------
+    def channels(self) -> None:
+        for node in self.nodes:
+            kind, attrs = self.kind[node] = self.classify(node)
+            ins = self.inputs(node)
+            if kind == "input":
+                r = self.new_root(node, "in_channels")
+                self.roots[r].fixed = "in_channels"
+            elif kind == "conv" or kind == "linear":
+                r = self.new_root(node, node.target)
+                g = attrs.get("groups", 1)
+                if g > 1:
+                    self.grouped += [(self.root_of[ins[0]], g), (r, g)]
+            elif kind in ("add", "mul"):
+                r = self.union(self.root_of[ins[0]], self.root_of[ins[1]], node)
+            else:
+                if len(ins) != 1:
+                    raise unsupported(node, f"{len(ins)} tensor inputs")
+                r = self.root_of[ins[0]]
+            self.root_of[node] = r
+        output = next(n for n in self.gm.graph.nodes if n.op == "output")
+        result = output.args[0]
+        if not isinstance(result, fx.Node) or result not in self.index:
+            raise PynsError("the model must return one tensor (its logits); it returns "
+                            f"{type(result).__name__}")
+        self.output = result
+        out_root = self.find(self.root_of[result])
+        if self.roots[out_root].fixed == "in_channels":
+            raise PynsError("the network's output channels are tied to its input channels")
+        self.roots[out_root].fixed = "classes"
+        for r, g in self.grouped:
+            root = self.roots[self.find(r)]
+            root.multiple = root.multiple * g // math.gcd(root.multiple, g)
+
+    # ---- pass 2: structure --------------------------------------------------------------------
+    def structure(self) -> list[Op]:
+        self.anc: dict[fx.Node, int] = {}
+        for node in self.nodes:
+            mask = 1 << self.index[node]
+            for a in self.inputs(node):
+                mask |= self.anc[a]
+            self.anc[node] = mask
+        start = self.nodes[0]
+        if start.op != "placeholder" or sum(n.op == "placeholder" for n in self.nodes) != 1:
+            raise PynsError("the model's forward() must take exactly one tensor input")
+        self.input = start
+        ops = self.chain(start, self.output)
+        self.visited.add(start)
+        missed = [n for n in self.nodes if n not in self.visited and self.anc[self.output] >> self.index[n] & 1]
+        if missed:
+            raise unsupported(missed[0], "this node's output takes a path that pyns cannot follow "
+                                         "(a branch that is not a residual add or a squeeze-excite)")
+        return ops
+
+    def visit(self, node: fx.Node) -> None:
+        if node in self.visited:
+            raise unsupported(node, "its output feeds two branches in a way pyns cannot represent")
+        self.visited.add(node)
+
+    def chain(self, start: fx.Node, end: fx.Node) -> list[Op]:
+        ops: list[Op] = []
+        node = end
+        while node is not start:
+            if self.index[node] < self.index[start] or node.op == "placeholder":
+                raise unsupported(end, "a branch that does not rejoin where it forked")
+            self.visit(node)
+            kind, attrs = self.kind[node]
+            ins = self.inputs(node)
+            if kind == "add":
+                a, b = ins
+                common = self.anc[a] & self.anc[b]
+                fork = self.nodes[common.bit_length() - 1]
+                ops.append(self.residual(node, fork, self.chain(fork, a), self.chain(fork, b)))
+                node = fork
+            elif kind == "mul":
+                a, b = ins
+                if self.anc[b] >> self.index[a] & 1:
+                    x, gate = a, b
+                elif self.anc[a] >> self.index[b] & 1:
+                    x, gate = b, a
+                else:
+                    raise unsupported(node, "a product of two unrelated tensors")
+                ops.append(self.squeeze_excite(node, x, self.chain(x, gate)))
+                node = x
+            elif kind == "identity":
+                node = ins[0]
+            else:
+                prev = ins[0]
+                if kind == "bn" and attrs["act"]:  # timm's BatchNormAct2d: a BN and its activation
+                    ops.append(Op("act", node, attrs={"act": attrs["act"]}, in_node=node))
+                ops.append(Op(kind, node, node.target if node.op == "call_module" else "", attrs, in_node=prev))
+                if kind == "gap" and attrs.get("flatten"):
+                    ops[-1:] = [Op("flatten", node, in_node=node), ops[-1]]
+                node = prev
+        ops.reverse()
+        return ops
+
+    def residual(self, node, fork, a: list[Op], b: list[Op]) -> Op:
+        if a and b and self._projection(a) and not self._projection(b):
+            a, b = b, a
+        if a and b and not self._projection(b):
+            raise unsupported(node, "a residual add whose two branches both hold layers beyond a 1x1 "
+                                    "projection (conv [+ BN])")
+        body, shortcut = (a, b) if a else (b, a)
+        if not body:
+            raise unsupported(node, "an add of a tensor to itself")
+        return Op("residual", node, attrs={}, body=body, shortcut=shortcut, in_node=fork)
+
+    @staticmethod
+    def _projection(ops: list[Op]) -> bool:
+        kinds = [o.kind for o in ops]
+        if kinds not in (["conv"], ["conv", "bn"]):
+            return False
+        c = ops[0].attrs
+        return c["k"] == 1 and c["p"] == 0 and c["groups"] == 1 and c["d"] == 1 and (
+            len(ops) == 1 or ops[1].attrs["eps"] == 1e-5)
+
+    def squeeze_excite(self, node, x, ops: list[Op]) -> Op:
+        kinds = [o.kind for o in ops]
+        if kinds != ["gap", "conv", "act", "conv", "act"] or ops[0].attrs["flatten"]:
+            raise unsupported(node, "a product that is not a squeeze-excite gate "
+                                    "(global pool, 1x1 conv, activation, 1x1 conv, gate)")
+        for conv in (ops[1], ops[3]):
+            c = conv.attrs
+            if c["k"] != 1 or c["groups"] != 1 or not c["bias"]:
+                raise unsupported(conv.node, "a squeeze-excite conv that is not a 1x1 conv with bias")
+        return Op("se", node, attrs={"reduced": ops[1].node, "act": ops[2].attrs["act"],
+                                      "gate": ops[4].attrs["act"], "paths": (ops[1].path, ops[3].path)},
+                  in_node=x)
+
+
+def analyze(gm: fx.GraphModule) -> Analyzer:
+    analyzer = Analyzer(gm)
+    analyzer.channels()
+    analyzer.ops = analyzer.structure()
+    return analyzer
