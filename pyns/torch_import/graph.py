@@ -69,10 +69,21 @@ def where(node: fx.Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     path = node.target if node.op == "call_module" else (list(stack.values())[-1][0] if stack else "")
     text = f" at module `{path}`" if path else " in the top-level forward()"
-    trace = (node.stack_trace or "").strip().splitlines()
-    if len(trace) >= 2:
-        text += f"\n  {trace[-2].strip()}\n    {trace[-1].strip()}"
+    frame = _user_frame(node.stack_trace or "")
+    if frame:
+        text += f"\n  {frame[0]}\n    {frame[1]}"
     return text
+
+
+def _user_frame(stack: str) -> tuple[str, str] | None:
+    """The innermost frame of the recorded stack that is the model's code, not torch's machinery."""
+    lines = [line.strip() for line in stack.strip().splitlines()]
+    frames = [(lines[i], lines[i + 1] if i + 1 < len(lines) else "") for i in range(len(lines))
+              if lines[i].startswith("File ")]
+    for head, code in reversed(frames):
+        if not any(part in head for part in ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/_")):
+            return head, code
+    return None
 
 
 def op_name(node: fx.Node) -> str:
@@ -188,6 +199,10 @@ class Analyzer:
             return ("dropout", {"p": float(p)}) if p > 0 else ("identity", {})
         if node.op == "call_method" and target in IDENTITY_METHODS:
             return "identity", {}
+        if getattr(target, "__name__", "") in ("stochastic_depth", "drop_path"):
+            # Stochastic depth (torchvision) / DropPath (timm): the identity in eval mode, where the model
+            # is traced. The function is fx-wrapped, so it appears as a call rather than being traced.
+            return "identity", {}
         raise unsupported(node)
 
     def reshape(self, node, shape, ins):
@@ -222,7 +237,8 @@ class Analyzer:
             if not m.affine or not m.track_running_stats:
                 raise unsupported(node, "BatchNorm without affine parameters or running statistics")
             return "bn", {"eps": float(m.eps), "act": None}
-        if cls is nn.Linear:
+        if cls is nn.Linear or (isinstance(m, nn.Linear) and cls.__module__.startswith("timm.")
+                                and name == "Linear"):  # timm's Linear only adds a TorchScript dtype cast
             if len(_shape(ins[0])) != 2:
                 raise unsupported(node, "a Linear layer on a tensor that is not [batch, features]")
             return "linear", {"bias": m.bias is not None}

@@ -25,6 +25,9 @@ def _timm_leaves() -> tuple[type, ...]:
         return tuple(getattr(_fx, "_leaf_modules", ()))
 
 
+_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+
+
 class LeafTracer(fx.Tracer):
     def __init__(self, leaves: tuple[type, ...] = ()):
         super().__init__()
@@ -34,6 +37,9 @@ class LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaves and isinstance(m, self.leaves):
             return True
+        if isinstance(m, _WEIGHTED):
+            return True  # e.g. timm's Linear: a subclass of a weighted layer stays one layer
+
         return super().is_leaf_module(m, qualname)
 
 
