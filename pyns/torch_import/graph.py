@@ -95,9 +95,20 @@ def op_name(node: fx.Node) -> str:
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
 
 
+class UnsupportedOp(PynsError):
+    """An op pyns cannot represent; `node` is the fx node name, so the importer can quote its source line."""
+
+    def __init__(self, node: fx.Node, why: str):
+        self.node, self.why, self.op = node.name, why, op_name(node)
+        super().__init__(describe(node, self.op, why))
+
+
+def describe(node: fx.Node, name: str, why: str) -> str:
+    return f"cannot import `{name}`{where(node)}: " + (why or "pyns has no layer for this operation")
+
+
 def unsupported(node: fx.Node, why: str = "") -> PynsError:
-    return PynsError(f"cannot import `{op_name(node)}`{where(node)}" + (f": {why}" if why else
-                     ": pyns has no layer for this operation"))
+    return UnsupportedOp(node, why)
 
 
 def _shape(node) -> tuple[int, ...] | None:

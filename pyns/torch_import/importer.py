@@ -11,7 +11,7 @@ from torch import nn
 
 from pyns.errors import PynsError
 from pyns.torch_import.emit import Emitter, sanitize
-from pyns.torch_import.graph import Op, analyze
+from pyns.torch_import.graph import Op, UnsupportedOp, analyze, describe
 from pyns.torch_import.tracer import trace
 
 LayerMap = list[tuple[str, object]]  # (kind, module path | (reduce path, expand path)) per counted IR layer
@@ -51,10 +51,18 @@ def import_text(model: nn.Module, input_size=(3, 224, 224), name: str | None = N
                 policy: str = "uniform") -> tuple[str, LayerMap]:
     if len(input_size) != 3 or input_size[1] != input_size[2]:
         raise PynsError(f"input_size must be (channels, N, N), a square image; got {tuple(input_size)}")
-    gm = trace(model, tuple(int(v) for v in input_size))
-    an = analyze(gm)
-    em = Emitter(an)
-    runs = em.fold_repeats(an.ops)
+    size = tuple(int(v) for v in input_size)
+    gm = trace(model, size)
+    try:
+        an = analyze(gm)
+        em = Emitter(an)
+        runs = em.fold_repeats(an.ops)
+    except UnsupportedOp as err:
+        # Trace again recording stack traces (twice as slow, so only now) to quote the forward() line.
+        node = next((n for n in trace(model, size, stack_traces=True).graph.nodes if n.name == err.node), None)
+        if node is None:
+            raise
+        raise PynsError(describe(node, err.op, err.why)) from None
 
     # Names: the module path of each group's first producer, made unique.
     names: dict[int, str] = {}

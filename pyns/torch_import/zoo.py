@@ -62,9 +62,9 @@ def load_model(spec: str):
         try:
             model = tv.models.get_model(name, weights=None)
         except (ValueError, KeyError):
-            close = ", ".join(sorted(tv.models.list_models(module=tv.models))[:0])
-            raise PynsError(f"torchvision has no classification model `{name}`{close}; see "
-                            "torchvision.models.list_models()") from None
+            from pyns.dsl.declarations import suggest
+            raise PynsError(f"torchvision has no classification model `{name}`"
+                            + suggest(name, tv.models.list_models(module=tv.models))) from None
     elif source == "timm":
         try:
             import_torchvision()  # timm imports torchvision's transforms
