@@ -54,6 +54,17 @@ class ResidualBlock(nn.Module):
         return out + (self.shortcut(x) if self.shortcut is not None else x)
 
 
+class ConcatBlock(nn.Module):
+    """torch.cat of the branches' outputs along channels; an empty branch is the input itself."""
+
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b(x) for b in self.branches], 1)
+
+
 def _value(expr, env: Mapping[str, int]) -> int:
     value = int(evaluate(expr, env))
     if value < 1:
@@ -111,9 +122,9 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(_ACTIVATIONS[node.kind]())
         elif isinstance(node, ir.Pool):
             if node.kind == "max":
-                modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding))
+                modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil))
             elif node.kind == "avg":
-                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding))
+                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil))
             else:
                 modules.append(nn.AdaptiveAvgPool2d(node.out_hw))
         elif isinstance(node, ir.Flatten):
@@ -130,6 +141,8 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
+        elif isinstance(node, ir.Concat):
+            modules.append(ConcatBlock([_build(b, env, gates, searchable) for b in node.branches]))
         following = nodes[index + 1] if index + 1 < len(nodes) else None
         symbol = _gate_symbol(node, following, searchable)
         if symbol is not None:

@@ -67,6 +67,7 @@ class Pool:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     pos: SourcePos | None = None
+    ceil: bool = False  # ceil_mode: a last, partial window (GoogLeNet, SqueezeNet)
 
 
 @dataclass
@@ -126,7 +127,19 @@ class Residual:
     pos: SourcePos | None = None
 
 
-Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual]
+@dataclass
+class Concat:
+    """`cat([branch(x) for branch in branches], dim=1)`: every branch reads the same input; an empty
+    branch passes the input itself (DenseNet). `out_ch` is the sum of the branches' widths."""
+
+    name: str
+    branches: list[list["Node"]]
+    in_ch: Expr
+    out_ch: Expr
+    pos: SourcePos | None = None
+
+
+Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual, Concat]
 COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite)
 
 
@@ -163,7 +176,10 @@ def walk(nodes: list[Node], active: Mapping[str, Number] | None = None) -> Itera
     folded; without, conditions stay symbolic for the cost-program compiler.
     """
     for node in nodes:
-        if isinstance(node, Residual):
+        if isinstance(node, Concat):
+            for branch in node.branches:
+                yield from walk(branch, active)
+        elif isinstance(node, Residual):
             yield from walk(node.body, active)
             if node.mode == "project" and node.shortcut:
                 if active is None:
@@ -192,6 +208,9 @@ def tied_groups(network: Network, widths: Mapping[str, Number]) -> list[list[str
 
     def visit(nodes: list[Node]) -> None:
         for node in nodes:
+            if isinstance(node, Concat):
+                for branch in node.branches:
+                    visit(branch)
             if not isinstance(node, Residual):
                 continue
             visit(node.body)

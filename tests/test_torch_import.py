@@ -24,7 +24,8 @@ MODELS = [
     ("torchvision:efficientnet_b3", 64), ("torchvision:mnasnet0_5", 64), ("torchvision:mnasnet1_0", 64),
     ("torchvision:regnet_x_400mf", 64), ("torchvision:regnet_y_400mf", 64), ("torchvision:regnet_y_800mf", 64),
     ("torchvision:vgg11_bn", 32), ("torchvision:vgg13_bn", 32), ("torchvision:vgg16_bn", 32),
-    ("torchvision:vgg19_bn", 32),
+    ("torchvision:vgg19_bn", 32), ("torchvision:densenet121", 64), ("torchvision:densenet169", 64),
+    ("torchvision:googlenet", 64), ("torchvision:squeezenet1_0", 64), ("torchvision:squeezenet1_1", 64),
     ("timm:resnet18", 64), ("timm:resnet50", 64), ("timm:efficientnet_b0", 64), ("timm:tinynet_a", 64),
     ("timm:tinynet_b", 64), ("timm:tinynet_c", 64), ("timm:tinynet_d", 64), ("timm:tinynet_e", 64),
     ("timm:mobilenetv3_large_100", 64), ("timm:mobilenetv3_small_100", 64), ("timm:regnetx_002", 64),
@@ -102,6 +103,16 @@ def test_grouped_conv_is_searched_per_group(one_thread):
     model = arch.build(half)  # any per-group width keeps the group count valid
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 32]
     assert convs and all(c.in_channels % 32 == 0 for c in convs)
+
+
+def test_densenet_layers_fold_into_repeats(one_thread):
+    arch = pyns.from_torch(make_model("torchvision:densenet121"), (3, 64, 64))
+    text = arch.to_text()
+    # 6/12/24/16 dense layers, each `x -> cat(x, layer(x))`, one repeat per block with two widths
+    # (bottleneck and growth rate), plus the stem and three transitions.
+    assert all(f"repeat({n})" in text for n in (6, 12, 24, 16))
+    assert len(arch.searchable) == 1 + 4 * 2 + 3
+    assert arch.count(depth=0.5).params < arch.count().params
 
 
 def test_depth_multiplier_acts_on_repeats(one_thread):

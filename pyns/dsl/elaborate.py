@@ -43,8 +43,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
     "dwconv": (("k", "stride", "pad", "bias", "mult", "dilation"),
                {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1, "dilation": 1}, ()),
     "bn": (("eps",), {"eps": 1e-5}, ()),
-    "maxpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
-    "avgpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
+    "maxpool": (("k", "stride", "pad", "ceil"), {"k": 2, "stride": None, "pad": 0, "ceil": 0}, ()),
+    "avgpool": (("k", "stride", "pad", "ceil"), {"k": 2, "stride": None, "pad": 0, "ceil": 0}, ()),
     "gap": ((), {}, ()),
     "adaptive_avgpool": (("size",), {}, ()),
     "flatten": ((), {}, ()),
@@ -298,6 +298,8 @@ class Elaborator:
                 nodes += self.repeat(stmt, scope, state, namer)
             elif kind == "residual":
                 nodes.append(self.residual(stmt, scope, state, namer))
+            elif kind == "concat":
+                nodes.append(self.concat(stmt, scope, state, namer))
             else:
                 nodes += self.call(stmt, scope, state, namer)
         return nodes
@@ -440,6 +442,36 @@ class Elaborator:
                 shortcut.append(ir.BatchNorm(f"{name}.shortcut.bn", out_ch, True, pos))
         return ir.Residual(name, body, shortcut, "project" if mode.startswith("conv") else mode, in_ch, out_ch,
                            stride, differs if mode != "identity" else Const(0), self.src.pos(stmt.meta))
+
+
+def _concat(self, stmt, scope, state: _State, namer: _Namer) -> ir.Concat:
+    """Each branch elaborates from the same input state; their widths add up, their sizes must agree."""
+    if state.hw is None:
+        raise self.error("`concat` joins spatial feature maps; its input was already flattened", stmt.meta)
+    branches = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "branch"]
+    if len(branches) < 2:
+        raise self.error("`concat` needs at least two `branch { }` blocks", stmt.meta)
+    name = namer("concat")
+    in_ch, in_hw = state.ch, state.hw
+    bodies: list[list[ir.Node]] = []
+    out: Expr | None = None
+    out_hw = None
+    for branch in branches:
+        inner = _State(ch=in_ch, hw=in_hw, first=state.first, block_in=state.block_in)
+        body = [c for c in branch.children if isinstance(c, lark.Tree)]
+        bodies.append(self.statements(body, _Scope({}, scope), inner, namer))
+        if inner.hw is None:
+            raise self.error("a concat branch must keep a spatial output (no flatten/linear inside)", branch.meta)
+        if out_hw is not None and inner.hw != out_hw:
+            raise self.error(f"concat branches disagree on the output size: {out_hw[0]}x{out_hw[1]} and "
+                             f"{inner.hw[0]}x{inner.hw[1]}", branch.meta)
+        out_hw = inner.hw
+        out = inner.ch if out is None else op("add", out, inner.ch)
+    state.ch, state.hw = out, out_hw
+    return ir.Concat(name, bodies, in_ch, out, self.src.pos(stmt.meta))
+
+
+Elaborator.concat = _concat
 
 
 def elaborate(src: ArchSource, settings: Settings | None = None) -> ir.Network:

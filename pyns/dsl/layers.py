@@ -12,8 +12,12 @@ if TYPE_CHECKING:  # pragma: no cover
 POOLS = {"maxpool": "max", "avgpool": "avg"}
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int = 1) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1  # floor((H + 2p - k) / s) + 1 (SPEC §3) at dilation 1
+def _out_size(size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    if not ceil:
+        return span // s + 1  # floor((H + 2p - k) / s) + 1 (SPEC §3) at dilation 1
+    out = -(-span // s) + 1
+    return out - 1 if (out - 1) * s >= size + p else out  # torch: the last window must start inside
 
 
 def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, int]:
@@ -22,9 +26,9 @@ def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, i
     return state.hw
 
 
-def _shrink(el, state, stmt, what: str, k: int, s: int, p: int, d: int = 1) -> tuple[int, int]:
+def _shrink(el, state, stmt, what: str, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> tuple[int, int]:
     h, w = _spatial(el, state, what, stmt)
-    out = (_out_size(h, k, s, p, d), _out_size(w, k, s, p, d))
+    out = (_out_size(h, k, s, p, d, ceil), _out_size(w, k, s, p, d, ceil))
     if min(out) < 1:
         raise el.error(f"spatial size reaches zero at `{what}`: input {h}x{w}, kernel {k}, stride {s}, "
                        f"padding {p}", stmt.meta)
@@ -69,10 +73,11 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         p = el.static_int(args["pad"], "the padding", meta, 0)
         if 2 * p > k:
             raise el.error(f"padding {p} is more than half the kernel {k}", meta)
+        ceil = bool(el.static_int(args["ceil"], "ceil", meta))
         in_hw = _spatial(el, state, kind, stmt)
-        out_hw = _shrink(el, state, stmt, kind, k, s, p)
+        out_hw = _shrink(el, state, stmt, kind, k, s, p, 1, ceil)
         state.hw = out_hw
-        return [ir.Pool(namer(kind), POOLS[kind], k, s, p, state.ch, in_hw, out_hw, pos)]
+        return [ir.Pool(namer(kind), POOLS[kind], k, s, p, state.ch, in_hw, out_hw, pos, ceil=ceil)]
     if kind in ("gap", "adaptive_avgpool"):
         in_hw = _spatial(el, state, kind, stmt)
         size = 1 if kind == "gap" else el.static_int(args["size"], "the output size", meta, 1)

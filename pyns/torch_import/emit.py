@@ -61,7 +61,7 @@ class Emitter:
             elif o.kind == "act":
                 text = a["act"]
             elif o.kind in ("maxpool", "avgpool"):
-                text = f"{o.kind}({a['k']}, {a['s']}, {a['p']})"
+                text = f"{o.kind}({a['k']}, {a['s']}, {a['p']}" + (", ceil = 1)" if a["ceil"] else ")")
             elif o.kind == "gap":
                 text = "gap"
             elif o.kind == "apool":
@@ -76,6 +76,18 @@ class Emitter:
                 text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
             elif o.kind == "residual":
                 out += self.residual_lines(o, names, depth, comments)
+                continue
+            elif o.kind == "concat":
+                head = pad + "concat {"
+                out.append(f"{head:<48} # {_common_path(o)}" if comments else head)
+                for branch in o.branches:
+                    if branch:
+                        out.append(pad + "    branch {")
+                        out += self.lines(branch, names, depth + 2, comments)
+                        out.append(pad + "    }")
+                    else:
+                        out.append(pad + "    branch { }" + ("                                  # the input itself" if comments else ""))
+                out.append(pad + "}")
                 continue
             else:  # pragma: no cover - graph.py produces only the kinds above
                 raise PynsError(f"internal: no .arch form for op kind {o.kind}")
@@ -125,14 +137,15 @@ class Emitter:
     def units(self, ops: list[Op]) -> list[list[Op]]:
         """Consecutive top-level ops grouped by the block module they belong to; `self.unit_keys` holds
         each unit's block path (or its op's path)."""
-        block_types = {_block_class(o.node) for o in ops if o.kind == "residual"} - {None}
-        block_parents = {_block_path(o.node).rpartition(".")[0] for o in ops if o.kind == "residual"}
+        blocks = [o for o in ops if o.kind in ("residual", "concat")]
+        block_types = {_block_class(o.node) for o in blocks} - {None}
+        block_parents = {_block_path(o.node).rpartition(".")[0] for o in blocks}
         units: list[list[Op]] = []
         self.unit_keys: list[str] = []
         last_key = None
         for o in ops:
             key = None
-            for path, cls in _stack(o.node):
+            for path, cls in reversed(_stack(o.node)):  # the innermost block: a DenseNet layer, not its block
                 if cls in block_types or (path.rpartition(".")[0] in block_parents and "." in path):
                     key = path
                     break
@@ -153,7 +166,6 @@ class Emitter:
             root = self.an.roots[r]
             return f"s{slots.index(r)}_{root.width}"
 
-        slot(self.an.root(unit[0].in_node))
         text = "\n".join(self.lines(unit, slot, 0, comments=False))
         return text, slots
 
@@ -181,6 +193,18 @@ class Emitter:
                     self.an.find(x) != self.an.find(y)):
                 return False
         return True
+
+
+def _common_path(o: Op) -> str:
+    """The deepest module holding every layer of a concat (its branches' ops)."""
+    paths = [op.path for b in o.branches for op in b if op.path] or [_block_path(o.node)]
+    parts = [p.split(".") for p in paths]
+    common = []
+    for items in zip(*parts):
+        if len(set(items)) != 1:
+            break
+        common.append(items[0])
+    return ".".join(common)
 
 
 def _stack(node) -> list[tuple[str, type]]:

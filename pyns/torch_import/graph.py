@@ -42,6 +42,7 @@ ACT_CLASS_NAMES = {"Swish": "swish", "SiLU": "swish", "HardSwish": "hswish", "Ha
 ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
 MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 IDENTITY_METHODS = {"contiguous", "clone", "detach"}
+CAT = {torch.cat, torch.concat, torch.concatenate}
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Op:
     attrs: dict = field(default_factory=dict)
     body: list["Op"] = field(default_factory=list)  # residual body
     shortcut: list["Op"] = field(default_factory=list)  # residual projection ([] = identity)
+    branches: list[list["Op"]] = field(default_factory=list)  # concat branches ([] = the input itself)
     in_node: fx.Node | None = None  # the op's input tensor
 
 
@@ -137,7 +139,20 @@ class Analyzer:
         self.grouped: list[tuple[int, int]] = []  # (root, group count) constraints
         self.kind: dict[fx.Node, tuple[str, dict]] = {}
         self.visited: set[fx.Node] = set()
+        self.cat_inputs: dict[fx.Node, list[fx.Node]] = {}
+        self._dense_cats()
 
+    def _dense_cats(self) -> None:
+        """DenseNet concatenates the whole list of earlier features at every layer. cat(a1..an) equals
+        cat(cat(a1..an-1), an), and that inner cat is already a node (the previous layer's input), so
+        each such cat is rewritten to two operands: the graph becomes a chain of `x -> cat(x, f(x))`."""
+        seen: dict[tuple[fx.Node, ...], fx.Node] = {}
+        for node in self.nodes:
+            if node.op == "call_function" and node.target in CAT and node.args and isinstance(node.args[0], (list, tuple)):
+                parts = tuple(node.args[0])
+                if len(parts) >= 3 and parts[:-1] in seen:
+                    self.cat_inputs[node] = [seen[parts[:-1]], parts[-1]]
+                seen.setdefault(parts, node)
     # ---- union-find ---------------------------------------------------------------------------
     def new_root(self, node: fx.Node, name: str) -> int:
         r = len(self.parent)
@@ -166,10 +181,18 @@ class Analyzer:
         return a
 
     def root(self, node: fx.Node) -> int:
-        return self.find(self.root_of[node])
+        segs = self.root_of[node]
+        if len(segs) != 1:
+            raise unsupported(node, "a layer that needs one width group reads a concatenation here")
+        return self.find(segs[0])
+
+    def segments(self, node: fx.Node) -> list[int]:
+        return [self.find(r) for r in self.root_of[node]]
 
     # ---- classification -----------------------------------------------------------------------
     def inputs(self, node: fx.Node) -> list[fx.Node]:
+        if node in self.cat_inputs:
+            return self.cat_inputs[node]
         return [a for a in node.all_input_nodes if a in self.index]
 
     def classify(self, node: fx.Node) -> tuple[str, dict]:
@@ -193,6 +216,11 @@ class Analyzer:
             if kind == "add" and _shape(ins[0]) != _shape(ins[1]):
                 raise unsupported(node, "a broadcasting add")
             return kind, {}
+        if target in CAT:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if len(shape) != 4 or dim % 4 != 1:
+                raise unsupported(node, f"a concatenation along dim {dim} (pyns joins channels, dim 1)")
+            return ("cat", {}) if len(ins) > 1 else ("identity", {})
         if target in (torch.flatten, "flatten", "view", "reshape", torch.reshape):
             return self.reshape(node, shape, ins)
         if target in ("mean", torch.mean):
@@ -264,13 +292,11 @@ class Analyzer:
         if cls in (nn.MaxPool2d, nn.AvgPool2d):
             k, s = _pair(m.kernel_size, "kernel", node), _pair(m.stride, "stride", node)
             p = _pair(m.padding, "padding", node)
-            if m.ceil_mode:
-                raise unsupported(node, "ceil_mode pooling")
             if cls is nn.MaxPool2d and _pair(m.dilation, "dilation", node) != 1:
                 raise unsupported(node, "dilated max pooling")
             if cls is nn.AvgPool2d and (not m.count_include_pad or m.divisor_override is not None):
                 raise unsupported(node, "average pooling that excludes the padding")
-            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), {"k": k, "s": s, "p": p}
+            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), {"k": k, "s": s, "p": p, "ceil": m.ceil_mode}
         if cls is nn.AdaptiveAvgPool2d:
             return self.adaptive(node, m.output_size)
         act = self.act_kind(node, m, required=False)
@@ -318,32 +344,43 @@ class Analyzer:
             kind, attrs = self.kind[node] = self.classify(node)
             ins = self.inputs(node)
             if kind == "input":
-                r = self.new_root(node, "in_channels")
-                self.roots[r].fixed = "in_channels"
+                segs = [self.new_root(node, "in_channels")]
+                self.roots[segs[0]].fixed = "in_channels"
             elif kind == "conv" or kind == "linear":
-                r = self.new_root(node, node.target)
+                segs = [self.new_root(node, node.target)]
                 g = attrs.get("groups", 1)
                 if g > 1:
-                    self.grouped += [(self.root_of[ins[0]], g), (r, g)]
+                    if kind == "conv" and attrs["groups"] > 1 and len(self.root_of[ins[0]]) != 1:
+                        raise unsupported(node, "a grouped conv reading a concatenation")
+                    self.grouped += [(self.root_of[ins[0]][0], g), (segs[0], g)]
+            elif kind == "cat":
+                segs = [r for a in ins for r in self.root_of[a]]
             elif kind in ("add", "mul"):
-                r = self.union(self.root_of[ins[0]], self.root_of[ins[1]], node)
+                a, b = (self.root_of[x] for x in ins)
+                if len(a) != len(b) or (kind == "mul" and len(a) != 1):
+                    raise unsupported(node, "an add or multiply of tensors split into channel groups differently")
+                segs = [self.union(x, y, node) for x, y in zip(a, b)]
             else:
                 if len(ins) != 1:
                     raise unsupported(node, f"{len(ins)} tensor inputs")
-                r = self.root_of[ins[0]]
-            self.root_of[node] = r
+                segs = self.root_of[ins[0]]
+            self.root_of[node] = segs
         output = next(n for n in self.gm.graph.nodes if n.op == "output")
         result = output.args[0]
         if not isinstance(result, fx.Node) or result not in self.index:
             raise PynsError("the model must return one tensor (its logits); it returns "
                             f"{type(result).__name__}")
         self.output = result
-        out_root = self.find(self.root_of[result])
+        if len(self.root_of[result]) != 1:
+            raise PynsError("the model's output is a concatenation; pyns needs one classifier output")
+        out_root = self.find(self.root_of[result][0])
         if self.roots[out_root].fixed == "in_channels":
             raise PynsError("the network's output channels are tied to its input channels")
         self.roots[out_root].fixed = "classes"
         for r, g in self.grouped:
             root = self.roots[self.find(r)]
+            if root.fixed:
+                continue
             root.multiple = root.multiple * g // math.gcd(root.multiple, g)
 
     # ---- pass 2: structure --------------------------------------------------------------------
@@ -396,6 +433,13 @@ class Analyzer:
                     raise unsupported(node, "a product of two unrelated tensors")
                 ops.append(self.squeeze_excite(node, x, self.chain(x, gate)))
                 node = x
+            elif kind == "cat":
+                common = -1
+                for a in ins:
+                    common &= self.anc[a]
+                fork = self.nodes[common.bit_length() - 1]
+                ops.append(Op("concat", node, branches=[self.chain(fork, a) for a in ins], in_node=fork))
+                node = fork
             elif kind == "identity":
                 node = ins[0]
             else:

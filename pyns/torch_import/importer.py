@@ -30,6 +30,9 @@ def _layer_map(ops: list[Op]) -> LayerMap:
             out.append(("se", o.attrs["paths"]))
         elif o.kind == "residual":
             out += _layer_map(o.body) + _layer_map(o.shortcut)
+        elif o.kind == "concat":
+            for branch in o.branches:
+                out += _layer_map(branch)
     return out
 
 
@@ -124,7 +127,7 @@ def _roles(an) -> dict[str, int]:
     if convs and not an.roots[an.root(convs[0].node)].fixed:
         roles["stem"] = an.root(convs[0].node)
     heads = [o for o in flat if o.kind in ("linear", "conv")]
-    if heads:
+    if heads and len(an.segments(heads[-1].in_node)) == 1:
         r = an.root(heads[-1].in_node)
         if not an.roots[r].fixed and r != roles.get("stem"):
             roles["head"] = r
@@ -137,6 +140,8 @@ def _flatten(ops):
         if o.kind == "residual":
             yield from _flatten(o.body)
             yield from _flatten(o.shortcut)
+        for branch in o.branches:
+            yield from _flatten(branch)
 
 
 def from_torch(model: nn.Module, input_size=(3, 224, 224), *, name: str | None = None, policy: str = "uniform"):

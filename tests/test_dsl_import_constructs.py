@@ -1,0 +1,100 @@
+"""DSL constructs added for imported networks, written by hand: concat, ceil pools, bn eps, dilation,
+hsigmoid / leaky_relu, residual(always = 1). Counts are checked against the built torch module (params)
+and hand-computed MACs; the C++ program against the Python oracle; errors carry positions."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import pyns
+from pyns.cost import oracle
+
+INCEPTION = """
+network incept(classes = 10, resolution = 17, in_channels = 3)
+width a = 8, b = 12, c = 6, d = 4
+body {
+    conv(a, 3, stride = 2, dilation = 2)   # 17 -> 9: span 5, default pad 2
+    bn(eps = 0.001)
+    hsigmoid
+    concat {
+        branch { conv(b, 1) leaky_relu }
+        branch { conv(c, 3) bn }
+        branch { maxpool(3, 2, 0, ceil = 1) conv(d, 1, stride = 1) }
+    }
+    gap
+    flatten
+    linear(classes)
+}
+"""
+
+
+def _flops_macs(model, res, channels=3):
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, channels, res, res))
+    return counter.get_total_flops() // 2
+
+
+def test_concat_counts_exactly():
+    text = INCEPTION.replace("maxpool(3, 2, 0, ceil = 1)", "maxpool(3, 1, 1, ceil = 1)")
+    arch = pyns.loads(text)
+    model = arch.build().eval()
+    cost = arch.count()
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert cost.macs == _flops_macs(model, 17)
+    assert oracle.count(arch.network, arch.defaults) == (cost.params, cost.macs)
+    widths = {"a": 5, "b": 3, "c": 9, "d": 2}
+    small = arch.build(widths)
+    assert arch.count(widths).params == sum(p.numel() for p in small.parameters())
+    assert small(torch.zeros(2, 3, 17, 17)).shape == (2, 10)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.eps == 0.001
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.dilation == (2, 2)
+
+
+def test_concat_size_mismatch_is_positioned():
+    with pytest.raises(pyns.DSLError) as err:
+        pyns.loads(INCEPTION)
+    text = str(err.value)
+    assert "concat branches disagree" in text and "<string>:11:" in text
+
+
+@pytest.mark.parametrize("size", [9, 10, 11, 12, 13])
+def test_ceil_pool_size_matches_torch(size):
+    text = f"""network p(classes = 2, resolution = {size}, in_channels = 1)
+    width a = 2
+    body {{ conv(a, 1) maxpool(3, 2, 1, ceil = 1) avgpool(2, 2, 0, ceil = 1) gap flatten linear(classes) }}"""
+    arch = pyns.loads(text)
+    pools = [n for n in arch.network.layers if getattr(n, "kind", None) in ("max", "avg")]
+    x = torch.zeros(1, 2, size, size)
+    x = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)(x)
+    assert pools[0].out_hw == tuple(x.shape[2:])
+    x = torch.nn.AvgPool2d(2, 2, 0, ceil_mode=True)(x)
+    assert pools[1].out_hw == tuple(x.shape[2:])
+
+
+def test_residual_always_keeps_the_projection():
+    text = """network r(classes = 2, resolution = 8, in_channels = 4)
+    width a = 4
+    body { residual(shortcut = conv_bn, always = 1) { conv(a, 3) bn } gap flatten linear(classes) }"""
+    arch = pyns.loads(text)
+    model = arch.build()
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 2  # body + projection
+    bad = text.replace("shortcut = conv_bn, always = 1", "always = 1")
+    with pytest.raises(pyns.DSLError, match="needs a projection"):
+        pyns.loads(bad)
+
+
+@pytest.mark.parametrize("snippet,message", [
+    ("concat { branch { conv(a, 1) } }", "at least two"),
+    ("bn(eps = 0)", "small positive"),
+    ("conv(a, 3, dilation = 0)", "dilation must be at least 1"),
+    ("flatten concat { branch { } branch { } }", "already flattened"),
+])
+def test_new_construct_errors(snippet, message):
+    text = f"network e(classes = 2, resolution = 8, in_channels = 3)\nwidth a = 4\nbody {{ conv(a, 1) {snippet} }}"
+    with pytest.raises(pyns.DSLError, match=message) as err:
+        pyns.loads(text)
+    assert "<string>:3:" in str(err.value)
