@@ -26,16 +26,20 @@ _ACTIVATIONS = {
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int, act: str, gate: str):
+    """`units` is the pruning gate on the squeezed channels (an Identity unless the squeeze width is a
+    searchable symbol of its own, as in imported networks): zeroing a squeezed channel there is removing it."""
+
+    def __init__(self, channels: int, reduced: int, act: str, gate: str, units: nn.Module | None = None):
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True)
         self.act = _ACTIVATIONS[act]()
+        self.units = units if units is not None else nn.Identity()
         self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True)
         self.gate = _ACTIVATIONS[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
-        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+        return x * self.gate(self.conv_expand(self.units(self.act(self.conv_reduce(s)))))
 
 
 class ResidualBlock(nn.Module):
@@ -136,7 +140,9 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
         elif isinstance(node, ir.Dropout):
             modules.append(nn.Dropout(node.p))
         elif isinstance(node, ir.SqueezeExcite):
-            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate)
+            reduced = node.reduced.name if isinstance(node.reduced, Sym) and node.reduced.name in searchable else None
+            units = _gate(env[reduced], reduced) if gates and reduced else None
+            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate, units)
             se.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(se)
         elif isinstance(node, ir.Residual):
