@@ -128,7 +128,8 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             if node.kind == "max":
                 modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil))
             elif node.kind == "avg":
-                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil))
+                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil,
+                                            count_include_pad=not node.exclude_pad))
             else:
                 modules.append(nn.AdaptiveAvgPool2d(node.out_hw))
         elif isinstance(node, ir.Flatten):

@@ -68,6 +68,7 @@ class Pool:
     out_hw: tuple[int, int]
     pos: SourcePos | None = None
     ceil: bool = False  # ceil_mode: a last, partial window (GoogLeNet, SqueezeNet)
+    exclude_pad: bool = False  # average pooling divides by the window's in-bounds size (count_include_pad off)
 
 
 @dataclass

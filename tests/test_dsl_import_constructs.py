@@ -98,3 +98,25 @@ def test_new_construct_errors(snippet, message):
     with pytest.raises(pyns.DSLError, match=message) as err:
         pyns.loads(text)
     assert "<string>:3:" in str(err.value)
+
+
+def test_explicit_shortcut_block_resnet_d():
+    text = """network d(classes = 3, resolution = 9, in_channels = 4)
+    width a = 6, b = 8
+    body {
+        residual {
+            conv(a, 3, stride = 2) bn relu conv(b, 3) bn
+            shortcut { avgpool(2, 2, 0, ceil = 1, exclude_pad = 1) conv(b, 1) bn }
+        }
+        gap flatten linear(classes)
+    }"""
+    arch = pyns.loads(text)
+    model = arch.build().eval()
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+    assert arch.count().macs == _flops_macs(model, 9, channels=4)
+    pool = next(m for m in model.modules() if isinstance(m, torch.nn.AvgPool2d))
+    assert pool.ceil_mode and not pool.count_include_pad
+    assert arch.count({"a": 2, "b": 8}).params == sum(p.numel() for p in arch.build({"a": 2, "b": 8}).parameters())
+    with pytest.raises(pyns.DSLError, match="shortcut gives 6 channels") as err:
+        pyns.loads(text.replace("conv(b, 1) bn }", "conv(a, 1) bn }"))
+    assert "<string>:6:" in str(err.value)

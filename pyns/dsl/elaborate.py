@@ -44,7 +44,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
                {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1, "dilation": 1}, ()),
     "bn": (("eps",), {"eps": 1e-5}, ()),
     "maxpool": (("k", "stride", "pad", "ceil"), {"k": 2, "stride": None, "pad": 0, "ceil": 0}, ()),
-    "avgpool": (("k", "stride", "pad", "ceil"), {"k": 2, "stride": None, "pad": 0, "ceil": 0}, ()),
+    "avgpool": (("k", "stride", "pad", "ceil", "exclude_pad"),
+                {"k": 2, "stride": None, "pad": 0, "ceil": 0, "exclude_pad": 0}, ()),
     "gap": ((), {}, ()),
     "adaptive_avgpool": (("size",), {}, ()),
     "flatten": ((), {}, ()),
@@ -413,7 +414,10 @@ class Elaborator:
         if state.hw is None:
             raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
         in_ch, in_hw = state.ch, state.hw
-        body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data != "args"]
+        body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data not in ("args", "shortcut_block")]
+        block = next((c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "shortcut_block"), None)
+        if block is not None:
+            return self.explicit_shortcut(stmt, block, body_stmts, scope, state, namer, args)
         body = self.statements(body_stmts, _Scope({}, scope), state, namer)
         if state.hw is None:
             raise self.error("a residual body must keep a spatial output (no flatten/linear inside)", stmt.meta)
@@ -472,6 +476,33 @@ def _concat(self, stmt, scope, state: _State, namer: _Namer) -> ir.Concat:
 
 
 Elaborator.concat = _concat
+
+
+def _explicit_shortcut(self, stmt, block, body_stmts, scope, state: _State, namer: _Namer, args) -> ir.Residual:
+    """`residual { body... shortcut { layers } }`: the add of the body and an explicit shortcut, always
+    applied (e.g. ResNet-D's average pool + 1x1 conv + BN)."""
+    if args["shortcut"] != RESIDUAL_SPEC[1]["shortcut"] or args["always"]:
+        raise self.error("give either `shortcut = ...` or a `shortcut { }` block, not both", stmt.meta)
+    in_ch, in_hw = state.ch, state.hw
+    body = self.statements(body_stmts, _Scope({}, scope), state, namer)
+    inner = _State(ch=in_ch, hw=in_hw, first=state.first, block_in=state.block_in)
+    shortcut = self.statements([c for c in block.children if isinstance(c, lark.Tree)], _Scope({}, scope),
+                               inner, namer)
+    if state.hw is None or inner.hw is None:
+        raise self.error("a residual body and its shortcut must keep a spatial output", stmt.meta)
+    if inner.hw != state.hw:
+        raise self.error(f"the shortcut gives {inner.hw[0]}x{inner.hw[1]} but the body {state.hw[0]}x{state.hw[1]}",
+                         block.meta)
+    a, b = evaluate(inner.ch, self.defaults), evaluate(state.ch, self.defaults)
+    if a != b:
+        raise self.error(f"the shortcut gives {a} channels (`{to_source(inner.ch)}`) but the body {b} "
+                         f"(`{to_source(state.ch)}`)", block.meta)
+    stride = max(1, math.ceil(in_hw[0] / state.hw[0]))
+    return ir.Residual(namer("residual"), body, shortcut, "project", in_ch, state.ch, stride, Const(1),
+                       self.src.pos(stmt.meta))
+
+
+Elaborator.explicit_shortcut = _explicit_shortcut
 
 
 def elaborate(src: ArchSource, settings: Settings | None = None) -> ir.Network:

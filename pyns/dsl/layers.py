@@ -74,10 +74,12 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         if 2 * p > k:
             raise el.error(f"padding {p} is more than half the kernel {k}", meta)
         ceil = bool(el.static_int(args["ceil"], "ceil", meta))
+        exclude = bool(el.static_int(args["exclude_pad"], "exclude_pad", meta)) if "exclude_pad" in args else False
         in_hw = _spatial(el, state, kind, stmt)
         out_hw = _shrink(el, state, stmt, kind, k, s, p, 1, ceil)
         state.hw = out_hw
-        return [ir.Pool(namer(kind), POOLS[kind], k, s, p, state.ch, in_hw, out_hw, pos, ceil=ceil)]
+        return [ir.Pool(namer(kind), POOLS[kind], k, s, p, state.ch, in_hw, out_hw, pos, ceil=ceil,
+                        exclude_pad=exclude)]
     if kind in ("gap", "adaptive_avgpool"):
         in_hw = _spatial(el, state, kind, stmt)
         size = 1 if kind == "gap" else el.static_int(args["size"], "the output size", meta, 1)

@@ -61,7 +61,8 @@ class Emitter:
             elif o.kind == "act":
                 text = a["act"]
             elif o.kind in ("maxpool", "avgpool"):
-                text = f"{o.kind}({a['k']}, {a['s']}, {a['p']}" + (", ceil = 1)" if a["ceil"] else ")")
+                text = (f"{o.kind}({a['k']}, {a['s']}, {a['p']}" + (", ceil = 1" if a["ceil"] else "")
+                        + (", exclude_pad = 1" if a.get("exclude") else "") + ")")
             elif o.kind == "gap":
                 text = "gap"
             elif o.kind == "apool":
@@ -116,6 +117,12 @@ class Emitter:
     def residual_lines(self, o: Op, names, depth: int, comments: bool) -> list[str]:
         pad = "    " * depth
         args = []
+        if o.shortcut and not Analyzer._projection(o.shortcut):
+            head = pad + "residual {"
+            if comments:
+                head = f"{head:<48} # {_block_path(o.node)}"
+            return ([head] + self.lines(o.body, names, depth + 1, comments) + [pad + "    shortcut {"]
+                    + self.lines(o.shortcut, names, depth + 2, comments) + [pad + "    }", pad + "}"])
         if o.shortcut:
             conv = o.shortcut[0]
             args.append("shortcut = " + ("conv_bn" if len(o.shortcut) == 2 else "conv"))

@@ -294,9 +294,11 @@ class Analyzer:
             p = _pair(m.padding, "padding", node)
             if cls is nn.MaxPool2d and _pair(m.dilation, "dilation", node) != 1:
                 raise unsupported(node, "dilated max pooling")
-            if cls is nn.AvgPool2d and (not m.count_include_pad or m.divisor_override is not None):
-                raise unsupported(node, "average pooling that excludes the padding")
-            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), {"k": k, "s": s, "p": p, "ceil": m.ceil_mode}
+            if cls is nn.AvgPool2d and m.divisor_override is not None:
+                raise unsupported(node, "average pooling with a divisor override")
+            exclude = cls is nn.AvgPool2d and not m.count_include_pad
+            return ("maxpool" if cls is nn.MaxPool2d else "avgpool"), {"k": k, "s": s, "p": p, "ceil": m.ceil_mode,
+                                                                       "exclude": exclude}
         if cls is nn.AdaptiveAvgPool2d:
             return self.adaptive(node, m.output_size)
         act = self.act_kind(node, m, required=False)
@@ -457,8 +459,10 @@ class Analyzer:
         if a and b and self._projection(a) and not self._projection(b):
             a, b = b, a
         if a and b and not self._projection(b):
-            raise unsupported(node, "a residual add whose two branches both hold layers beyond a 1x1 "
-                                    "projection (conv [+ BN])")
+            if any(o.kind in ("residual", "concat", "se") for o in a + b) or len(b) > len(a):
+                a, b = (b, a) if len(b) > len(a) else (a, b)
+            if any(o.kind in ("residual", "concat", "se") for o in b):
+                raise unsupported(node, "a residual add whose two branches both hold nested blocks")
         body, shortcut = (a, b) if a else (b, a)
         if not body:
             raise unsupported(node, "an add of a tensor to itself")
