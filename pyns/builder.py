@@ -69,6 +69,25 @@ class ConcatBlock(nn.Module):
         return torch.cat([b(x) for b in self.branches], 1)
 
 
+class ChannelSlice(nn.Module):
+    def __init__(self, start: int, width: int):
+        super().__init__()
+        self.start, self.width = start, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start:self.start + self.width]
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 def _value(expr, env: Mapping[str, int]) -> int:
     value = int(evaluate(expr, env))
     if value < 1:
@@ -148,6 +167,15 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
+        elif isinstance(node, ir.Slice):
+            start, width, total = int(evaluate(node.start, env)), _value(node.width, env), _value(node.in_ch, env)
+            if start < 0 or start + width > total:
+                raise PynsError(f"{node.name}: channels {start}..{start + width} of {total} do not exist")
+            modules.append(ChannelSlice(start, width))
+        elif isinstance(node, ir.Shuffle):
+            if _value(node.channels, env) % node.groups:
+                raise PynsError(f"{node.name}: shuffle({node.groups}) of {_value(node.channels, env)} channels")
+            modules.append(ChannelShuffle(node.groups))
         elif isinstance(node, ir.Concat):
             modules.append(ConcatBlock([_build(b, env, gates, searchable) for b in node.branches]))
         following = nodes[index + 1] if index + 1 < len(nodes) else None

@@ -140,7 +140,29 @@ class Concat:
     pos: SourcePos | None = None
 
 
-Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual, Concat]
+@dataclass
+class Slice:
+    """Channels [start, start + width) of the input (one part of a split / chunk)."""
+
+    name: str
+    start: Expr
+    width: Expr
+    in_ch: Expr
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Shuffle:
+    """ShuffleNet's channel shuffle: view as [groups, C / groups], transpose, flatten back."""
+
+    name: str
+    groups: int
+    channels: Expr
+    pos: SourcePos | None = None
+
+
+Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual, Concat, Slice,
+             Shuffle]
 COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite)
 
 

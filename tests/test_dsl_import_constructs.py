@@ -120,3 +120,31 @@ def test_explicit_shortcut_block_resnet_d():
     with pytest.raises(pyns.DSLError, match="shortcut gives 6 channels") as err:
         pyns.loads(text.replace("conv(b, 1) bn }", "conv(a, 1) bn }"))
     assert "<string>:6:" in str(err.value)
+
+
+def test_slice_and_shuffle_match_torch():
+    text = """network s(classes = 3, resolution = 6, in_channels = 3)
+    width a = 8, b = 4
+    body {
+        conv(a, 1)
+        concat { branch { slice(0, in - in // 2) } branch { slice(in - in // 2, in // 2) conv(b, 3) } }
+        shuffle(2)
+        gap flatten linear(classes)
+    }"""
+    arch = pyns.loads(text)
+    model = arch.build().eval()
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 6, 6)
+    layers = model.layers
+    with torch.no_grad():
+        y = layers[0](x)
+        x1, x2 = y.chunk(2, dim=1)
+        cat = torch.cat([x1, layers[1].branches[1][1](x2)], 1)
+        n, c, h, w = cat.shape
+        shuffled = cat.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        torch.testing.assert_close(layers[2](layers[1](y)), shuffled)
+    with pytest.raises(pyns.DSLError, match="reaches past") as err:
+        pyns.loads(text.replace("slice(0, in - in // 2)", "slice(2, in)"))
+    assert "<string>:5:" in str(err.value)
+    with pytest.raises(pyns.DSLError, match="divisible by 3"):
+        pyns.loads(text.replace("shuffle(2)", "shuffle(3)"))

@@ -25,7 +25,7 @@ MODELS = [
     ("torchvision:regnet_x_400mf", 64), ("torchvision:regnet_y_400mf", 64), ("torchvision:regnet_y_800mf", 64),
     ("torchvision:vgg11_bn", 32), ("torchvision:vgg13_bn", 32), ("torchvision:vgg16_bn", 32),
     ("torchvision:vgg19_bn", 32), ("torchvision:densenet121", 64), ("torchvision:densenet169", 64),
-    ("torchvision:googlenet", 64), ("torchvision:squeezenet1_0", 64), ("torchvision:squeezenet1_1", 64),
+    ("torchvision:googlenet", 64), ("torchvision:shufflenet_v2_x0_5", 64), ("torchvision:shufflenet_v2_x1_0", 64), ("torchvision:squeezenet1_0", 64), ("torchvision:squeezenet1_1", 64),
     ("timm:resnet18", 64), ("timm:resnet50", 64), ("timm:efficientnet_b0", 64), ("timm:tinynet_a", 64),
     ("timm:tinynet_b", 64), ("timm:tinynet_c", 64), ("timm:tinynet_d", 64), ("timm:tinynet_e", 64),
     ("timm:mobilenetv3_large_100", 64), ("timm:mobilenetv3_small_100", 64), ("timm:regnetx_002", 64),

@@ -51,6 +51,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
     "flatten": ((), {}, ()),
     "linear": (("out", "bias"), {"bias": 1}, ()),
     "dropout": (("p",), {"p": 0.5}, ()),
+    "slice": (("start", "width"), {}, ()),
+    "shuffle": (("groups",), {}, ()),
     "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
     **{a: ((), {}, ()) for a in ACTIVATIONS},
 }

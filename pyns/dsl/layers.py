@@ -121,6 +121,23 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
                 raise el.error(f"se({what} = {value}): unknown activation; choose one of {', '.join(ACTIVATIONS)}",
                                meta)
         return [ir.SqueezeExcite(namer("se"), state.ch, reduced, act, gate, pos)]
+    if kind == "slice":
+        from pyns.dsl.expr import evaluate
+        start = el.expr_value(args["start"], meta)
+        width = el.check_width(el.expr_value(args["width"], meta), "the slice width", meta)
+        a, w, total = (evaluate(e, el.defaults) for e in (start, width, state.ch))
+        if a < 0 or a + w > total:
+            raise el.error(f"slice({a}, {w}) reaches past the {total} input channels", meta)
+        node = ir.Slice(namer("slice"), start, width, state.ch, pos)
+        state.ch = width
+        return [node]
+    if kind == "shuffle":
+        from pyns.dsl.expr import evaluate
+        _spatial(el, state, kind, stmt)
+        g = el.static_int(args["groups"], "the shuffle group count", meta, 1)
+        if evaluate(state.ch, el.defaults) % g:
+            raise el.error(f"shuffle({g}) needs a channel count divisible by {g}", meta)
+        return [ir.Shuffle(namer("shuffle"), g, state.ch, pos)]
     # activations
     return [ir.Activation(namer(kind), kind, pos)]
 

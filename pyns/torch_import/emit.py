@@ -38,6 +38,8 @@ class Emitter:
         root = self.an.roots[r]
         if root.fixed:
             return root.fixed
+        if root.derived:
+            raise unsupported(node, "a width tied to one half of a channel split")
         name = names(r)
         return f"{root.multiple} * {name}" if root.multiple > 1 else name
 
@@ -69,6 +71,10 @@ class Emitter:
                 text = f"adaptive_avgpool({a['size']})"
             elif o.kind == "flatten":
                 text = "flatten"
+            elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
+                text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
+            elif o.kind == "shuffle":
+                text = f"shuffle({a['g']})"
             elif o.kind == "linear":
                 text = f"linear({self.width(o.node, names)}" + ("" if a["bias"] else ", bias = 0") + ")"
             elif o.kind == "dropout":

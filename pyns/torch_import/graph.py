@@ -64,6 +64,7 @@ class Root:
     index: int  # topological position of the first producer
     multiple: int = 1
     fixed: str | None = None  # "in_channels" / "classes"
+    derived: bool = False  # a part of a split or a shuffled tensor: its width follows the input's
 
 
 def where(node: fx.Node) -> str:
@@ -111,6 +112,15 @@ def describe(node: fx.Node, name: str, why: str) -> str:
 
 def unsupported(node: fx.Node, why: str = "") -> PynsError:
     return UnsupportedOp(node, why)
+
+
+def _split_of(node: fx.Node):
+    """The split / chunk node whose part `node` takes (`operator.getitem(split, i)`), else None."""
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        src = node.args[0]
+        if src.target in ("chunk", "split", torch.chunk, torch.split) and isinstance(node.args[1], int):
+            return src
+    return None
 
 
 def _shape(node) -> tuple[int, ...] | None:
@@ -178,6 +188,7 @@ class Analyzer:
             a, b, ra, rb = b, a, rb, ra
         self.parent[b] = a
         ra.fixed = ra.fixed or rb.fixed
+        ra.derived = ra.derived or rb.derived
         return a
 
     def root(self, node: fx.Node) -> int:
@@ -193,6 +204,9 @@ class Analyzer:
     def inputs(self, node: fx.Node) -> list[fx.Node]:
         if node in self.cat_inputs:
             return self.cat_inputs[node]
+        split = _split_of(node)
+        if split is not None:
+            return [split.args[0]]
         return [a for a in node.all_input_nodes if a in self.index]
 
     def classify(self, node: fx.Node) -> tuple[str, dict]:
@@ -216,6 +230,9 @@ class Analyzer:
             if kind == "add" and _shape(ins[0]) != _shape(ins[1]):
                 raise unsupported(node, "a broadcasting add")
             return kind, {}
+        split = _split_of(node)
+        if split is not None:
+            return self.split_part(node, split, ins)
         if target in CAT:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if len(shape) != 4 or dim % 4 != 1:
@@ -238,16 +255,40 @@ class Analyzer:
             return ("dropout", {"p": float(p)}) if p > 0 else ("identity", {})
         if node.op == "call_method" and target in IDENTITY_METHODS:
             return "identity", {}
+        if target in ("transpose", torch.transpose) and len(shape) == 5 and sorted(node.args[1:3]) == [1, 2]:
+            return "shuffle_mid", {}
         if getattr(target, "__name__", "") in ("stochastic_depth", "drop_path"):
             # Stochastic depth (torchvision) / DropPath (timm): the identity in eval mode, where the model
             # is traced. The function is fx-wrapped, so it appears as a call rather than being traced.
             return "identity", {}
         raise unsupported(node)
 
+    def split_part(self, node, split, ins):
+        """Part i of `x.chunk(2, 1)` / `x.split(C // 2, 1)` (ShuffleNetV2, CSP): the halves of the channels."""
+        c = _shape(ins[0])[1]
+        args = list(split.args[1:]) + [split.kwargs.get("dim", split.kwargs.get("split_size_or_sections"))]
+        if split.target in ("chunk", torch.chunk):
+            chunks = split.args[1] if len(split.args) > 1 else split.kwargs.get("chunks")
+            dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+            ok = chunks == 2
+        else:
+            size = split.args[1] if len(split.args) > 1 else split.kwargs.get("split_size_or_sections")
+            dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+            ok = (isinstance(size, int) and 2 * size == c) or (isinstance(size, (list, tuple)) and
+                                                                list(size) == [c // 2, c - c // 2] and c % 2 == 0)
+        del args
+        if dim % 4 != 1 or not ok:
+            raise unsupported(split, "only a split of the channels into two halves is supported")
+        return "slice", {"part": node.args[1]}
+
     def reshape(self, node, shape, ins):
         in_shape = _shape(ins[0])
         if in_shape == shape:
             return "identity", {}
+        if len(in_shape) == 4 and len(shape) == 5 and shape[0] == in_shape[0] and shape[1] * shape[2] == in_shape[1]:
+            return "shuffle_in", {"g": shape[1]}
+        if len(in_shape) == 5 and len(shape) == 4 and shape[1] == in_shape[1] * in_shape[2]:
+            return "shuffle", {}
         if len(in_shape) == 4 and len(shape) == 2 and shape[1] == math.prod(in_shape[1:]):
             return "flatten", {}
         raise unsupported(node, f"a reshape from {in_shape} to {shape}")
@@ -357,6 +398,9 @@ class Analyzer:
                     self.grouped += [(self.root_of[ins[0]][0], g), (segs[0], g)]
             elif kind == "cat":
                 segs = [r for a in ins for r in self.root_of[a]]
+            elif kind in ("slice", "shuffle"):
+                segs = [self.new_root(node, node.name)]
+                self.roots[segs[0]].derived = True
             elif kind in ("add", "mul"):
                 a, b = (self.root_of[x] for x in ins)
                 if len(a) != len(b) or (kind == "mul" and len(a) != 1):
@@ -444,6 +488,17 @@ class Analyzer:
                 node = fork
             elif kind == "identity":
                 node = ins[0]
+            elif kind == "shuffle":
+                mid = self._skip_identity(ins[0])
+                first = self._skip_identity(self.inputs(mid)[0]) if self.kind[mid][0] == "shuffle_mid" else None
+                if first is None or self.kind[first][0] != "shuffle_in":
+                    raise unsupported(node, "a reshape that is not a channel shuffle")
+                self.visit(mid)
+                self.visit(first)
+                ops.append(Op("shuffle", node, attrs={"g": self.kind[first][1]["g"]}, in_node=self.inputs(first)[0]))
+                node = self.inputs(first)[0]
+            elif kind in ("shuffle_in", "shuffle_mid"):
+                raise unsupported(node, "a reshape / transpose that is not part of a channel shuffle")
             else:
                 prev = ins[0]
                 if kind == "bn" and attrs["act"]:  # timm's BatchNormAct2d: a BN and its activation
@@ -454,6 +509,12 @@ class Analyzer:
                 node = prev
         ops.reverse()
         return ops
+
+    def _skip_identity(self, node):
+        while self.kind[node][0] == "identity":
+            self.visit(node)
+            node = self.inputs(node)[0]
+        return node
 
     def residual(self, node, fork, a: list[Op], b: list[Op]) -> Op:
         if a and b and self._projection(a) and not self._projection(b):
