@@ -135,14 +135,18 @@ def test_slice_and_shuffle_match_torch():
     model = arch.build().eval()
     assert arch.count().params == sum(p.numel() for p in model.parameters())
     x = torch.randn(2, 3, 6, 6)
-    layers = model.layers
+    from pyns.builder import ChannelShuffle, ConcatBlock
+    conv = model.layers[0]
+    concat = next(m for m in model.modules() if isinstance(m, ConcatBlock))
+    shuffle = next(m for m in model.modules() if isinstance(m, ChannelShuffle))
+    inner = next(m for m in concat.branches[1].modules() if isinstance(m, torch.nn.Conv2d))
     with torch.no_grad():
-        y = layers[0](x)
+        y = conv(x)
         x1, x2 = y.chunk(2, dim=1)
-        cat = torch.cat([x1, layers[1].branches[1][1](x2)], 1)
+        cat = torch.cat([x1, inner(x2)], 1)
         n, c, h, w = cat.shape
         shuffled = cat.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
-        torch.testing.assert_close(layers[2](layers[1](y)), shuffled)
+        torch.testing.assert_close(shuffle(concat(y)), shuffled)
     with pytest.raises(pyns.DSLError, match="reaches past") as err:
         pyns.loads(text.replace("slice(0, in - in // 2)", "slice(2, in)"))
     assert "<string>:5:" in str(err.value)
