@@ -88,6 +88,29 @@ class ChannelShuffle(nn.Module):
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of [N, C, H, W] (channels-last inside, as ConvNeXt computes it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ChannelLinear(nn.Linear):
+    """A Linear on the channels of [N, C, H, W] at every position."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
 def _value(expr, env: Mapping[str, int]) -> int:
     value = int(evaluate(expr, env))
     if value < 1:
@@ -167,6 +190,18 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
+        elif isinstance(node, ir.LayerNorm):
+            ln = ChannelLayerNorm(_value(node.channels, env), eps=node.eps)
+            ln.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(ln)
+        elif isinstance(node, ir.ChannelLinear):
+            lin = ChannelLinear(_value(node.in_ch, env), _value(node.out_ch, env), bias=node.bias)
+            lin.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(lin)
+        elif isinstance(node, ir.Scale):
+            scale = LayerScale(_value(node.channels, env))
+            scale.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(scale)
         elif isinstance(node, ir.Slice):
             start, width, total = int(evaluate(node.start, env)), _value(node.width, env), _value(node.in_ch, env)
             if start < 0 or start + width > total:

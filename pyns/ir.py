@@ -161,9 +161,41 @@ class Shuffle:
     pos: SourcePos | None = None
 
 
+@dataclass
+class LayerNorm:
+    """LayerNorm over the channels at every position (ConvNeXt's permute -> LayerNorm(C) -> permute)."""
+
+    name: str
+    channels: Expr
+    eps: float = 1e-6
+    pos: SourcePos | None = None
+
+
+@dataclass
+class ChannelLinear:
+    """A Linear layer acting on the channels at every position (ConvNeXt's MLP): a 1x1 conv's cost,
+    in * out MACs per position, stored as a Linear weight [out, in]."""
+
+    name: str
+    in_ch: Expr
+    out_ch: Expr
+    bias: bool
+    hw: tuple[int, int]
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Scale:
+    """A learned per-channel multiplier (ConvNeXt's layer scale gamma): `channels` parameters."""
+
+    name: str
+    channels: Expr
+    pos: SourcePos | None = None
+
+
 Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual, Concat, Slice,
-             Shuffle]
-COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite)
+             Shuffle, LayerNorm, ChannelLinear, Scale]
+COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite, LayerNorm, ChannelLinear, Scale)
 
 
 @dataclass

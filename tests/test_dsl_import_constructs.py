@@ -152,3 +152,30 @@ def test_slice_and_shuffle_match_torch():
     assert "<string>:5:" in str(err.value)
     with pytest.raises(pyns.DSLError, match="divisible by 3"):
         pyns.loads(text.replace("shuffle(2)", "shuffle(3)"))
+
+
+def test_convnext_layers_count_like_torch():
+    text = """network cn(classes = 5, resolution = 8, in_channels = 3)
+    width a = 8, h = 32
+    body {
+        conv(a, 4, stride = 4, pad = 0, bias = 1)
+        layernorm
+        residual {
+            dwconv(7, bias = 1) layernorm(eps = 0.00001) channel_linear(h) gelu channel_linear(a) scale
+        }
+        gap layernorm flatten linear(classes)
+    }"""
+    arch = pyns.loads(text)
+    model = arch.build().eval()
+    cost = arch.count()
+    assert cost.params == sum(p.numel() for p in model.parameters())
+    assert cost.macs == _flops_macs(model, 8)
+    assert oracle.count(arch.network, arch.defaults) == (cost.params, cost.macs)
+    # The channel LayerNorm equals torch's LayerNorm over a channels-last view.
+    from pyns.builder import ChannelLayerNorm
+    ln = next(m for m in model.modules() if isinstance(m, ChannelLayerNorm))
+    x = torch.randn(2, 8, 2, 2)
+    torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(
+        x.permute(0, 2, 3, 1), (8,), ln.weight, ln.bias, ln.eps).permute(0, 3, 1, 2))
+    with pytest.raises(pyns.DSLError, match="layernorm\\(eps\\)"):
+        pyns.loads(text.replace("layernorm(eps = 0.00001)", "layernorm(eps = 2)"))

@@ -131,6 +131,23 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         node = ir.Slice(namer("slice"), start, width, state.ch, pos)
         state.ch = width
         return [node]
+    if kind == "layernorm":
+        _spatial(el, state, kind, stmt)
+        eps = args["eps"]
+        value = eps.value if isinstance(eps, Const) else eps if isinstance(eps, float) else None
+        if value is None or not 0 < value < 1:
+            raise el.error("layernorm(eps) needs a small positive number, e.g. layernorm(eps = 0.000001)", meta)
+        return [ir.LayerNorm(namer("layernorm"), state.ch, float(value), pos)]
+    if kind == "channel_linear":
+        hw = _spatial(el, state, kind, stmt)
+        out = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
+        bias = bool(el.static_int(args["bias"], "bias", meta))
+        node = ir.ChannelLinear(namer("channel_linear"), state.ch, out, bias, hw, pos)
+        state.ch = out
+        return [node]
+    if kind == "scale":
+        _spatial(el, state, kind, stmt)
+        return [ir.Scale(namer("scale"), state.ch, pos)]
     if kind == "shuffle":
         from pyns.dsl.expr import evaluate
         _spatial(el, state, kind, stmt)

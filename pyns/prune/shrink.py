@@ -156,6 +156,12 @@ class _Planner:
                 self.plan[node.name] = {name: [c] for name in ("weight", "bias", "running_mean", "running_var")}
             elif isinstance(node, ir.Linear):
                 self.linear(node)
+            elif isinstance(node, (ir.LayerNorm, ir.Scale)):  # --- torch importer layers ---
+                c = self.channels(node.channels, node.name)
+                self.plan[node.name] = {"weight": [c], "bias": [c], "gamma": [c]}
+            elif isinstance(node, ir.ChannelLinear):
+                out_map, in_map = self.channels(node.out_ch, node.name), self.channels(node.in_ch, node.name)
+                self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
             elif isinstance(node, ir.SqueezeExcite):
                 c = self.channels(node.channels, node.name)
                 r = self.channels(node.reduced, node.name)

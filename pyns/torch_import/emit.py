@@ -71,6 +71,12 @@ class Emitter:
                 text = f"adaptive_avgpool({a['size']})"
             elif o.kind == "flatten":
                 text = "flatten"
+            elif o.kind == "layernorm":
+                text = "layernorm" if a["eps"] == 1e-6 else f"layernorm(eps = {a['eps']:g})"
+            elif o.kind == "channel_linear":
+                text = f"channel_linear({self.width(o.node, names)}" + ("" if a["bias"] else ", bias = 0") + ")"
+            elif o.kind == "scale":
+                text = "scale"
             elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
                 text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
             elif o.kind == "shuffle":
@@ -100,6 +106,8 @@ class Emitter:
                 raise PynsError(f"internal: no .arch form for op kind {o.kind}")
             if comments and o.kind == "se":
                 text = f"{pad + text:<48} # {a['paths'][0]}, {a['paths'][1]}"
+            elif comments and o.kind == "scale":
+                text = f"{pad + text:<48} # {a['param']}"
             elif comments and o.path and o.kind != "act":
                 text = f"{pad + text:<48} # {o.path}"
             else:

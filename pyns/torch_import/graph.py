@@ -84,7 +84,7 @@ def _user_frame(stack: str) -> tuple[str, str] | None:
     frames = [(lines[i], lines[i + 1] if i + 1 < len(lines) else "") for i in range(len(lines))
               if lines[i].startswith("File ")]
     for head, code in reversed(frames):
-        if not any(part in head for part in ("/torch/fx/", "/torch/nn/modules/module.py", "/torch/_")):
+        if not any(part in head for part in ("/torch/fx/", "/torch/nn/", "/torch/_", "/torch/overrides.py")):
             return head, code
     return None
 
@@ -150,6 +150,7 @@ class Analyzer:
         self.kind: dict[fx.Node, tuple[str, dict]] = {}
         self.visited: set[fx.Node] = set()
         self.cat_inputs: dict[fx.Node, list[fx.Node]] = {}
+        self.layout: dict[fx.Node, str] = {}  # "cl" inside a channels-last region (ConvNeXt), else "cf"
         self._dense_cats()
 
     def _dense_cats(self) -> None:
@@ -168,7 +169,7 @@ class Analyzer:
         r = len(self.parent)
         self.parent[r] = r
         shape = _shape(node)
-        self.roots[r] = Root(name, int(shape[1]), self.index[node])
+        self.roots[r] = Root(name, int(shape[-1] if self.layout.get(node) == "cl" else shape[1]), self.index[node])
         return r
 
     def find(self, r: int) -> int:
@@ -214,6 +215,9 @@ class Analyzer:
         shape, ins = _shape(node), self.inputs(node)
         if node.op == "placeholder":
             return "input", {}
+        if node.op == "get_attr" or (ins and all(self.kind.get(a, ("",))[0] == "param" for a in ins)
+                                     and node.op == "call_method" and node.target in ("reshape", "view")):
+            return "param", {"name": node.target if node.op == "get_attr" else self.kind[ins[0]][1]["name"]}
         if node.op == "call_module":
             return self.classify_module(node, self.modules[node.target], shape, ins)
         target = node.target
@@ -221,6 +225,21 @@ class Analyzer:
             return "act", {"act": ACT_FUNCTIONS[target]}
         if node.op == "call_method" and target in ACT_METHODS:
             return "act", {"act": ACT_METHODS[target]}
+        if target in ("permute", torch.permute):
+            dims = node.args[1:] if node.op == "call_method" and len(node.args) > 2 else node.args[1]
+            dims = tuple(dims)
+            layout = self.layout.get(ins[0], "cf")
+            if dims == (0, 2, 3, 1) and layout == "cf":
+                return "to_cl", {}
+            if dims == (0, 3, 1, 2) and layout == "cl":
+                return "to_cf", {}
+            raise unsupported(node, f"a permute {dims} (pyns follows channels-last regions of ConvNeXt blocks)")
+        if target in MUL and len(ins) == 2 and any(self.kind.get(a, ("",))[0] == "param" for a in ins):
+            p, x = ins if self.kind[ins[0]][0] == "param" else ins[::-1]
+            channels = _shape(x)[-1] if self.layout.get(x) == "cl" else _shape(x)[1]
+            if math.prod(_shape(p)) != channels or max(_shape(p)) != channels:
+                raise unsupported(node, f"a product with a parameter of shape {_shape(p)}")
+            return "scale", {"param": self.kind[p][1]["name"], "x": x, "p": p}
         if target in ADD or target in MUL:
             if len(ins) != 2 or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
                 raise unsupported(node, "only the sum / product of two tensors is supported")
@@ -317,6 +336,15 @@ class Analyzer:
             if not m.affine or not m.track_running_stats:
                 raise unsupported(node, "BatchNorm without affine parameters or running statistics")
             return "bn", {"eps": float(m.eps), "act": None}
+        if isinstance(m, nn.LayerNorm) and (cls is nn.LayerNorm or name == "LayerNorm2d"):
+            want = "cl" if cls is nn.LayerNorm else "cf"
+            c = _shape(ins[0])[-1 if want == "cl" else 1]
+            if self.layout.get(ins[0], "cf") != want or tuple(m.normalized_shape) != (c,) or not m.elementwise_affine \
+                    or m.bias is None:
+                raise unsupported(node, "a LayerNorm that is not over the channels, with weight and bias")
+            return "layernorm", {"eps": float(m.eps)}
+        if isinstance(m, nn.Linear) and self.layout.get(ins[0]) == "cl" and len(_shape(ins[0])) == 4:
+            return "channel_linear", {"bias": m.bias is not None}
         if cls is nn.Linear or (isinstance(m, nn.Linear) and cls.__module__.startswith("timm.")
                                 and name == "Linear"):  # timm's Linear only adds a TorchScript dtype cast
             if len(_shape(ins[0])) != 2:
@@ -386,10 +414,17 @@ class Analyzer:
         for node in self.nodes:
             kind, attrs = self.kind[node] = self.classify(node)
             ins = self.inputs(node)
+            self.layout[node] = {"to_cl": "cl", "to_cf": "cf"}.get(kind, self.layout.get(ins[0], "cf") if ins else "cf")
+            if kind == "param":
+                self.root_of[node] = []
+                continue
+            if kind == "scale":
+                self.root_of[node] = self.root_of[attrs["x"]]
+                continue
             if kind == "input":
                 segs = [self.new_root(node, "in_channels")]
                 self.roots[segs[0]].fixed = "in_channels"
-            elif kind == "conv" or kind == "linear":
+            elif kind in ("conv", "linear", "channel_linear"):
                 segs = [self.new_root(node, node.target)]
                 g = attrs.get("groups", 1)
                 if g > 1:
@@ -486,8 +521,16 @@ class Analyzer:
                 fork = self.nodes[common.bit_length() - 1]
                 ops.append(Op("concat", node, branches=[self.chain(fork, a) for a in ins], in_node=fork))
                 node = fork
-            elif kind == "identity":
+            elif kind in ("identity", "to_cl", "to_cf"):
                 node = ins[0]
+            elif kind == "scale":
+                p = attrs["p"]
+                while p is not None:
+                    self.visit(p)
+                    parents = self.inputs(p)
+                    p = parents[0] if parents else None
+                ops.append(Op("scale", node, attrs={"param": attrs["param"]}, in_node=attrs["x"]))
+                node = attrs["x"]
             elif kind == "shuffle":
                 mid = self._skip_identity(ins[0])
                 first = self._skip_identity(self.inputs(mid)[0]) if self.kind[mid][0] == "shuffle_mid" else None

@@ -24,8 +24,12 @@ def _layer_map(ops: list[Op]) -> LayerMap:
             out.append(("conv", o.path))
         elif o.kind == "bn":
             out.append(("bn", o.path))
-        elif o.kind == "linear":
+        elif o.kind in ("linear", "channel_linear"):
             out.append(("linear", o.path))
+        elif o.kind == "layernorm":
+            out.append(("layernorm", o.path))
+        elif o.kind == "scale":
+            out.append(("scale", o.attrs["param"]))
         elif o.kind == "se":
             out.append(("se", o.attrs["paths"]))
         elif o.kind == "residual":
@@ -41,7 +45,10 @@ def _check_coverage(model: nn.Module, layers: LayerMap) -> None:
     layer-scale vector, a positional embedding, a module used off the traced path) would make the count
     wrong, so it is an error instead."""
     covered: set[str] = set()
-    for _, path in layers:
+    for kind, path in layers:
+        if kind == "scale":
+            covered.add(path)
+            continue
         for p in (path if isinstance(path, tuple) else (path,)):
             covered |= {f"{p}.{n}" if p else n for n, _ in model.get_submodule(p).named_parameters()}
     left = [n for n, _ in model.named_parameters() if n not in covered]
@@ -124,6 +131,7 @@ def _roles(an) -> dict[str, int]:
     roles: dict[str, int] = {}
     flat = list(_flatten(an.ops))
     convs = [o for o in flat if o.kind == "conv"]
+    heads = [o for o in flat if o.kind in ("linear", "conv")]
     if convs and not an.roots[an.root(convs[0].node)].fixed:
         roles["stem"] = an.root(convs[0].node)
     heads = [o for o in flat if o.kind in ("linear", "conv")]

@@ -30,7 +30,7 @@ def _timm_leaves() -> tuple[type, ...]:
         return tuple(getattr(_fx, "_leaf_modules", ()))
 
 
-_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+_WEIGHTED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)
 
 
 class LeafTracer(fx.Tracer):

@@ -31,7 +31,9 @@ def load_weights(built: nn.Module, model: nn.Module, layers) -> None:
         raise PynsError(f"the built network has {len(mine)} weighted layers but the source module maps to "
                         f"{len(layers)}: build at depth 1 and the default widths to load weights")
     for module, (kind, path) in zip(mine, layers):
-        if kind == "se":
+        if kind == "scale":
+            module.gamma.copy_(model.get_parameter(path).reshape(-1))
+        elif kind == "se":
             _copy(module.conv_reduce, model.get_submodule(path[0]), path[0])
             _copy(module.conv_expand, model.get_submodule(path[1]), path[1])
         else:
