@@ -97,6 +97,16 @@ def test_widths_are_named_after_their_producers_and_tied(one_thread):
     assert len(names) == 21  # stem + 4 stages x (proj out, 1x1/3x3 of block 0, shared 1x1/3x3 of the rest)
 
 
+def test_without_repeats_every_group_is_its_own_width(one_thread):
+    model = make_model("torchvision:resnet50")
+    arch = pyns.from_torch(model, (3, 64, 64), repeats=False)
+    assert "repeat(" not in arch.to_text()
+    # stem + 16 blocks x 2 inner widths + 4 stage outputs = 37, Torch-Pruning's group count on resnet50
+    # (benchmarks/bench_import.py); the network counted is the same.
+    assert len(arch.searchable) == 1 + 16 * 2 + 4
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+
+
 def test_grouped_conv_is_searched_per_group(one_thread):
     arch = pyns.from_torch(make_model("torchvision:resnext50_32x4d"), (3, 64, 64))
     assert "conv(32 * layer1_0_conv2, 3, groups = 32)" in arch.to_text()

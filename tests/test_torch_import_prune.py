@@ -85,3 +85,32 @@ def test_prune_cli_on_imported_arch(tmp_path, one_thread):
     assert main(["import", "torchvision:resnet18", "--input", "3x32x32", "--out", str(arch_file)]) == 0
     text = arch_file.read_text()
     assert pyns.loads(text).count().params == sum(p.numel() for p in make_model("torchvision:resnet18").parameters())
+
+
+def fft_model():
+    """A factory for `pyns import tests.test_torch_import_prune:fft_model`-style specs."""
+    import torch.nn as tnn
+
+    class FFT(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = tnn.Conv2d(3, 4, 3)
+            self.fc = tnn.Linear(4, 2)
+
+        def forward(self, x):
+            y = torch.fft.rfft2(self.conv(x)).abs()
+            return self.fc(y.mean((2, 3)))
+
+    return FFT()
+
+
+def test_import_cli_unsupported_op_exits_2(tmp_path, capsys, monkeypatch):
+    from pyns.cli.main import main
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    assert main(["import", "test_torch_import_prune:fft_model", "--input", "3x16x16"]) == 2
+    err = capsys.readouterr().err
+    assert "rfft2" in err and "torch.fft.rfft2(self.conv(x))" in err and "test_torch_import_prune.py" in err
+    assert main(["import", "torchvision:resnet18", "--input", "3x16"]) == 2
+    assert main(["import", "nosuchpackage.mod:f"]) == 2
+    assert not list(tmp_path.iterdir())

@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--name", help="network name in the file (default: the model name)")
     p.add_argument("--policy", default="uniform", choices=("uniform", "efficientnet", "tinynet"),
                    help="scaling policy written into the file (default uniform)")
+    p.add_argument("--no-repeats", action="store_true",
+                   help="do not fold identical consecutive blocks into repeat(n): one width per coupled group "
+                        "of every layer (no depth scaling)")
     p.set_defaults(handler=run)
 
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     size = parse_input(args.input)
     model, name = load_model(args.model)
     start = time.perf_counter()
-    arch = from_torch(model, size, name=args.name or name, policy=args.policy)
+    arch = from_torch(model, size, name=args.name or name, policy=args.policy, repeats=not args.no_repeats)
     seconds = time.perf_counter() - start
     cost = arch.count()
     text = arch.to_text()

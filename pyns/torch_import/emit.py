@@ -190,9 +190,12 @@ class Emitter:
         text = "\n".join(self.lines(unit, slot, 0, comments=False))
         return text, slots
 
-    def fold_repeats(self, ops: list[Op]) -> list[tuple[int, list[Op], list[list[Op]]]]:
-        """-> [(count, the unit's ops, all units)] with the width groups of repeated units merged."""
+    def fold_repeats(self, ops: list[Op], fold: bool = True) -> list[tuple[int, list[Op], list[list[Op]], str, str]]:
+        """-> [(count, the unit's ops, all units, first key, last key)] with the width groups of repeated
+        units merged; `fold=False` keeps every unit (and every width group) on its own."""
         units = self.units(ops)
+        if not fold:
+            return [(1, u, [u], k, k) for u, k in zip(units, self.unit_keys)]
         sigs = [self.signature(u) for u in units]
         runs = []
         keys = self.unit_keys

@@ -80,11 +80,14 @@ def where(node: fx.Node) -> str:
 
 def _user_frame(stack: str) -> tuple[str, str] | None:
     """The innermost frame of the recorded stack that is the model's code, not torch's machinery."""
+    import os
+
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
     lines = [line.strip() for line in stack.strip().splitlines()]
     frames = [(lines[i], lines[i + 1] if i + 1 < len(lines) else "") for i in range(len(lines))
               if lines[i].startswith("File ")]
     for head, code in reversed(frames):
-        if not any(part in head for part in ("/torch/fx/", "/torch/nn/", "/torch/_", "/torch/overrides.py")):
+        if torch_dir not in head:  # the first frame outside torch itself: the model's forward()
             return head, code
     return None
 

@@ -58,7 +58,7 @@ def _check_coverage(model: nn.Module, layers: LayerMap) -> None:
 
 
 def import_text(model: nn.Module, input_size=(3, 224, 224), name: str | None = None,
-                policy: str = "uniform") -> tuple[str, LayerMap]:
+                policy: str = "uniform", repeats: bool = True) -> tuple[str, LayerMap]:
     if len(input_size) != 3 or input_size[1] != input_size[2]:
         raise PynsError(f"input_size must be (channels, N, N), a square image; got {tuple(input_size)}")
     size = tuple(int(v) for v in input_size)
@@ -66,7 +66,7 @@ def import_text(model: nn.Module, input_size=(3, 224, 224), name: str | None = N
     try:
         an = analyze(gm)
         em = Emitter(an)
-        runs = em.fold_repeats(an.ops)
+        runs = em.fold_repeats(an.ops, repeats)
     except UnsupportedOp as err:
         # Trace again recording stack traces (twice as slow, so only now) to quote the forward() line.
         node = next((n for n in trace(model, size, stack_traces=True).graph.nodes if n.name == err.node), None)
@@ -152,11 +152,16 @@ def _flatten(ops):
             yield from _flatten(branch)
 
 
-def from_torch(model: nn.Module, input_size=(3, 224, 224), *, name: str | None = None, policy: str = "uniform"):
-    """Import a torch CNN as a `pyns.Arch` (see the module docstring); the module is not modified."""
+def from_torch(model: nn.Module, input_size=(3, 224, 224), *, name: str | None = None, policy: str = "uniform",
+               repeats: bool = True):
+    """Import a torch CNN as a `pyns.Arch` (see the module docstring); the module is not modified.
+
+    `repeats=True` folds consecutive identical blocks into `repeat(n)` (depth multipliers act on them;
+    their widths are shared); `repeats=False` keeps one width symbol per coupled group of every layer,
+    the finest search space (Torch-Pruning's group granularity)."""
     from pyns.arch import loads
 
-    text, layers = import_text(model, input_size, name, policy)
+    text, layers = import_text(model, input_size, name, policy, repeats)
     arch = loads(text, filename=f"{sanitize(name or type(model).__name__.lower())}.arch")
     arch.torch_layers = layers
     return arch
