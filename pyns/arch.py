@@ -169,12 +169,7 @@ class Arch:
         module = build_module(self.ir(depth, resolution), full, gates=gates, init=init)
         if weights is not None:
             from pyns.torch_import.weights import load_weights
-            layers = self.torch_layers
-            if layers is None:  # an Arch read from text: re-import the module to map its layers
-                from pyns.torch_import import from_torch
-                net = self.network
-                layers = from_torch(weights, (net.in_channels, net.resolution, net.resolution)).torch_layers
-            load_weights(module, weights, layers)
+            load_weights(module, weights, self.torch_layers)  # None (read from text): maps by importing again
         return module
 
     def to_text(self) -> str:

@@ -24,8 +24,13 @@ def _copy(dst: nn.Module, src: nn.Module, where: str) -> None:
 
 
 @torch.no_grad()
-def load_weights(built: nn.Module, model: nn.Module, layers) -> None:
-    """`layers` is the importer's map: one (kind, module path) per counted IR layer, in IR order."""
+def load_weights(built: nn.Module, model: nn.Module, layers=None) -> None:
+    """`layers` is the importer's map: one (kind, module path) per counted IR layer, in IR order; None
+    (an Arch read back from text) imports `model` again to get it."""
+    if layers is None:
+        from pyns.torch_import.convert import import_text
+        net = built.ir
+        layers = import_text(model, (net.in_channels, net.resolution, net.resolution))[1]
     mine = _built_layers(built)
     if len(mine) != len(layers):
         raise PynsError(f"the built network has {len(mine)} weighted layers but the source module maps to "
