@@ -95,8 +95,8 @@ def check_tree(tree: lark.Tree, pos) -> None:
             depth += 1
             roots[root][1] += 1
             if depth > MAX_EXPR_DEPTH:
-                raise DSLError(f"expression nested deeper than {MAX_EXPR_DEPTH} operations (each `+` of a long "
-                               "chain counts as one); split it with `let`", pos=pos(roots[root][0].meta))
+                raise DSLError(f"expression nested deeper than {MAX_EXPR_DEPTH} operations (a chain "
+                               "`a + b + c + ...` nests one level per operator)", pos=pos(roots[root][0].meta))
             if roots[root][1] > MAX_EXPR_NODES:
                 raise DSLError(f"expression of more than {MAX_EXPR_NODES} terms and operations",
                                pos=pos(roots[root][0].meta))
