@@ -7,10 +7,13 @@ import pytest
 
 from dsl_cases import NET, NET_PARAMS, assert_at, error_of, with_decl, with_stmt
 from pyns.arch import load, loads
-from pyns.dsl import limits
-from pyns.errors import SHOWN_LINE_CHARS, DSLError, SourcePos
+from pyns.errors import DSLError, SourcePos
 
 FAST = 2.0  # seconds; every case below is refused in a small fraction of this on an idle machine
+# The documented limits (pyns/dsl/limits.py), spelled out so that these tests state the contract.
+MAX_NESTING, MAX_EXPR_DEPTH, MAX_EXPR_NODES = 64, 100, 1000
+MAX_TOKENS, MAX_LAYERS, MAX_WORK = 20_000, 20_000, 200_000
+SHOWN_LINE_CHARS = 200
 
 
 def refused(text: str, message: str, filename: str = "net.arch") -> DSLError:
@@ -32,20 +35,20 @@ def nested(open_: str, inner: str, n: int) -> str:
 @pytest.mark.parametrize("n", [3000, 65])
 def test_nested_residuals(n):
     text = with_stmt(nested("residual { ", "relu", n))
-    err = refused(text, f"nesting deeper than {limits.MAX_NESTING}")
-    assert_at(err, text, "residual", limits.MAX_NESTING)  # the 65th, the first one too deep
+    err = refused(text, f"nesting deeper than {MAX_NESTING}")
+    assert_at(err, text, "residual", MAX_NESTING)  # the 65th, the first one too deep
 
 
 @pytest.mark.parametrize("n", [500, 65])
 def test_nested_repeats(n):
     text = with_stmt(nested("repeat(1) { ", "relu", n))
-    err = refused(text, f"nesting deeper than {limits.MAX_NESTING}")
-    assert_at(err, text, "repeat", limits.MAX_NESTING)
+    err = refused(text, f"nesting deeper than {MAX_NESTING}")
+    assert_at(err, text, "repeat", MAX_NESTING)
 
 
 def test_nesting_of_64_is_allowed():
-    mixed = "".join("repeat(1) { " if i % 2 else "residual { " for i in range(limits.MAX_NESTING))
-    text = with_stmt(mixed + "relu" + " }" * limits.MAX_NESTING)
+    mixed = "".join("repeat(1) { " if i % 2 else "residual { " for i in range(MAX_NESTING))
+    text = with_stmt(mixed + "relu" + " }" * MAX_NESTING)
     assert loads(text).count().params == NET_PARAMS
 
 
@@ -65,12 +68,12 @@ def _sum(ones: int) -> str:
 @pytest.mark.parametrize("ones", [500, 100])
 def test_long_expression(ones):
     text = _sum(ones)  # `ones` operators nest `ones` levels deep above the leaf
-    err = refused(text, f"expression nested deeper than {limits.MAX_EXPR_DEPTH} operations")
+    err = refused(text, f"expression nested deeper than {MAX_EXPR_DEPTH} operations")
     assert_at(err, text, "1 + 1")
 
 
 def test_expression_just_inside_the_depth_limit_counts():
-    arch = loads(_sum(limits.MAX_EXPR_DEPTH - 1))  # 99 operators and a leaf: 100 levels
+    arch = loads(_sum(MAX_EXPR_DEPTH - 1))  # 99 operators and a leaf: 100 levels
     assert arch.count().params == NET_PARAMS + (3 * 3 * 3 + 2 + 3 * 3 * 16) * 99
 
 
@@ -80,7 +83,7 @@ def test_wide_expression_has_a_size_limit():
     for _ in range(10):
         expr = f"({expr} + {expr})"
     text = NET.replace("conv(c1, 3)", f"conv(c1 + {expr}, 3)")
-    refused(text, f"expression of more than {limits.MAX_EXPR_NODES} terms")
+    refused(text, f"expression of more than {MAX_EXPR_NODES} terms")
 
 
 def test_ten_megabyte_expression_is_refused_by_size_without_echoing_it():
@@ -101,13 +104,13 @@ def test_ten_megabyte_file_is_not_read_whole(tmp_path):
 
 def test_a_hundred_thousand_layer_lines_hit_the_token_limit():
     text = NET.replace("    relu\n", "    relu\n" * 100_000, 1)
-    err = refused(text, f"more than {limits.MAX_TOKENS} tokens")
-    assert err.pos.line < limits.MAX_TOKENS  # at the first token past the limit, not the end of the file
+    err = refused(text, f"more than {MAX_TOKENS} tokens")
+    assert err.pos.line < MAX_TOKENS  # at the first token past the limit, not the end of the file
 
 
 def test_layer_limit_fires_while_unrolling():
     text = with_stmt("repeat(1000) { repeat(1000) { relu } }")
-    err = refused(text, f"more than {limits.MAX_LAYERS} layers")
+    err = refused(text, f"more than {MAX_LAYERS} layers")
     assert_at(err, text, "relu }")
 
 
@@ -116,18 +119,18 @@ def test_repeats_with_no_layers_still_stop():
         text = with_stmt(f"repeat(1000) {{ repeat(1000) {{ repeat(1000) {{ {body} }} }} }}")
         err = error_of(text)
         assert "steps" in err.message or "layers" in err.message, err.message
-    refused(with_stmt("repeat(1000) { repeat(1000) { repeat(1000) { } } }"), f"more than {limits.MAX_WORK} steps")
+    refused(with_stmt("repeat(1000) { repeat(1000) { repeat(1000) { } } }"), f"more than {MAX_WORK} steps")
 
 
 def test_width_expressions_cannot_grow_without_bound():
     # Through `in`, one layer at a time: today a RecursionError.
     text = with_stmt("repeat(1000) { conv(in + c1, 1) }")
-    err = refused(text, f"deeper than {limits.MAX_EXPR_DEPTH} nested operations")
+    err = refused(text, f"deeper than {MAX_EXPR_DEPTH} nested operations")
     assert_at(err, text, "in + c1")
     # Through lets that double: a tree of 2**40 nodes today (evaluation never ends).
     lets = "\n".join(f"let a{i + 1} = a{i} + a{i}" for i in range(40)).replace("a0", "c1")
     text = with_stmt("conv(a40, 1)", with_decl(lets))
-    err = refused(text, f"past {limits.MAX_EXPR_NODES} terms")
+    err = refused(text, f"past {MAX_EXPR_NODES} terms")
     assert_at(err, text, "a8 + a8")  # a9 is the first with more than 1,000 nodes (2**10 - 1)
 
 
