@@ -86,37 +86,38 @@ def test_a_chain_of_65_blocks_is_too_deep_not_recursive():
     assert_at(err, recursive, "b1(c) }")
 
 
+# case -> (file text, what the message must say)
 BAD_FILES = {
-    "syntax": NET.replace("conv(c1, 3)", "conv(c1, 3"),
-    "undefined": NET.replace("conv(c2, 3", "conv(c3, 3"),
-    "reserved-param": with_stmt("b(c1)", with_decl("block b(in) { conv(in, 3) }")),
-    "reserved-let": with_decl("let in = 5"),
-    "reserved-block": with_decl("block conv(c) { bn }"),
-    "boolean-width": NET.replace("conv(c1, 3)", "conv(true, 3)"),
-    "reserved-width": NET.replace("c2 = 16", "c2 = 16, in = 16"),
-    "nested-residuals": with_stmt("residual { " * 3000 + "relu" + " }" * 3000),
-    "nested-repeats": with_stmt("repeat(1) { " * 500 + "relu" + " }" * 500),
-    "long-expression": NET.replace("conv(c1, 3)", "conv(c1" + " + 1" * 500 + ", 3)"),
-    "huge-expression": NET.replace("conv(c1, 3)", "conv(c1" + " + 1" * 2_500_000 + ", 3)"),
-    "many-lines": NET.replace("    relu\n", "    relu\n" * 100_000),
-    "many-layers": with_stmt("repeat(1000) { repeat(1000) { relu } }"),
-    "resolution-0": NET.replace("resolution = 16", "resolution = 0"),
-    "resolution-negative": NET.replace("resolution = 16", "resolution = -32"),
-    "resolution-huge": NET.replace("resolution = 16", "resolution = 1000000000000"),
-    "in-channels-0": NET.replace("in_channels = 3", "in_channels = 0"),
-    "division-by-zero": NET.replace("conv(c2, 3", "conv(c2 / 0, 3"),
-    "chain-65": with_stmt("b1(c1)", with_decl("\n".join(
+    "syntax": (NET.replace("conv(c1, 3)", "conv(c1, 3"), "expected"),
+    "undefined": (NET.replace("conv(c2, 3", "conv(c3, 3"), "`c3` is not defined"),
+    "reserved-param": (with_stmt("b(c1)", with_decl("block b(in) { conv(in, 3) }")), "reserved name"),
+    "reserved-let": (with_decl("let in = 5"), "reserved name"),
+    "reserved-block": (with_decl("block conv(c) { bn }"), "reserved name"),
+    "boolean-width": (NET.replace("conv(c1, 3)", "conv(true, 3)"), "is a boolean"),
+    "reserved-width": (NET.replace("c2 = 16", "c2 = 16, in = 16"), "reserved name"),
+    "nested-residuals": (with_stmt("residual { " * 3000 + "relu" + " }" * 3000), "nesting deeper than 64"),
+    "nested-repeats": (with_stmt("repeat(1) { " * 500 + "relu" + " }" * 500), "nesting deeper than 64"),
+    "long-expression": (NET.replace("conv(c1, 3)", "conv(c1" + " + 1" * 500 + ", 3)"), "nested deeper than 100"),
+    "huge-expression": (NET.replace("conv(c1, 3)", "conv(c1" + " + 1" * 2_500_000 + ", 3)"), "larger than 4 MiB"),
+    "many-lines": (NET.replace("    relu\n", "    relu\n" * 100_000), "more than 20000 tokens"),
+    "many-layers": (with_stmt("repeat(1000) { repeat(1000) { relu } }"), "more than 20000 layers"),
+    "resolution-0": (NET.replace("resolution = 16", "resolution = 0"), "resolution 0 is out of range"),
+    "resolution-negative": (NET.replace("resolution = 16", "resolution = -32"), "resolution -32 is out of range"),
+    "resolution-huge": (NET.replace("resolution = 16", "resolution = 1000000000000"), "out of range"),
+    "in-channels-0": (NET.replace("in_channels = 3", "in_channels = 0"), "in_channels 0 is out of range"),
+    "division-by-zero": (NET.replace("conv(c2, 3", "conv(c2 / 0, 3"), "division by zero"),
+    "chain-65": (with_stmt("b1(c1)", with_decl("\n".join(
         [f"block b{i}(c) {{ b{i + 1}(c) }}" for i in range(1, 65)] + ["block b65(c) { conv(c, 1) }"]))),
+        "nesting deeper than 64"),
+    "invalid-utf8": (NET.replace("bn", "bn # caf\xe9", 1).encode("latin-1"), "not valid UTF-8"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_FILES) + ["invalid-utf8"])
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_cli_count_shows_one_positioned_message(case, tmp_path, capsys):
     path = tmp_path / f"{case}.arch"
-    if case == "invalid-utf8":
-        path.write_bytes(NET.replace("bn", "bn # caf\xe9", 1).encode("latin-1"))
-    else:
-        path.write_text(BAD_FILES[case])
+    text, message = BAD_FILES[case]
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     code = main(["count", str(path)])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
@@ -126,12 +127,13 @@ def test_cli_count_shows_one_positioned_message(case, tmp_path, capsys):
     caret = lines[2]
     assert caret.strip() == "^" and len(caret) - 5 == column - 1 or "..." in lines[1], err[:600]
     assert lines[3].startswith("error: ") and err.count("error:") == 2  # "pyns: error:" and "error:"
+    assert message in lines[3], err[:600]
     assert "Traceback" not in err and len(err) < 1500, err[:600]
 
 
 def test_cli_in_a_real_process_exits_2_without_traceback(tmp_path):
     path = tmp_path / "deep.arch"
-    path.write_text(BAD_FILES["nested-residuals"])
+    path.write_text(BAD_FILES["nested-residuals"][0])
     run = subprocess.run([sys.executable, "-m", "pyns", "count", str(path)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and run.stdout == ""
