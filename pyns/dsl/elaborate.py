@@ -20,7 +20,7 @@ from pyns.dsl.limits import (MAX_EXPR_DEPTH, MAX_EXPR_NODES, MAX_NESTING, MAX_NU
                              MAX_RESOLUTION, MAX_WIDTH, Budget, nesting_message)
 from pyns.dsl.names import check_declarations
 from pyns.errors import DSLError, SourcePos, shorten
-from pyns.policies import ScalingPolicy, get_policy, scale_resolution
+from pyns.policies import ScalingPolicy, get_policy
 
 
 # layer -> (positional parameter names, defaults, parameters that take words)
@@ -48,7 +48,6 @@ class Settings:
     variant: str | None = None
     policy: str | None = None
     depth_mult: float = 1.0
-    res_mult: float = 1.0
     resolution: int | None = None
 
 
@@ -266,8 +265,7 @@ class Elaborator:
             values[pname] = value
             written.pop(pname, None)
         base_res = _header_int(values, "resolution", written, MAX_RESOLUTION)
-        resolution = settings.resolution if settings.resolution is not None else (
-            scale_resolution(base_res, settings.res_mult))
+        resolution = settings.resolution if settings.resolution is not None else base_res
         if not 1 <= resolution <= MAX_RESOLUTION:
             raise DSLError(f"input resolution {resolution} is out of range (1..{MAX_RESOLUTION})")
         values["resolution"] = resolution
