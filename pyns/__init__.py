@@ -6,10 +6,10 @@
     result = arch.scale(params="0.58M")       # widths meeting a budget
     model = arch.build(result.widths)         # torch.nn.Module
 """
+__version__ = "0.1.0"  # first, so modules imported below can read it during package start-up
+
 from pyns.arch import Arch, Cost, load, loads
 from pyns.errors import BudgetError, DataError, DSLError, ProfileError, PynsError, RunError
-
-__version__ = "0.1.0"
 
 
 def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
@@ -18,5 +18,6 @@ def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
     return _from_torch(model, input_size, **options)
 
 
-__all__ = ["Arch", "Cost", "load", "loads", "from_torch", "PynsError", "DSLError", "BudgetError", "ProfileError", "DataError",
+__all__ = ["Arch", "Cost", "load", "loads", "from_torch", "PynsError", "DSLError", "BudgetError", "ProfileError",
+           "DataError",
            "RunError", "__version__"]

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import pyns
-from pyns.prune.importance import gates_by_symbol
-from pyns.prune.shrink import mask_network, shrink_network
+from pyns.neuralscale.prune.importance import gates_by_symbol
+from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 from torch_models import model as make_model
 
 
@@ -55,8 +55,8 @@ def test_prune_shrinks_an_imported_se_network(tmp_path, one_thread):
     """A few prune steps on synthetic data: the module trained is always the network the widths describe,
     and it gets physically smaller; squeeze-excite widths have gates and are pruned too."""
     from pyns.data import load_dataset
-    from pyns.prune.run import prune
-    from pyns.prune.schedule import PruneConfig
+    from pyns.neuralscale.prune.run import prune
+    from pyns.neuralscale.prune.schedule import PruneConfig
 
     arch = pyns.from_torch(make_model("torchvision:mobilenet_v3_small"), (3, 32, 32))
     arch = pyns.loads(arch.to_text(), classes=10)

@@ -5,7 +5,8 @@ import argparse
 import re
 import time
 
-from pyns.cli.common import atomic_write_text, human
+from pyns.cli.common import human
+from pyns.runfiles import atomic_write_text
 from pyns.errors import PynsError
 
 CONVENTION = "params = trainable parameters; MACs = conv + linear multiply-accumulates at batch 1"

@@ -1,13 +1,9 @@
 """The built-in layers of the .arch language: argument checks, shape rules and IR construction."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyns import ir
+from pyns.dsl.context import ACTIVATIONS, LayerContext, Namer, State
 from pyns.dsl.expr import Const, Expr, op
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyns.dsl.elaborate import Elaborator, _Namer, _State
 
 POOLS = {"maxpool": "max", "avgpool": "avg"}
 
@@ -20,7 +16,7 @@ def _out_size(size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False)
     return out - 1 if (out - 1) * s >= size + p else out  # torch: the last window must start inside
 
 
-def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, int]:
+def _spatial(el: LayerContext, state: State, what: str, stmt) -> tuple[int, int]:
     if state.hw is None:
         raise el.error(f"`{what}` needs a spatial input, but the input was already flattened", stmt.meta)
     return state.hw
@@ -39,15 +35,15 @@ def _word(value) -> str:
     return getattr(value, "name", value)  # a Word or a plain default string
 
 
-def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: "_Namer", stmt) -> list[ir.Node]:
-    pos = el.src.pos(stmt.meta)
+def make_layer(el: LayerContext, kind: str, args: dict, state: State, namer: Namer, stmt) -> list[ir.Node]:
+    pos = el.pos(stmt.meta)
     meta = stmt.meta
     if kind in ("conv", "dwconv"):
         k = el.static_int(args["k"], "the kernel size", meta, 1)
         s = el.static_int(args["stride"], "the stride", meta, 1)
         d = el.static_int(args["dilation"], "the dilation", meta, 1)
         p = d * (k // 2) if args["pad"] is None else el.static_int(args["pad"], "the padding", meta, 0)
-        bias = bool(el.static_int(args["bias"], "bias", meta))
+        bias = el.static_flag(args["bias"], "bias", meta)
         in_ch = state.ch
         if kind == "dwconv":
             mult = el.static_int(args["mult"], "the depth multiplier", meta, 1)
@@ -62,19 +58,17 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         state.ch, state.hw = out_ch, out_hw
         return [node]
     if kind == "bn":
-        eps = args["eps"]
-        value = eps.value if isinstance(eps, Const) else eps if isinstance(eps, float) else None
-        if value is None or not 0 < value < 1:
-            raise el.error("bn(eps) needs a small positive number, e.g. bn(eps = 0.001)", meta)
-        return [ir.BatchNorm(namer("bn"), state.ch, state.hw is not None, pos, eps=float(value))]
+        return [ir.BatchNorm(namer("bn"), state.ch, state.hw is not None, pos,
+                             eps=_eps(el, args["eps"], "bn(eps) needs a small positive number, e.g. bn(eps = 0.001)",
+                                      meta))]
     if kind in POOLS:
         k = el.static_int(args["k"], "the kernel size", meta, 1)
         s = k if args["stride"] is None else el.static_int(args["stride"], "the stride", meta, 1)
         p = el.static_int(args["pad"], "the padding", meta, 0)
         if 2 * p > k:
             raise el.error(f"padding {p} is more than half the kernel {k}", meta)
-        ceil = bool(el.static_int(args["ceil"], "ceil", meta))
-        exclude = bool(el.static_int(args["exclude_pad"], "exclude_pad", meta)) if "exclude_pad" in args else False
+        ceil = el.static_flag(args["ceil"], "ceil", meta)
+        exclude = el.static_flag(args["exclude_pad"], "exclude_pad", meta) if "exclude_pad" in args else False
         in_hw = _spatial(el, state, kind, stmt)
         out_hw = _shrink(el, state, stmt, kind, k, s, p, 1, ceil)
         state.hw = out_hw
@@ -95,7 +89,7 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         if state.hw is not None:
             raise el.error("`linear` needs a flattened input; add `flatten` (after `gap`) before it", meta)
         out = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
-        bias = bool(el.static_int(args["bias"], "bias", meta))
+        bias = el.static_flag(args["bias"], "bias", meta)
         node = ir.Linear(namer("linear"), state.ch, out, bias, pos)
         state.ch = out
         return [node]
@@ -115,53 +109,63 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
             reduced = el.expr_value(args["reduced"], meta)
         reduced = el.check_width(reduced, "the squeeze width", meta)
         act, gate = _word(args["act"]), _word(args["gate"])
-        from pyns.dsl.elaborate import ACTIVATIONS
         for what, value in (("act", act), ("gate", gate)):
             if value not in ACTIVATIONS:
                 raise el.error(f"se({what} = {value}): unknown activation; choose one of {', '.join(ACTIVATIONS)}",
                                meta)
         return [ir.SqueezeExcite(namer("se"), state.ch, reduced, act, gate, pos)]
+    if kind in IMPORT_LAYERS:
+        return _import_layer(el, kind, args, state, namer, stmt, pos)
+    # activations
+    return [ir.Activation(namer(kind), kind, pos)]
+
+
+def _eps(el: LayerContext, eps, message: str, meta) -> float:
+    value = eps.value if isinstance(eps, Const) else eps if isinstance(eps, float) else None
+    if value is None or not 0 < value < 1:
+        raise el.error(message, meta)
+    return float(value)
+
+
+# Layers added for networks imported from torch (pyns.torch_import), usable in any .arch file.
+IMPORT_LAYERS = ("slice", "shuffle", "layernorm", "channel_linear", "scale")
+
+
+def _import_layer(el: LayerContext, kind: str, args: dict, state: State, namer: Namer, stmt, pos) -> list[ir.Node]:
+    meta = stmt.meta
     if kind == "slice":
-        from pyns.dsl.expr import evaluate
         start = el.expr_value(args["start"], meta)
         width = el.check_width(el.expr_value(args["width"], meta), "the slice width", meta)
-        a, w, total = (evaluate(e, el.defaults) for e in (start, width, state.ch))
+        a, w, total = (el.at_defaults(e, meta) for e in (start, width, state.ch))
         if a < 0 or a + w > total:
             raise el.error(f"slice({a}, {w}) reaches past the {total} input channels", meta)
         node = ir.Slice(namer("slice"), start, width, state.ch, pos)
         state.ch = width
         return [node]
+    if kind == "shuffle":
+        _spatial(el, state, kind, stmt)
+        g = el.static_int(args["groups"], "the shuffle group count", meta, 1)
+        if el.at_defaults(state.ch, meta) % g:
+            raise el.error(f"shuffle({g}) needs a channel count divisible by {g}", meta)
+        return [ir.Shuffle(namer("shuffle"), g, state.ch, pos)]
     if kind == "layernorm":
         _spatial(el, state, kind, stmt)
-        eps = args["eps"]
-        value = eps.value if isinstance(eps, Const) else eps if isinstance(eps, float) else None
-        if value is None or not 0 < value < 1:
-            raise el.error("layernorm(eps) needs a small positive number, e.g. layernorm(eps = 0.000001)", meta)
-        return [ir.LayerNorm(namer("layernorm"), state.ch, float(value), pos)]
+        eps = _eps(el, args["eps"], "layernorm(eps) needs a small positive number, e.g. layernorm(eps = 0.000001)",
+                   meta)
+        return [ir.LayerNorm(namer("layernorm"), state.ch, eps, pos)]
     if kind == "channel_linear":
         hw = _spatial(el, state, kind, stmt)
         out = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
-        bias = bool(el.static_int(args["bias"], "bias", meta))
-        node = ir.ChannelLinear(namer("channel_linear"), state.ch, out, bias, hw, pos)
+        node = ir.ChannelLinear(namer("channel_linear"), state.ch, out, el.static_flag(args["bias"], "bias", meta),
+                                hw, pos)
         state.ch = out
         return [node]
-    if kind == "scale":
-        _spatial(el, state, kind, stmt)
-        return [ir.Scale(namer("scale"), state.ch, pos)]
-    if kind == "shuffle":
-        from pyns.dsl.expr import evaluate
-        _spatial(el, state, kind, stmt)
-        g = el.static_int(args["groups"], "the shuffle group count", meta, 1)
-        if evaluate(state.ch, el.defaults) % g:
-            raise el.error(f"shuffle({g}) needs a channel count divisible by {g}", meta)
-        return [ir.Shuffle(namer("shuffle"), g, state.ch, pos)]
-    # activations
-    return [ir.Activation(namer(kind), kind, pos)]
+    _spatial(el, state, kind, stmt)  # scale
+    return [ir.Scale(namer("scale"), state.ch, pos)]
 
 
-def _check_groups(el, in_ch: Expr, out_ch: Expr, groups: Expr, meta) -> None:
-    from pyns.dsl.expr import evaluate
-    g = evaluate(groups, el.defaults)
-    i, o = evaluate(in_ch, el.defaults), evaluate(out_ch, el.defaults)
+def _check_groups(el: LayerContext, in_ch: Expr, out_ch: Expr, groups: Expr, meta) -> None:
+    g = el.at_defaults(groups, meta)
+    i, o = el.at_defaults(in_ch, meta), el.at_defaults(out_ch, meta)
     if g < 1 or i % g or o % g:
         raise el.error(f"groups = {g} must divide both the input width {i} and the output width {o}", meta)
