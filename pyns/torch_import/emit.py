@@ -34,7 +34,9 @@ class Emitter:
 
     # ---- widths -------------------------------------------------------------------------------
     def width(self, node, names) -> str:
-        r = self.an.root(node)
+        return self.root_width(self.an.root(node), node, names)
+
+    def root_width(self, r: int, node, names) -> str:
         root = self.an.roots[r]
         if root.fixed:
             return root.fixed
@@ -77,6 +79,12 @@ class Emitter:
                 text = f"channel_linear({self.width(o.node, names)}" + ("" if a["bias"] else ", bias = 0") + ")"
             elif o.kind == "scale":
                 text = "scale"
+            elif o.kind == "slice" and a.get("aligned"):  # halves made of whole width groups
+                parts = self.an.segments(a["split_in"])
+                half = len(parts) // 2
+                first = " + ".join(self.root_width(r, o.node, names) for r in parts[:half])
+                second = " + ".join(self.root_width(r, o.node, names) for r in parts[half:])
+                text = f"slice(0, {first})" if a["part"] == 0 else f"slice({first}, {second})"
             elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
                 text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
             elif o.kind == "shuffle":

@@ -436,6 +436,19 @@ class Analyzer:
                     self.grouped += [(self.root_of[ins[0]][0], g), (segs[0], g)]
             elif kind == "cat":
                 segs = [r for a in ins for r in self.root_of[a]]
+            elif kind == "shuffle" and len(self.root_of[ins[0]]) == self.kind[self._shuffle_in(node)][1]["g"]:
+                # A shuffle interleaves its g input groups channel by channel: for the permutation to stay
+                # one of whole groups, their widths must stay equal, so they become one width group.
+                first = self.root_of[ins[0]][0]
+                for other in self.root_of[ins[0]][1:]:
+                    first = self.union(first, other, node)
+                segs = [first] * len(self.root_of[ins[0]])
+            elif kind == "slice" and len(self.root_of[ins[0]]) % 2 == 0:
+                # A split into halves on a boundary between width groups takes those groups themselves.
+                parts = self.root_of[ins[0]]
+                half = len(parts) // 2
+                segs = parts[:half] if attrs["part"] == 0 else parts[half:]
+                attrs["aligned"] = True
             elif kind in ("slice", "shuffle"):
                 segs = [self.new_root(node, node.name)]
                 self.roots[segs[0]].derived = True
@@ -550,15 +563,28 @@ class Analyzer:
                 if kind == "bn" and attrs["act"]:  # timm's BatchNormAct2d: a BN and its activation
                     ops.append(Op("act", node, attrs={"act": attrs["act"]}, in_node=node))
                 ops.append(Op(kind, node, node.target if node.op == "call_module" else "", attrs, in_node=prev))
+                if kind == "slice":
+                    ops[-1].attrs = {**attrs, "split_in": prev}
                 if kind == "gap" and attrs.get("flatten"):
                     ops[-1:] = [Op("flatten", node, in_node=node), ops[-1]]
                 node = prev
         ops.reverse()
         return ops
 
-    def _skip_identity(self, node):
+    def _shuffle_in(self, node):
+        """The 4D -> 5D view that starts the channel shuffle ending at `node`."""
+        mid = self._skip_identity(self.inputs(node)[0], visit=False)
+        if self.kind[mid][0] != "shuffle_mid":
+            raise unsupported(node, "a reshape that is not a channel shuffle")
+        first = self._skip_identity(self.inputs(mid)[0], visit=False)
+        if self.kind[first][0] != "shuffle_in":
+            raise unsupported(node, "a reshape that is not a channel shuffle")
+        return first
+
+    def _skip_identity(self, node, visit: bool = True):
         while self.kind[node][0] == "identity":
-            self.visit(node)
+            if visit:
+                self.visit(node)
             node = self.inputs(node)[0]
         return node
 
