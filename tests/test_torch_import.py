@@ -80,10 +80,14 @@ def test_weights_into_arch_read_back_from_text(one_thread):
         assert torch.allclose(arch.build(weights=model).eval()(x), model(x), atol=1e-5)
 
 
-def test_shipped_efficientnet_b0_counts_like_imported_timm(one_thread):
-    imported = pyns.from_torch(make_model("timm:efficientnet_b0"), (3, 224, 224)).count()
-    shipped = pyns.load("efficientnet_b0").count()
-    assert (imported.params, imported.macs) == (shipped.params, shipped.macs)
+@pytest.mark.parametrize("spec,shipped", [
+    ("timm:efficientnet_b0", "efficientnet_b0"), ("torchvision:resnet50", "resnet50"),
+    ("torchvision:resnet18", "resnet18_imagenet"), ("torchvision:mobilenet_v2", "mobilenet_v2_imagenet"),
+    pytest.param("torchvision:vgg11_bn", "vgg11_bn_imagenet", marks=pytest.mark.slow)])
+def test_shipped_archs_count_like_the_imported_models(spec, shipped, one_thread):
+    imported = pyns.from_torch(make_model(spec), (3, 224, 224)).count()
+    ship = pyns.load(shipped).count()
+    assert (imported.params, imported.macs) == (ship.params, ship.macs)
 
 
 def test_widths_are_named_after_their_producers_and_tied(one_thread):
