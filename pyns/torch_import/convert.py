@@ -131,7 +131,7 @@ def _roles(an) -> dict[str, int]:
     flat = list(_flatten(an.ops))
     convs = [o for o in flat if o.kind == "conv"]
     heads = [o for o in flat if o.kind in ("linear", "conv")]
-    if convs and not an.roots[an.root(convs[0].node)].fixed:
+    if convs and len(an.segments(convs[0].node)) == 1 and not an.roots[an.root(convs[0].node)].fixed:
         roles["stem"] = an.root(convs[0].node)
     heads = [o for o in flat if o.kind in ("linear", "conv")]
     if heads and len(an.segments(heads[-1].in_node)) == 1:

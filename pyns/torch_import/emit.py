@@ -34,7 +34,7 @@ class Emitter:
 
     # ---- widths -------------------------------------------------------------------------------
     def width(self, node, names) -> str:
-        return self.root_width(self.an.root(node), node, names)
+        return " + ".join(self.root_width(r, node, names) for r in self.an.segments(node))
 
     def root_width(self, r: int, node, names) -> str:
         root = self.an.roots[r]

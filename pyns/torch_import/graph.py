@@ -153,6 +153,7 @@ class Analyzer:
         self.kind: dict[fx.Node, tuple[str, dict]] = {}
         self.visited: set[fx.Node] = set()
         self.cat_inputs: dict[fx.Node, list[fx.Node]] = {}
+        self.expand: dict[int, list[int]] = {}  # a group found to be a concatenation of others
         self.layout: dict[fx.Node, str] = {}  # "cl" inside a channels-last region (ConvNeXt), else "cf"
         self._dense_cats()
 
@@ -196,13 +197,33 @@ class Analyzer:
         return a
 
     def root(self, node: fx.Node) -> int:
-        segs = self.root_of[node]
+        segs = self.segments(node)
         if len(segs) != 1:
             raise unsupported(node, "a layer that needs one width group reads a concatenation here")
-        return self.find(segs[0])
+        return segs[0]
 
     def segments(self, node: fx.Node) -> list[int]:
-        return [self.find(r) for r in self.root_of[node]]
+        return [x for r in self.root_of[node] for x in self._expanded(r)]
+
+    def _expanded(self, r: int) -> list[int]:
+        r = self.find(r)
+        if r not in self.expand:
+            return [r]
+        return [x for part in self.expand[r] for x in self._expanded(part)]
+
+    def join(self, a: list[int], b: list[int], node: fx.Node) -> list[int]:
+        """Add / multiply operands, group by group. A single fresh group against a concatenation
+        (GhostNet's projection shortcut beside its ghost module's cat) becomes that concatenation: the
+        conv producing it then writes its width as the sum of the parts."""
+        if len(a) != len(b):
+            one, many = (a, b) if len(a) == 1 else (b, a) if len(b) == 1 else (None, None)
+            root = self.roots[one[0]] if one else None
+            if root is None or root.fixed or root.derived or root.multiple > 1 or one[0] in many or \
+                    root.width != sum(self.roots[x].width for x in many):
+                raise unsupported(node, "an add or multiply of tensors split into channel groups differently")
+            self.expand[one[0]] = list(many)
+            return list(many)
+        return [self.union(x, y, node) for x, y in zip(a, b)]
 
     # ---- classification -----------------------------------------------------------------------
     def inputs(self, node: fx.Node) -> list[fx.Node]:
@@ -255,6 +276,8 @@ class Analyzer:
         split = _split_of(node)
         if split is not None:
             return self.split_part(node, split, ins)
+        if target is operator.getitem and ins and shape == _shape(ins[0]):
+            return "identity", {}  # an index that keeps everything (GhostNet's out[:, :out_chs] when even)
         if target in CAT:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if len(shape) != 4 or dim % 4 != 1:
@@ -431,21 +454,21 @@ class Analyzer:
                 segs = [self.new_root(node, node.target)]
                 g = attrs.get("groups", 1)
                 if g > 1:
-                    if kind == "conv" and attrs["groups"] > 1 and len(self.root_of[ins[0]]) != 1:
+                    if kind == "conv" and attrs["groups"] > 1 and len(self.segments(ins[0])) != 1:
                         raise unsupported(node, "a grouped conv reading a concatenation")
-                    self.grouped += [(self.root_of[ins[0]][0], g), (segs[0], g)]
+                    self.grouped += [(self.segments(ins[0])[0], g), (segs[0], g)]
             elif kind == "cat":
-                segs = [r for a in ins for r in self.root_of[a]]
-            elif kind == "shuffle" and len(self.root_of[ins[0]]) == self.kind[self._shuffle_in(node)][1]["g"]:
+                segs = [r for a in ins for r in self.segments(a)]
+            elif kind == "shuffle" and len(self.segments(ins[0])) == self.kind[self._shuffle_in(node)][1]["g"]:
                 # A shuffle interleaves its g input groups channel by channel: for the permutation to stay
                 # one of whole groups, their widths must stay equal, so they become one width group.
-                first = self.root_of[ins[0]][0]
-                for other in self.root_of[ins[0]][1:]:
+                first = self.segments(ins[0])[0]
+                for other in self.segments(ins[0])[1:]:
                     first = self.union(first, other, node)
-                segs = [first] * len(self.root_of[ins[0]])
-            elif kind == "slice" and len(self.root_of[ins[0]]) % 2 == 0:
+                segs = [first] * len(self.segments(ins[0]))
+            elif kind == "slice" and len(self.segments(ins[0])) % 2 == 0:
                 # A split into halves on a boundary between width groups takes those groups themselves.
-                parts = self.root_of[ins[0]]
+                parts = self.segments(ins[0])
                 half = len(parts) // 2
                 segs = parts[:half] if attrs["part"] == 0 else parts[half:]
                 attrs["aligned"] = True
@@ -453,10 +476,7 @@ class Analyzer:
                 segs = [self.new_root(node, node.name)]
                 self.roots[segs[0]].derived = True
             elif kind in ("add", "mul"):
-                a, b = (self.root_of[x] for x in ins)
-                if len(a) != len(b) or (kind == "mul" and len(a) != 1):
-                    raise unsupported(node, "an add or multiply of tensors split into channel groups differently")
-                segs = [self.union(x, y, node) for x, y in zip(a, b)]
+                segs = self.join(self.segments(ins[0]), self.segments(ins[1]), node)
             else:
                 if len(ins) != 1:
                     raise unsupported(node, f"{len(ins)} tensor inputs")
@@ -468,9 +488,9 @@ class Analyzer:
             raise PynsError("the model must return one tensor (its logits); it returns "
                             f"{type(result).__name__}")
         self.output = result
-        if len(self.root_of[result]) != 1:
+        if len(self.segments(result)) != 1:
             raise PynsError("the model's output is a concatenation; pyns needs one classifier output")
-        out_root = self.find(self.root_of[result][0])
+        out_root = self.segments(result)[0]
         if self.roots[out_root].fixed == "in_channels":
             raise PynsError("the network's output channels are tied to its input channels")
         self.roots[out_root].fixed = "classes"
