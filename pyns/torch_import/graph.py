@@ -154,6 +154,7 @@ class Analyzer:
         self.visited: set[fx.Node] = set()
         self.cat_inputs: dict[fx.Node, list[fx.Node]] = {}
         self.expand: dict[int, list[int]] = {}  # a group found to be a concatenation of others
+        self.halves: dict[fx.Node, list[int]] = {}  # split node -> the groups of its two halves
         self.layout: dict[fx.Node, str] = {}  # "cl" inside a channels-last region (ConvNeXt), else "cf"
         self._dense_cats()
 
@@ -210,6 +211,15 @@ class Analyzer:
         if r not in self.expand:
             return [r]
         return [x for part in self.expand[r] for x in self._expanded(part)]
+
+    def _splittable(self, source: fx.Node, node: fx.Node) -> bool:
+        segs = self.segments(source)
+        if len(segs) != 1:
+            return False
+        if _split_of(node) in self.halves:
+            return True
+        root = self.roots[segs[0]]
+        return not (root.fixed or root.derived or root.multiple > 1)
 
     def join(self, a: list[int], b: list[int], node: fx.Node) -> list[int]:
         """Add / multiply operands, group by group. A single fresh group against a concatenation
@@ -466,6 +476,23 @@ class Analyzer:
                 for other in self.segments(ins[0])[1:]:
                     first = self.union(first, other, node)
                 segs = [first] * len(self.segments(ins[0]))
+            elif kind == "slice" and self._splittable(ins[0], node):
+                # A fresh group split into halves (CSP nets) becomes two groups, one per half: the conv
+                # producing it then writes its width as their sum.
+                parent = self.segments(ins[0])[0]
+                split = _split_of(node)
+                if split not in self.halves:
+                    users = [u for u in split.users if _split_of(u) is split]
+                    parts = {u.args[1]: u for u in users}
+                    if sorted(parts) != [0, 1]:
+                        raise unsupported(split, "a split whose two halves are not both used")
+                    base = self.roots[parent].name
+                    self.halves[split] = [self.new_root(parts[i], f"{base}_{'ab'[i]}") for i in (0, 1)]
+                    for r in self.halves[split]:
+                        self.roots[r].index = self.roots[parent].index
+                    self.expand[parent] = list(self.halves[split])
+                segs = [self.halves[split][attrs["part"]]]
+                attrs["aligned"] = True
             elif kind == "slice" and len(self.segments(ins[0])) % 2 == 0:
                 # A split into halves on a boundary between width groups takes those groups themselves.
                 parts = self.segments(ins[0])
