@@ -79,12 +79,15 @@ class Emitter:
                 text = f"channel_linear({self.width(o.node, names)}" + ("" if a["bias"] else ", bias = 0") + ")"
             elif o.kind == "scale":
                 text = "scale"
-            elif o.kind == "slice" and a.get("aligned"):  # halves made of whole width groups
-                parts = self.an.segments(a["split_in"])
-                half = len(parts) // 2
-                first = " + ".join(self.root_width(r, o.node, names) for r in parts[:half])
-                second = " + ".join(self.root_width(r, o.node, names) for r in parts[half:])
-                text = f"slice(0, {first})" if a["part"] == 0 else f"slice({first}, {second})"
+            elif o.kind == "slice" and a.get("aligned"):  # parts made of whole width groups
+                segs = self.an.segments(a["split_in"])
+                lo, hi = sum(a["sizes"][:a["part"]]), sum(a["sizes"][:a["part"] + 1])
+                before, inside, pos = [], [], 0
+                for r in segs:
+                    (before if pos < lo else inside if pos < hi else []).append(r)
+                    pos += self.an.roots[r].width
+                start = " + ".join(self.root_width(r, o.node, names) for r in before) or "0"
+                text = f"slice({start}, {' + '.join(self.root_width(r, o.node, names) for r in inside)})"
             elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
                 text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
             elif o.kind == "shuffle":

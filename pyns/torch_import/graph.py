@@ -212,6 +212,20 @@ class Analyzer:
             return [r]
         return [x for part in self.expand[r] for x in self._expanded(part)]
 
+    def _aligned(self, segs: list[int], attrs) -> list[int] | None:
+        """The groups making up part `attrs['part']` of a split, when its boundaries fall between groups."""
+        sizes, i = attrs["sizes"], attrs["part"]
+        lo, hi = sum(sizes[:i]), sum(sizes[:i + 1])
+        out, pos = [], 0
+        for r in segs:
+            w = self.roots[r].width
+            if lo <= pos and pos + w <= hi:
+                out.append(r)
+            elif pos < hi and pos + w > lo:
+                return None  # a group straddles a boundary
+            pos += w
+        return out or None
+
     def _splittable(self, source: fx.Node, node: fx.Node) -> bool:
         segs = self.segments(source)
         if len(segs) != 1:
@@ -319,22 +333,19 @@ class Analyzer:
         raise unsupported(node)
 
     def split_part(self, node, split, ins):
-        """Part i of `x.chunk(2, 1)` / `x.split(C // 2, 1)` (ShuffleNetV2, CSP): the halves of the channels."""
+        """Part i of `x.chunk(n, 1)` / `x.split(sizes, 1)` (ShuffleNetV2, CSP, MixNet): its channel sizes."""
         c = _shape(ins[0])[1]
-        args = list(split.args[1:]) + [split.kwargs.get("dim", split.kwargs.get("split_size_or_sections"))]
         if split.target in ("chunk", torch.chunk):
-            chunks = split.args[1] if len(split.args) > 1 else split.kwargs.get("chunks")
-            dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
-            ok = chunks == 2
+            n = split.args[1] if len(split.args) > 1 else split.kwargs.get("chunks")
+            each = -(-c // n)
+            sizes = [min(each, c - i * each) for i in range(n) if i * each < c]
         else:
             size = split.args[1] if len(split.args) > 1 else split.kwargs.get("split_size_or_sections")
-            dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
-            ok = (isinstance(size, int) and 2 * size == c) or (isinstance(size, (list, tuple)) and
-                                                                list(size) == [c // 2, c - c // 2] and c % 2 == 0)
-        del args
-        if dim % 4 != 1 or not ok:
-            raise unsupported(split, "only a split of the channels into two halves is supported")
-        return "slice", {"part": node.args[1]}
+            sizes = list(size) if isinstance(size, (list, tuple)) else [min(size, c - i) for i in range(0, c, size)]
+        dim = split.args[2] if len(split.args) > 2 else split.kwargs.get("dim", 0)
+        if dim % 4 != 1 or sum(sizes) != c or len(sizes) < 2:
+            raise unsupported(split, "a split along a dimension other than the channels")
+        return "slice", {"part": node.args[1], "sizes": sizes}
 
     def reshape(self, node, shape, ins):
         in_shape = _shape(ins[0])
@@ -477,28 +488,29 @@ class Analyzer:
                     first = self.union(first, other, node)
                 segs = [first] * len(self.segments(ins[0]))
             elif kind == "slice" and self._splittable(ins[0], node):
-                # A fresh group split into halves (CSP nets) becomes two groups, one per half: the conv
+                # A fresh group split into parts (CSP, MixNet) becomes one group per part: the conv
                 # producing it then writes its width as their sum.
                 parent = self.segments(ins[0])[0]
                 split = _split_of(node)
                 if split not in self.halves:
-                    users = [u for u in split.users if _split_of(u) is split]
-                    parts = {u.args[1]: u for u in users}
-                    if sorted(parts) != [0, 1]:
-                        raise unsupported(split, "a split whose two halves are not both used")
+                    parts = {u.args[1]: u for u in split.users if _split_of(u) is split}
+                    if sorted(parts) != list(range(len(attrs["sizes"]))):
+                        raise unsupported(split, "a split whose parts are not all used")
                     base = self.roots[parent].name
-                    self.halves[split] = [self.new_root(parts[i], f"{base}_{'ab'[i]}") for i in (0, 1)]
+                    self.halves[split] = [self.new_root(parts[i], f"{base}_{i}") for i in range(len(parts))]
                     for r in self.halves[split]:
                         self.roots[r].index = self.roots[parent].index
                     self.expand[parent] = list(self.halves[split])
                 segs = [self.halves[split][attrs["part"]]]
                 attrs["aligned"] = True
-            elif kind == "slice" and len(self.segments(ins[0])) % 2 == 0:
-                # A split into halves on a boundary between width groups takes those groups themselves.
-                parts = self.segments(ins[0])
-                half = len(parts) // 2
-                segs = parts[:half] if attrs["part"] == 0 else parts[half:]
+            elif kind == "slice" and self._aligned(self.segments(ins[0]), attrs) is not None:
+                # A split on boundaries between width groups takes those groups themselves.
+                segs = self._aligned(self.segments(ins[0]), attrs)
                 attrs["aligned"] = True
+            elif kind == "slice" and len(attrs["sizes"]) != 2:
+                raise unsupported(node, "a split whose boundaries cut through the width groups of a concatenation"
+                                  if len(self.segments(ins[0])) > 1 else
+                                  "a split into more than two parts of a tensor whose width follows another")
             elif kind in ("slice", "shuffle"):
                 segs = [self.new_root(node, node.name)]
                 self.roots[segs[0]].derived = True
