@@ -114,3 +114,14 @@ def test_import_cli_unsupported_op_exits_2(tmp_path, capsys, monkeypatch):
     assert main(["import", "torchvision:resnet18", "--input", "3x16"]) == 2
     assert main(["import", "nosuchpackage.mod:f"]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_shrinking_through_a_channel_shuffle_is_reported_approximate(one_thread):
+    """ShuffleNetV2: removing channels re-routes the later ones through the shuffle, so the shrunk network
+    is not the masked one; the shrink must say so rather than claim an exact copy."""
+    arch = pyns.from_torch(make_model("torchvision:shufflenet_v2_x0_5"), (3, 32, 32))
+    full = arch.build(arch.uniform_widths(0.5), gates=True)
+    symbol = next(s for s in arch.searchable if s.startswith("stage2_0_branch1"))
+    small, _, report = shrink_network(full, {symbol: list(range(0, full.widths[symbol], 2))})
+    assert not report.exact and any("shuffle" in name for name in report.approximate)
+    assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params

@@ -156,7 +156,13 @@ class _Planner:
                 self.plan[node.name] = {name: [c] for name in ("weight", "bias", "running_mean", "running_var")}
             elif isinstance(node, ir.Linear):
                 self.linear(node)
-            elif isinstance(node, (ir.LayerNorm, ir.Scale)):  # --- torch importer layers ---
+            elif isinstance(node, (ir.Shuffle, ir.Slice)):  # --- torch importer layers ---
+                # Removing channels moves the later ones to other shuffle groups / split parts: the
+                # shrunk network routes channels differently from the masked one.
+                width = node.channels if isinstance(node, ir.Shuffle) else node.in_ch
+                if int(evaluate(width, self.old_env)) != int(evaluate(width, self.new_env)):
+                    self.approximate.add(node.name)
+            elif isinstance(node, (ir.LayerNorm, ir.Scale)):
                 c = self.channels(node.channels, node.name)
                 self.plan[node.name] = {"weight": [c], "bias": [c], "gamma": [c]}
             elif isinstance(node, ir.ChannelLinear):
