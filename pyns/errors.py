@@ -64,3 +64,7 @@ class DataError(PynsError):
 
 class RunError(PynsError):
     """A run folder that cannot be used (wrong contents, config mismatch on resume, ...)."""
+
+
+class ExportError(PynsError):
+    """A model bundle, weights file or export that cannot be read, or written faithfully."""
