@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from pyns.errors import ExportError
-from pyns.export.check import CHECK_BATCHES, EXAMPLE_BATCH, ExportReport, random_batch, verify_outputs
+from pyns.export.check import (CHECK_BATCHES, EXAMPLE_BATCH, ExportReport, random_batch, tiny_output_note,
+                               verify_outputs)
 from pyns.export.torch_export import MAX_BATCH
 from pyns.runfiles import atomic_write_bytes
 
@@ -80,12 +81,13 @@ def export_onnx(model: torch.nn.Module, shape: Sequence[int], path: str | Path, 
     if onnxruntime is None:
         notes.append(f"outputs NOT verified: onnxruntime is not installed ({_EXTRA}); only onnx.checker ran")
         atomic_write_bytes(path, data)
-        return ExportReport(str(path), "onnx", len(data), False, None, [], opset, notes)
+        return ExportReport(str(path), "onnx", len(data), False, None, None, [], opset, notes)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
 
-    diff = verify_outputs(model.eval(), run, shape, "ONNX model (onnxruntime)")
+    diff, scale = verify_outputs(model.eval(), run, shape, "ONNX model (onnxruntime)")
     atomic_write_bytes(path, data)
-    return ExportReport(str(path), "onnx", len(data), True, diff, list(CHECK_BATCHES), opset, notes)
+    return ExportReport(str(path), "onnx", len(data), True, diff, scale, list(CHECK_BATCHES), opset,
+                        notes + tiny_output_note(scale))

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from pyns.errors import ExportError
-from pyns.export.check import CHECK_BATCHES, EXAMPLE_BATCH, ExportReport, random_batch, verify_outputs
+from pyns.export.check import (CHECK_BATCHES, EXAMPLE_BATCH, ExportReport, random_batch, tiny_output_note,
+                               verify_outputs)
 from pyns.runfiles import atomic_write_bytes
 
 __all__ = ["MAX_BATCH", "export_torch", "torch_program_bytes"]
@@ -39,6 +40,7 @@ def export_torch(model: torch.nn.Module, shape: Sequence[int], path: str | Path)
     """Write `model` as a torch.export program to `path`, after checking its outputs against the module's."""
     data = torch_program_bytes(model, shape)
     exported = torch.export.load(io.BytesIO(data)).module()
-    diff = verify_outputs(model.eval(), exported, shape, "torch.export program")
+    diff, scale = verify_outputs(model.eval(), exported, shape, "torch.export program")
     atomic_write_bytes(path, data)
-    return ExportReport(str(path), "torch.export", len(data), True, diff, list(CHECK_BATCHES))
+    return ExportReport(str(path), "torch.export", len(data), True, diff, scale, list(CHECK_BATCHES),
+                        notes=tiny_output_note(scale))
