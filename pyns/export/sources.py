@@ -168,7 +168,7 @@ def _from_train_run(folder: Path, checkpoint: str, settings: Mapping[str, Any]) 
 # ----------------------------------------------------------------------------------------------------
 
 
-def _plain_state(arch: Arch, gated: torch.nn.Module, widths: Mapping[str, int]) -> dict[str, torch.Tensor]:
+def _plain_state(gated: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state of a gated pruning network without its gates (an ungated build has Identity in their place)."""
     from pyns.gate import TaylorGate
 
@@ -213,7 +213,7 @@ def _from_prune_run(folder: Path, step: int | None) -> ExportSource:
         provenance["weights"] = {"kind": "trained", "checkpoint": f"prune step {wanted}"}
         notes.append(f"weights from the pruning run at step {wanted} (trained while pruning; fine-tune or "
                      "retrain the network before relying on its accuracy)")
-        return _finish(arch, widths, _plain_state(arch, gated, widths), f"the pruning checkpoint of {folder}",
+        return _finish(arch, widths, _plain_state(gated), f"the pruning checkpoint of {folder}",
                        provenance, notes, note=f"Pruned by `pyns prune`, step {wanted}.")
     rows = read_jsonl(folder / TRAJECTORY_FILE)
     if wanted == 0:
@@ -256,7 +256,7 @@ def resolve_source(source: str, *, weights: str | None = None, checkpoint: str =
     """
     from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND
     from pyns.train.loop import CHECKPOINT_FILE
-    from pyns.train.run import RUN_FILE
+    from pyns.train.run import ARCH_FILE, RUN_FILE
 
     settings = dict(settings or {})
     path = Path(source)
@@ -267,7 +267,7 @@ def resolve_source(source: str, *, weights: str | None = None, checkpoint: str =
                                           ("--policy", settings.get("policy"))) if value]
         kind = "bundle" if is_bundle(path) else "run folder"
         train_run = path.is_dir() and ((path / RUN_FILE).is_file() or (path / CHECKPOINT_FILE).is_file())
-        settings_ok = train_run and not (path / "arch.arch").is_file()  # an old train run needs them
+        settings_ok = train_run and not (path / ARCH_FILE).is_file()  # an old train run needs them
         refused = [f for f in given if not (settings_ok and f in ("--set", "--variant", "--policy"))]
         if refused:
             raise ExportError(f"{' and '.join(refused)} cannot be used with a {kind} ({source}), which fixes the "

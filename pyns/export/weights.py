@@ -22,6 +22,7 @@ __all__ = ["WeightFile", "read_weight_file", "fit_state_dict", "state_dict_diffe
 _TRAIN_FORMAT = "pyns-train-checkpoint"  # pyns.train.checkpoint's payload name
 _PRUNE_FORMAT = "pyns-prune-checkpoint"  # pyns.neuralscale.prune.run's
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")  # where other tools keep the weights
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's name prefixes
 
 
 @dataclass
@@ -124,7 +125,9 @@ def fit_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], wha
     if differences:
         shown = differences[:8]  # the first few say what is wrong; hundreds of lines would bury it
         more = f"; and {len(differences) - len(shown)} more" if len(differences) > len(shown) else ""
-        raise ExportError(f"{what} do not fit the architecture: " + "; ".join(shown) + more,
-                          hint="the widths, depth, resolution or --set values differ from the network these "
-                               "weights were trained as")
+        wrapped = [p for p in _WRAPPER_PREFIXES if state_dict and all(k.startswith(p) for k in state_dict)]
+        hint = (f"every name starts with `{wrapped[0]}` (saved from a wrapped model): save the inner module's "
+                "state_dict" if wrapped else
+                "the widths, depth, resolution or --set values differ from the network these weights were trained as")
+        raise ExportError(f"{what} do not fit the architecture: " + "; ".join(shown) + more, hint=hint)
     model.load_state_dict(dict(state_dict), strict=True, assign=assign)
