@@ -103,7 +103,8 @@ def _from_arch(name: str, weights: str | None, settings: Mapping[str, Any], dept
 # ----------------------------------------------------------------------------------------------------
 
 
-def _train_run_arch(folder: Path, run: dict[str, Any], settings: Mapping[str, Any], notes: list[str]) -> Arch:
+def _train_run_arch(folder: Path, run: dict[str, Any], result: dict[str, Any] | None, settings: Mapping[str, Any],
+                    notes: list[str]) -> Arch:
     from pyns.train.run import ARCH_FILE
 
     source = run.get("source")
@@ -111,10 +112,15 @@ def _train_run_arch(folder: Path, run: dict[str, Any], settings: Mapping[str, An
     if isinstance(source, dict) and text_path.is_file():
         return loads(text_path.read_text(encoding="utf-8"), filename=source.get("file") or ARCH_FILE,
                      variant=source.get("variant"), policy=source.get("policy"), **(source.get("params") or {}))
-    # Folders written before `pyns train` kept the source: the recorded name, with the command line's settings.
-    notes.append(f"the run folder has no {ARCH_FILE}: rebuilt `{run.get('arch')}` with this command's "
+    # Folders without the source (older `pyns train`, sweep cells): the recorded name, with this command's settings.
+    name = run.get("arch") or (result or {}).get("arch")
+    if not name:
+        raise ExportError(f"cannot tell which architecture {folder} trained: it has neither {ARCH_FILE} nor a "
+                          "recorded name (run.json or a finished result.json)",
+                          hint="export the .arch with --weights FOLDER/best_model.pt instead")
+    notes.append(f"the run folder has no {ARCH_FILE}: rebuilt `{name}` with this command's "
                  "--set/--variant/--policy; pass the ones the run was trained with if the weights do not fit")
-    return load(str(run.get("arch")), variant=settings.get("variant"), policy=settings.get("policy"),
+    return load(str(name), variant=settings.get("variant"), policy=settings.get("policy"),
                 **settings.get("params", {}))
 
 
@@ -128,12 +134,12 @@ def _from_train_run(folder: Path, checkpoint: str, settings: Mapping[str, Any]) 
     if not (folder / CHECKPOINT_FILE).is_file():
         raise ExportError(f"{folder} holds no finished epoch yet (no {CHECKPOINT_FILE})")
     notes: list[str] = []
-    arch = _train_run_arch(folder, run, settings, notes)
+    result = read_result(folder)
+    arch = _train_run_arch(folder, run, result, settings, notes)
     payload = load_checkpoint(folder / CHECKPOINT_FILE)
     history = payload.get("history") or []
     if not history:
         raise ExportError(f"{folder / CHECKPOINT_FILE} records no finished epoch")
-    result = read_result(folder)
     recipe = payload.get("recipe") or {}
     if checkpoint == "best":
         record = max(history, key=lambda r: (r["test_acc"], -r["epoch"]))  # earliest epoch wins, as the loop saves
