@@ -489,3 +489,19 @@ def test_write_is_atomic_an_old_bundle_survives_a_failed_export(bundle, tmp_path
     code, _, _ = _cli(capsys, "export", "digits_cnn", "--weights", tmp_path / "bad.pt", "--out", bundle)
     assert code == 2 and bundle.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "d.pyns"]
+
+
+def test_bundled_weights_of_another_dtype_are_refused(bundle):
+    import hashlib
+
+    from safetensors.torch import load as load_st
+    from safetensors.torch import save as save_st
+
+    members = _members(bundle)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_st(members["weights.safetensors"]).items()}
+    members["weights.safetensors"] = save_st(state)
+    manifest = json.loads(members["manifest.json"])
+    manifest["weights"]["sha256"] = hashlib.sha256(members["weights.safetensors"]).hexdigest()
+    members["manifest.json"] = json.dumps(manifest).encode()
+    _rewrite(bundle, members)
+    assert "is torch.float16 in the weights, the arch needs torch.float32" in _error(bundle)

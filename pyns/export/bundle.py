@@ -170,10 +170,12 @@ def _open(members: dict[str, bytes], where: str) -> Bundle:
         if _sha256(members[name]) != manifest[section]["sha256"]:
             raise ExportError(f"{where}: {name} does not match the sha256 in the manifest; the bundle is damaged "
                               "or was edited")
-    text = members[ARCH].decode("utf-8")
     try:
+        text = members[ARCH].decode("utf-8")
         arch = loads(text, filename=f"{where}:{ARCH}")
         cost = arch.count(depth=float(manifest["arch"]["depth_mult"]))
+    except UnicodeDecodeError as err:
+        raise ExportError(f"{where}: {ARCH} is not UTF-8 text ({err}); the bundle is damaged") from None
     except PynsError as err:
         raise ExportError(f"{where}: the bundled architecture does not load with this pyns: {err}") from None
     if (cost.params, cost.macs) != (manifest["params"], manifest["macs"]):

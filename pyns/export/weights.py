@@ -93,8 +93,10 @@ def _layer_of(model: nn.Module, key: str) -> str:
     return f" ({kind} `{getattr(layer, 'name', '?')}`)"
 
 
-def state_dict_differences(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """One line per tensor that is missing, unexpected or of another shape than `model` needs."""
+def state_dict_differences(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                           exact_dtype: bool = False) -> list[str]:
+    """One line per tensor that is missing, unexpected or of another shape than `model` needs (or, with
+    `exact_dtype`, of another dtype; otherwise only float vs integer counts)."""
     expected = model.state_dict()
     lines: list[str] = []
     for key, tensor in expected.items():
@@ -107,7 +109,8 @@ def state_dict_differences(model: nn.Module, state_dict: Mapping[str, torch.Tens
         elif tuple(given.shape) != tuple(tensor.shape):
             lines.append(f"tensor `{key}`{_layer_of(model, key)} has shape {_shape(given)} in the weights but "
                          f"the arch needs {_shape(tensor)}")
-        elif given.dtype.is_floating_point != tensor.dtype.is_floating_point:
+        elif given.dtype.is_floating_point != tensor.dtype.is_floating_point or (
+                exact_dtype and given.dtype != tensor.dtype):
             lines.append(f"tensor `{key}` is {given.dtype} in the weights, the arch needs {tensor.dtype}")
     for key in state_dict:
         if key not in expected:
@@ -119,9 +122,10 @@ def fit_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], wha
                    assign: bool = False) -> None:
     """Load `state_dict` into `model` exactly (every tensor, same shapes), or ExportError listing what differs.
 
-    `assign=True` adopts the tensors themselves (for a module built on the meta device).
+    `assign=True` adopts the tensors themselves (for a module built on the meta device), so their dtypes
+    must match exactly; otherwise load_state_dict converts them (a float16 checkpoint into float32).
     """
-    differences = state_dict_differences(model, state_dict)
+    differences = state_dict_differences(model, state_dict, exact_dtype=assign)
     if differences:
         shown = differences[:8]  # the first few say what is wrong; hundreds of lines would bury it
         more = f"; and {len(differences) - len(shown)} more" if len(differences) > len(shown) else ""
