@@ -139,17 +139,19 @@ class Family {
     certified_ = certify();
   }
 
-  // ---- the fill (SPEC: "use the whole budget"; pyns/scaling/solve.py and the oracle's py_fill) ------------
-  // After the family solve, single steps (`step_l` channels) are added to symbols while the budget holds.
-  // A move adds one step to every member of a tied group: symbols joined by an identity add (always equal)
-  // or by a shortcut that vanishes while their widths are equal (`pairs`, grouped while equal), so the
-  // group's cost is counted once and no tie is broken. Each round every movable group is costed exactly;
-  // among the moves that fit, the one with the largest weight per unit of relative cost wins (ties: the
-  // group with the smallest symbol index). Weights: 1 per group (mode 0: cheapest first), or the sum over
-  // the group of φ'_l(t) = a_l b_l t^(b_l - 1) (mode 1: NeuralScale's profile, the rate at which the
-  // family itself would grow each width). Relative cost: the largest of Δparams / budget and Δmacs /
-  // budget over the given budgets. Symbols with a fixed width or a zero weight never move; no width passes
-  // its cap.
+  // ---- the fill (pyns/scaling/solve.py; its Python oracle is pyns.scaling.oracle.py_fill) -------------
+  // After the family solve, steps of `step_l` channels are added to symbols while every budget holds. A
+  // move adds one step to every member of a tied group: symbols joined by an identity add (always equal)
+  // or by a shortcut that exists only while their widths differ (`pairs`, grouped while equal), so the
+  // group's cost is counted once and no tie is broken. The cost of a move is its exact cost increase
+  // relative to the budget: the largest of Δparams / budget and Δmacs / budget over the given budgets.
+  // Mode 0 (uniform, from-config: the method ranks symbols by cost alone): rounds; each round orders the
+  //   groups whose move fits cheapest first (ties: smallest symbol index) and walks that order once,
+  //   adding one step to each group whose move still fits, until a round adds nothing.
+  // Mode 1 (profile): one move at a time, the fitting move with the largest weight per unit of cost, the
+  //   weight being Σ over the group of φ'_l(t) = a_l b_l t^(b_l - 1), the rate at which the family
+  //   itself grows each width (ties: smallest symbol index); a move that costs nothing comes first.
+  // Symbols with a fixed width or a zero weight never move; no width passes its cap.
   void configure_fill(int32_t mode, const DoubleArray& cap, const DoubleArray& step, const IntArray& pairs) {
     if (mode != 0 && mode != 1) throw py::value_error("fill: mode must be 0 (uniform) or 1 (profile)");
     if (static_cast<size_t>(cap.size()) != n_ || static_cast<size_t>(step.size()) != n_)
@@ -174,61 +176,8 @@ class Family {
   int32_t fill(double* w, double t, int64_t& p, int64_t& m, double bp, double bm) const {
     if (!fill_ready_) throw std::logic_error("fill: configure_fill was not called");
     if (!fits(p, m, bp, bm)) return 0;  // a `nearest` answer over the budget: nothing to fill
-    std::vector<double> weight(n_), trial(w, w + n_), regs(program_.n_registers);
-    std::vector<size_t> parent(n_), members;
-    for (size_t l = 0; l < n_; ++l) {
-      const bool moves = rounding_[l] != FIXED && b_[l] != 0.0;
-      weight[l] = !moves ? 0.0 : fill_mode_ == 0 ? 1.0 : a_[l] * b_[l] * std::pow(t, b_[l] - 1.0);
-    }
-    auto find = [&](size_t x) {
-      while (parent[x] != x) x = parent[x] = parent[parent[x]];
-      return x;
-    };
-    int32_t moves = 0;
-    while (true) {
-      for (size_t l = 0; l < n_; ++l) parent[l] = l;
-      for (size_t k = 0; k < pairs_.size(); k += 2) {
-        const size_t i = pairs_[k], j = pairs_[k + 1];
-        if (w[i] != w[j]) continue;
-        const size_t ri = find(i), rj = find(j);
-        if (ri != rj) parent[std::max(ri, rj)] = std::min(ri, rj);  // the root is the smallest index
-      }
-      size_t best = n_;
-      double best_priority = -kInf;
-      int64_t best_p = p, best_m = m;
-      for (size_t g = 0; g < n_; ++g) {
-        if (find(g) != g) continue;  // groups in order of their smallest member
-        members.clear();
-        for (size_t l = g; l < n_; ++l)
-          if (find(l) == g) members.push_back(l);
-        double group_weight = 0.0;
-        bool movable = true;
-        for (size_t l : members) {
-          movable &= weight[l] > 0.0 && w[l] + step_[l] <= cap_[l];
-          group_weight += weight[l];
-        }
-        if (!movable) continue;
-        for (size_t l : members) trial[l] = w[l] + step_[l];
-        int64_t tp, tm;
-        cost(trial.data(), regs.data(), tp, tm);
-        for (size_t l : members) trial[l] = w[l];
-        if (!fits(tp, tm, bp, bm)) continue;
-        double relative = -kInf;
-        if (std::isfinite(bp)) relative = std::max(relative, static_cast<double>(tp - p) / bp);
-        if (std::isfinite(bm)) relative = std::max(relative, static_cast<double>(tm - m) / bm);
-        const double priority = relative > 0.0 ? group_weight / relative : kInf;
-        if (priority > best_priority) {
-          best = g; best_priority = priority; best_p = tp; best_m = tm;
-        }
-      }
-      if (best == n_) break;
-      for (size_t l = best; l < n_; ++l)
-        if (find(l) == best) { w[l] += step_[l]; trial[l] = w[l]; }
-      p = best_p;
-      m = best_m;
-      ++moves;
-    }
-    return moves;
+    FillState st(*this, w, t, p, m, bp, bm);
+    return fill_mode_ == 0 ? st.rounds() : st.greedy();
   }
 
   size_t size() const { return n_; }
@@ -536,6 +485,130 @@ class Family {
     }
     return false;
   }
+
+  // The fill's working state for one configuration (see configure_fill).
+  struct FillState {
+    const Family& f;
+    double* w;
+    int64_t &p, &m;
+    double bp, bm;
+    size_t n;
+    std::vector<double> weight, trial, regs;
+    std::vector<size_t> parent;
+    std::vector<std::vector<size_t>> groups;  // movable groups, in order of their smallest member
+
+    FillState(const Family& family, double* widths, double t, int64_t& params, int64_t& macs, double bp_,
+              double bm_)
+        : f(family), w(widths), p(params), m(macs), bp(bp_), bm(bm_), n(family.n_), weight(n),
+          trial(widths, widths + n), regs(family.program_.n_registers), parent(n) {
+      for (size_t l = 0; l < n; ++l) {
+        const bool moves = f.rounding_[l] != FIXED && f.b_[l] != 0.0;
+        weight[l] = !moves ? 0.0 : f.fill_mode_ == 0 ? 1.0 : f.a_[l] * f.b_[l] * std::pow(t, f.b_[l] - 1.0);
+      }
+    }
+
+    size_t find(size_t x) {
+      while (parent[x] != x) x = parent[x] = parent[parent[x]];
+      return x;
+    }
+
+    void make_groups() {
+      for (size_t l = 0; l < n; ++l) parent[l] = l;
+      for (size_t k = 0; k < f.pairs_.size(); k += 2) {
+        const size_t i = f.pairs_[k], j = f.pairs_[k + 1];
+        if (w[i] != w[j]) continue;
+        const size_t ri = find(i), rj = find(j);
+        if (ri != rj) parent[std::max(ri, rj)] = std::min(ri, rj);  // the root is the smallest index
+      }
+      groups.clear();
+      for (size_t g = 0; g < n; ++g) {
+        if (find(g) != g) continue;
+        std::vector<size_t> members;
+        bool movable = true;
+        for (size_t l = g; l < n; ++l)
+          if (find(l) == g) {
+            members.push_back(l);
+            movable &= weight[l] > 0.0;
+          }
+        if (movable) groups.push_back(std::move(members));
+      }
+    }
+
+    double group_weight(const std::vector<size_t>& members) const {
+      double total = 0.0;
+      for (size_t l : members) total += weight[l];
+      return total;
+    }
+
+    // Whether one step on the group fits its caps and the budget; its new cost and relative cost.
+    bool try_move(const std::vector<size_t>& members, int64_t& tp, int64_t& tm, double& relative) {
+      for (size_t l : members)
+        if (!(w[l] + f.step_[l] <= f.cap_[l])) return false;
+      for (size_t l : members) trial[l] = w[l] + f.step_[l];
+      f.cost(trial.data(), regs.data(), tp, tm);
+      for (size_t l : members) trial[l] = w[l];
+      if (!fits(tp, tm, bp, bm)) return false;
+      relative = -kInf;
+      if (std::isfinite(bp)) relative = std::max(relative, static_cast<double>(tp - p) / bp);
+      if (std::isfinite(bm)) relative = std::max(relative, static_cast<double>(tm - m) / bm);
+      return true;
+    }
+
+    void apply(const std::vector<size_t>& members, int64_t tp, int64_t tm) {
+      for (size_t l : members) trial[l] = w[l] = w[l] + f.step_[l];
+      p = tp;
+      m = tm;
+    }
+
+    int32_t greedy() {
+      int32_t moves = 0;
+      while (true) {
+        make_groups();
+        const std::vector<size_t>* best = nullptr;
+        double best_priority = -kInf;
+        int64_t best_p = 0, best_m = 0;
+        for (const auto& members : groups) {
+          int64_t tp, tm;
+          double relative;
+          if (!try_move(members, tp, tm, relative)) continue;
+          const double priority = relative > 0.0 ? group_weight(members) / relative : kInf;
+          if (priority > best_priority) {
+            best = &members;
+            best_priority = priority;
+            best_p = tp;
+            best_m = tm;
+          }
+        }
+        if (!best) return moves;
+        apply(*best, best_p, best_m);
+        ++moves;
+      }
+    }
+
+    int32_t rounds() {
+      int32_t moves = 0;
+      std::vector<std::pair<double, size_t>> order;
+      while (true) {
+        make_groups();
+        order.clear();
+        for (size_t i = 0; i < groups.size(); ++i) {
+          int64_t tp, tm;
+          double relative;
+          if (try_move(groups[i], tp, tm, relative)) order.emplace_back(relative, i);
+        }
+        if (order.empty()) return moves;
+        std::stable_sort(order.begin(), order.end(),
+                         [](const auto& x, const auto& y) { return x.first < y.first; });
+        for (const auto& entry : order) {
+          int64_t tp, tm;
+          double relative;
+          if (!try_move(groups[entry.second], tp, tm, relative)) continue;
+          apply(groups[entry.second], tp, tm);
+          ++moves;
+        }
+      }
+    }
+  };
 
   CostProgram program_;
   size_t n_;
