@@ -246,11 +246,13 @@ class Arch:
 
     # ---- scaling ----------------------------------------------------------------------------
     def scale(self, params=None, macs=None, *, profile=None, method=None, nearest=False, depth=1.0,
-              resolution=None, config=None):
-        """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): see pyns.scaling.solve."""
+              resolution=None, config=None, fill=True):
+        """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): the largest network of the
+        method's family within budget, then filled with single channels (fill=False: the family
+        solution); both are in the result. See pyns.scaling.solve."""
         from pyns.scaling.solve import solve_budget
         return solve_budget(self, params, macs, profile=profile, method=method, config=config,
-                            nearest=nearest, depth=depth, resolution=resolution)
+                            nearest=nearest, depth=depth, resolution=resolution, fill=fill)
 
     # ---- building ---------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
