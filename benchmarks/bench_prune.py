@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from pyns.arch import load
-from pyns.data import load_dataset
-from pyns.prune.run import prune
-from pyns.prune.schedule import PruneConfig
+from pyns.data.datasets import load_dataset
+from pyns.neuralscale.prune.run import prune
+from pyns.neuralscale.prune.schedule import PruneConfig
 
 
 def _compare(shrunk: list[dict], masked: list[dict]) -> dict:

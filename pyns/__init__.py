@@ -6,9 +6,9 @@
     result = arch.scale(params="0.58M")       # widths meeting a budget
     model = arch.build(result.widths)         # torch.nn.Module
 """
+__version__ = "0.1.0"  # first, so modules imported below can read it during package start-up
+
 from pyns.arch import Arch, Cost, load, loads
 from pyns.errors import BudgetError, DataError, DSLError, ProfileError, PynsError, RunError
-
-__version__ = "0.1.0"
 __all__ = ["Arch", "Cost", "load", "loads", "PynsError", "DSLError", "BudgetError", "ProfileError", "DataError",
            "RunError", "__version__"]

@@ -17,6 +17,7 @@ from torch import nn
 from pyns import ir
 from pyns.dsl.expr import Sym, evaluate, to_source
 from pyns.errors import PynsError
+from pyns.gate import TaylorGate
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True), "swish": nn.SiLU,
@@ -61,7 +62,6 @@ def _value(expr, env: Mapping[str, int]) -> int:
 
 
 def _gate(channels: int, symbol: str):
-    from pyns.gate import TaylorGate
     gate = TaylorGate(channels)
     gate.symbol = symbol
     return gate
@@ -194,7 +194,6 @@ class Network(nn.Module):
         return self.layers(x)
 
     def gates(self):
-        from pyns.gate import TaylorGate
         return [m for m in self.modules() if isinstance(m, TaylorGate)]
 
 

@@ -44,11 +44,6 @@ class ScalingPolicy:
             return max(default, scaled)
         return scaled
 
-    @property
-    def code(self) -> int:
-        """Integer tag for the C++ solver (see csrc/solver.cpp)."""
-        return 0 if self.width_rounding == "int" else 1
-
 
 POLICIES: dict[str, ScalingPolicy] = {
     "uniform": ScalingPolicy("uniform", "round", "int", fix_stem=False, head_floor=False),

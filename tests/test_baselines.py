@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyns.arch as pa
-from pyns.baselines import (
+from pyns.neuralscale.baselines import (
     l1_filter_norms,
     li_finetune_recipe,
     li_keep_sets,
@@ -21,7 +21,7 @@ from pyns.baselines import (
 )
 from pyns.errors import BudgetError, RunError
 from pyns.scaling.solve import solve_budget
-from pyns.train_recipe import TrainRecipe
+from pyns.train.recipe import TrainRecipe
 
 # Two widths `a` and `b` joined by an identity add (a == b, stride 1), so they form one tied group;
 # `m` is free. Small enough to set every weight by hand.

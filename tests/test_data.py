@@ -1,4 +1,4 @@
-"""Data readers (pyns.data) and the batched loader/augmentation (pyns.augment).
+"""Data readers (pyns.data.datasets) and the batched loader/augmentation (pyns.data.augment).
 
 The readers are checked against files written here with known pixels; the augmentation against
 hand-computed or plain-torch oracles; the loader's determinism by comparing batches bitwise.
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyns.augment import (
+from pyns.data.augment import (
     NO_AUGMENT,
     Augment,
     BatchLoader,
@@ -26,7 +26,7 @@ from pyns.augment import (
     random_crop,
     rotate,
 )
-from pyns.data import DATASETS, ImageDataset, channel_stats, load_dataset
+from pyns.data.datasets import DATASETS, ImageDataset, channel_stats, load_dataset
 from pyns.errors import DataError, RunError
 
 # ----------------------------------------------------------------------------------------------------

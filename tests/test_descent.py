@@ -6,10 +6,10 @@ import pytest
 
 from pyns.arch import load
 from pyns.cli.main import main
-from pyns.data import load_dataset
-from pyns.descent import DescentConfig, configuration_change, descent, read_summary
+from pyns.data.datasets import load_dataset
+from pyns.neuralscale.descent import DescentConfig, configuration_change, descent, read_summary
 from pyns.errors import RunError
-from pyns.prune.schedule import PruneConfig
+from pyns.neuralscale.prune.schedule import PruneConfig
 from pyns.scaling.profile import Profile
 from pyns.scaling.solve import solve_budget
 
@@ -62,7 +62,7 @@ def test_resume_after_an_interrupted_iteration_matches_an_uninterrupted_descent(
     config = DescentConfig(iterations=2, prune=PruneConfig(**FAST))
     straight = descent(arch, digits, config, tmp_path / "straight")
 
-    import pyns.descent as module
+    import pyns.neuralscale.descent as module
 
     real_prune = module.prune
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""The pruning loop (pyns.prune): ranking, schedule rules, the run folder, exact resume, the CLI.
+"""The pruning loop (pyns.neuralscale.prune): ranking, schedule rules, the run folder, exact resume, the CLI.
 
 Runs use scikit-learn's digits with digits_cnn started at small widths, so a whole run is a few dozen
 minibatches on the CPU.
@@ -13,13 +13,13 @@ import torch
 from pyns import ir
 from pyns.arch import load
 from pyns.cli.main import main
-from pyns.data import load_dataset
+from pyns.data.datasets import load_dataset
 from pyns.errors import RunError
-from pyns.prune import run as prune_run
-from pyns.prune.importance import group_importance, select_units
-from pyns.prune.run import prune
-from pyns.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
-from pyns.prune.schedule import (
+from pyns.neuralscale.prune import run as prune_run
+from pyns.neuralscale.prune.importance import group_importance, select_units
+from pyns.neuralscale.prune.run import prune
+from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
+from pyns.neuralscale.prune.schedule import (
     STOP_EPOCH_LIMIT,
     STOP_FRACTION_REACHED,
     STOP_MIN_WIDTH,

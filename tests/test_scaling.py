@@ -19,7 +19,8 @@ import pyns.arch as A
 from pyns.errors import BudgetError, ProfileError
 from pyns.ir import tied_groups
 from pyns.resources import shipped_archs
-from pyns.scaling import Profile, ScalingWarning, SymbolFit, fit_power_law, parse_budget, solve_batch
+from pyns.neuralscale.profile import fit_power_law
+from pyns.scaling import Profile, ScalingWarning, SymbolFit, parse_budget, solve_batch
 from pyns.scaling import oracle
 from pyns.scaling import solve as S
 from pyns.scaling.resolved import resolved_text

@@ -1,4 +1,4 @@
-"""Physical shrinking (pyns.prune.shrink): a shrunk network computes what the masked network computes.
+"""Physical shrinking (pyns.neuralscale.prune.shrink): a shrunk network computes what the masked network computes.
 
 The oracle is the masked full network: zeroing a channel at every gate of its width symbol is, by the
 builder's gate placement, the same function as removing the channel. Networks are built at small widths
@@ -13,7 +13,7 @@ from torch import nn
 from pyns import ir
 from pyns.arch import load, loads
 from pyns.errors import PynsError
-from pyns.prune.shrink import mask_network, normalize_keep, shrink_network
+from pyns.neuralscale.prune.shrink import mask_network, normalize_keep, shrink_network
 
 FLATNET = """
 network flatnet(classes = 10, resolution = 8, in_channels = 1)

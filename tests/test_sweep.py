@@ -12,11 +12,11 @@ import torch
 import pyns.arch as pa
 from pyns.cli.main import main
 from pyns.errors import PynsError, RunError
-from pyns.sweep import run_sweep
-from pyns.sweep_plan import SweepConfig, parse_ratios, plan_cells
-from pyns.sweep_report import aggregate, read_table_csv
-from pyns.train_recipe import TrainRecipe
-from pyns.train_run import ArchSpec, DataSpec
+from pyns.sweep.run import run_sweep
+from pyns.sweep.plan import SweepConfig, parse_ratios, plan_cells
+from pyns.sweep.report import aggregate, read_table_csv
+from pyns.train.recipe import TrainRecipe
+from pyns.train.run import ArchSpec, DataSpec
 
 RATIOS = (0.5, 1.0)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -200,7 +200,7 @@ def test_li_cells_prune_the_trained_full_network_and_fine_tune_it(tmp_path, digi
     assert (li["recipe"]["epochs"], li["recipe"]["lr"], list(li["recipe"]["milestones"])) == (1, 0.001, [])
     # The kept c1 filters are the largest by L1 norm in the full network's final weights: its two
     # producers are the 1->16 stem conv and the 32->16 conv of the first block.
-    from pyns.train_checkpoint import load_checkpoint
+    from pyns.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "sweep" / "cells" / "full_r1_seed0" / "checkpoint.pt")["model"]
     producers = [w for w in state.values() if w.dim() == 4 and w.shape[0] == 16]

@@ -1,4 +1,4 @@
-"""TinyNet's tiny formula on real networks (pyns.tiny) and the sampling plan (pyns.tiny_sample).
+"""TinyNet's tiny formula on real networks (pyns.tinynet.solve) and the sampling plan (pyns.tinynet.sample).
 
 Oracles: the released TinyNets' exact counts (tests/fixtures/reference_models.json, from timm), built torch
 modules (numel, forward-hook MACs from reference_nets), exhaustive scans of each baseline's one-dimensional path, and the
@@ -16,11 +16,11 @@ from conftest import FIXTURES
 from pyns.arch import load, loads
 from pyns.errors import BudgetError, ProfileError
 from pyns.policies import scale_resolution
-from pyns.tiny import giant_cost, resolved_tiny_text, solve_tiny
-from pyns.tiny_baselines import giant_multipliers
-from pyns.tiny_cost import CostPath, stage_repeats
-from pyns.tiny_formula import RELEASED_TINYNETS, TinyFormula, load_default_formula
-from pyns.tiny_sample import plan_cells
+from pyns.tinynet.solve import giant_cost, resolved_tiny_text, solve_tiny
+from pyns.tinynet.baselines import giant_multipliers
+from pyns.tinynet.cost import CostPath, stage_repeats
+from pyns.tinynet.formula import RELEASED_TINYNETS, TinyFormula, load_default_formula
+from pyns.tinynet.sample import plan_cells
 
 REFERENCE = {m["name"]: m for m in json.loads((FIXTURES / "reference_models.json").read_text())["models"]}
 B0_MACS = REFERENCE["efficientnet_b0"]["macs"]

@@ -9,7 +9,7 @@ import torch
 
 from pyns.arch import load
 from pyns.cli.main import main
-from pyns.tiny_formula import TinyFormula
+from pyns.tinynet.formula import TinyFormula
 
 
 def run(capsys, *argv):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pyns.errors import BudgetError, ProfileError
-from pyns.pareto import crowding_distance, dominance_matrix, non_dominated_sort, pareto_top, selection_size
-from pyns.tiny_formula import (
+from pyns.tinynet.pareto import crowding_distance, dominance_matrix, non_dominated_sort, pareto_top, selection_size
+from pyns.tinynet.formula import (
     RELEASED_TINYNETS, TinyFormula, fit_formula, load_default_formula, macs_table, sample_multipliers,
     spearman_with_macs,
 )

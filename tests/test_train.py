@@ -17,12 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from pyns.augment import Augment, BatchLoader, default_augment
-from pyns.data import load_dataset
+from pyns.data.augment import Augment, BatchLoader, default_augment
+from pyns.data.datasets import load_dataset
 from pyns.errors import RunError
-from pyns.latency import measure_latency
+from pyns.train.latency import measure_latency
 from pyns.runfiles import read_jsonl
-from pyns.train import (
+from pyns.train.loop import (
     BEST_MODEL_FILE,
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -31,8 +31,8 @@ from pyns.train import (
     make_loaders,
     train,
 )
-from pyns.train_checkpoint import load_checkpoint
-from pyns.train_recipe import TrainRecipe
+from pyns.train.checkpoint import load_checkpoint
+from pyns.train.recipe import TrainRecipe
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -338,11 +338,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyns.augment import Augment, BatchLoader
-from pyns.data import load_dataset
-from pyns.distributed import cleanup_distributed, setup_distributed
-from pyns.train import train
-from pyns.train_recipe import TrainRecipe
+from pyns.data.augment import Augment, BatchLoader
+from pyns.data.datasets import load_dataset
+from pyns.train.distributed import cleanup_distributed, setup_distributed
+from pyns.train.loop import train
+from pyns.train.recipe import TrainRecipe
 
 PER_RANK_BATCH = 32
 PLAIN = TrainRecipe(lr=0.2, batch_size=2 * PER_RANK_BATCH, epochs=2, milestones=(1,), deterministic=True)

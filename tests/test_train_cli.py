@@ -10,11 +10,11 @@ import torch
 
 import pyns.arch as pa
 from pyns.cli.main import build_parser, main
-from pyns.data import load_dataset
+from pyns.data.datasets import load_dataset
 from pyns.runfiles import read_jsonl
 from pyns.scaling.solve import solve_budget
-from pyns.train import CHECKPOINT_FILE
-from pyns.train_checkpoint import load_checkpoint
+from pyns.train.loop import CHECKPOINT_FILE
+from pyns.train.checkpoint import load_checkpoint
 
 # Small and fast: digits at batch 64 is 23 steps per epoch.
 FAST = ["--data", "digits", "--batch-size", "64", "--quiet"]

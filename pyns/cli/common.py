@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from pyns.errors import PynsError
+from pyns.scaling.budget import human  # noqa: F401  (re-exported for the subcommands)
 
 
 def add_arch_options(parser: argparse.ArgumentParser) -> None:
@@ -67,27 +65,3 @@ def arch_from_args(args: argparse.Namespace):
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so no half-written file is ever seen."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise PynsError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23M' (for tables; exact integers are printed beside it)."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:g}"

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from pyns.cli.common import add_arch_options, human, parse_assignments
-from pyns.cli.prune import _device, add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
 from pyns.errors import PynsError
 
 
@@ -43,8 +43,8 @@ def _fraction(text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyns.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
-    from pyns.prune.schedule import PruneConfig
+    from pyns.neuralscale.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
+    from pyns.neuralscale.prune.schedule import PruneConfig
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)
 
     try:
-        result = descent(arch, train_set, config, args.out, device=_device(args.device), resume=args.resume,
+        result = descent(arch, train_set, config, args.out, device=args.device, resume=args.resume,
                          progress=not args.quiet, log=log)
     except KeyboardInterrupt:
         print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",

@@ -1,19 +1,15 @@
-"""`pyns fit RUN_DIR`: fit (or refit) the power-law scaling profile of a pruning run (SPEC §5 Algorithm 2).
+"""`pyns fit RUN_DIR`: fit (or refit) the power-law scaling profile of a pruning run (NeuralScale Algorithm 2).
 
-Reads the recorded rows of RUN_DIR/trajectory.jsonl, fits them with pyns.scaling.profile.fit_power_law
+Reads the recorded rows of RUN_DIR/trajectory.jsonl, fits them with pyns.neuralscale.profile.fit_power_law
 against the run's own architecture (the arch.arch copy in the folder, with the run's settings) and writes
-RUN_DIR/profile.json. `pyns prune` calls the same `fit_run` at its end.
+RUN_DIR/profile.json, through `pyns.neuralscale.prune.runfolder.fit_run` (which `pyns prune` calls too).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
-from pathlib import Path
 
-from pyns.errors import RunError
-
-PROFILE_FILE = "profile.json"
+PROFILE_FILE = "profile.json"  # the name pyns.neuralscale.prune.runfolder.PROFILE_FILE holds (kept torch-free)
 
 
 def register(sub) -> None:
@@ -29,30 +25,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyns.neuralscale.prune.runfolder import fit_run  # torch: only when the command runs
+
     path, notes = fit_run(args.run_dir, args.out, metric=args.metric)
     for note in notes:
         print(f"pyns: warning: {note}", file=sys.stderr)
     print(f"profile: {path}")
     return 0
-
-
-def fit_run(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "params") -> tuple[Path, list[str]]:
-    """Fit the profile of a pruning run folder; returns its path and the fitter's warnings (e.g. the
-    fall-back to uniform scaling when fewer than 6 rows were recorded)."""
-    from pyns.prune.runfolder import TRAJECTORY_FILE, load_run_arch, load_run_config, read_trajectory
-    from pyns.scaling.profile import fit_power_law
-
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    rows = read_trajectory(run_dir)
-    if not any(row.get("recording") for row in rows):
-        raise RunError(f"{run_dir / TRAJECTORY_FILE} has no recorded rows yet (recording starts once every "
-                       "searchable width has lost a unit); continue the pruning run with --resume")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        profile = fit_power_law(rows, arch=load_run_arch(run_dir), metric=metric,
-                                dataset=config.get("data", {}).get("name"))
-    profile.trajectory = str(run_dir / TRAJECTORY_FILE)
-    path = Path(out) if out is not None else run_dir / PROFILE_FILE
-    profile.save(path)
-    return path, [str(w.message) for w in caught]

@@ -64,7 +64,7 @@ FIGURE2_FILE = "figure2.png"
 
 
 def _is_prune_run(folder: Path) -> bool:
-    from pyns.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
+    from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
     from pyns.runfiles import load_config
 
     try:
@@ -95,7 +95,7 @@ def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
     import numpy as np
 
     from pyns.cli.fit import PROFILE_FILE
-    from pyns.prune.runfolder import load_run_config, read_trajectory
+    from pyns.neuralscale.prune.runfolder import load_run_config, read_trajectory
     from pyns.runfiles import atomic_writer
     from pyns.scaling.profile import Profile
 
@@ -158,25 +158,25 @@ register_plotter(Plotter("prune (NeuralScale Figure 2)", _is_prune_run, draw_fig
 
 
 def _is_descent_run(folder: Path) -> bool:
-    from pyns.descent import is_descent_run
+    from pyns.neuralscale.descent import is_descent_run
 
     return is_descent_run(folder)
 
 
 def _draw_descent(folder: Path, out: Path | None) -> list[Path]:
-    from pyns.descent_plot import plot_descent
+    from pyns.neuralscale.plots import plot_descent
 
     return [plot_descent(folder, out)]
 
 
 def _is_tiny_sample(folder: Path) -> bool:
-    from pyns.tiny_plot import is_tiny_sample_dir
+    from pyns.tinynet.plots import is_tiny_sample_dir
 
     return is_tiny_sample_dir(folder)
 
 
 def _draw_tiny(folder: Path, out: Path | None) -> list[Path]:
-    from pyns.tiny_plot import plot_tiny_dir
+    from pyns.tinynet.plots import plot_tiny_dir
 
     return plot_tiny_dir(folder, out)
 

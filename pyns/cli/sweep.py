@@ -1,6 +1,6 @@
 """`pyns sweep ARCH --data NAME --width-ratios ... --methods ... --seeds N --out DIR`: the paper's Table 1.
 
-Trains every (method, budget, seed) cell (see pyns.sweep), skipping cells already complete, then writes
+Trains every (method, budget, seed) cell (see pyns.sweep.run), skipping cells already complete, then writes
 table.md, table.csv and Figures 4/5 into DIR. Budgets are the params (or MACs) of the default network
 scaled uniformly by each ratio, as in the paper. NeuralScale uses the final profile of a descent run
 (`--descent RUN_DIR`: RUN_DIR/profile.json) or `--profile FILE`; MorphNet uses the descent run's first
@@ -104,9 +104,9 @@ def _sources(args: argparse.Namespace, methods: list[str]) -> tuple[str | None, 
 
 def run(args: argparse.Namespace) -> int:
     from pyns.cli.train import device_from_args, recipe_from_args
-    from pyns.sweep import run_sweep
-    from pyns.sweep_plan import SweepConfig, parse_ratios
-    from pyns.train_run import ArchSpec, DataSpec
+    from pyns.sweep.run import run_sweep
+    from pyns.sweep.plan import SweepConfig, parse_ratios
+    from pyns.train.run import ArchSpec, DataSpec
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)

@@ -79,7 +79,7 @@ def register(sub) -> None:
 
 
 def _register_solve(tiny_sub) -> None:
-    from pyns.tiny import METHODS
+    from pyns.tinynet.solve import METHODS
 
     p = tiny_sub.add_parser(
         "solve", help="r, d, w for a budget (the default form: pyns tiny ARCH ...)",
@@ -109,7 +109,7 @@ def _register_solve(tiny_sub) -> None:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from pyns.tiny import solve_tiny, write_resolved_tiny
+    from pyns.tinynet.solve import solve_tiny, write_resolved_tiny
 
     arch = arch_from_args(args)
     if args.formula is not None and args.method != "tiny":
@@ -169,8 +169,8 @@ def _print_solve(res, *, show_flops: bool) -> None:
 
 
 def _register_sample(tiny_sub) -> None:
-    from pyns.data import DATASETS
-    from pyns.tiny_sample import DEFAULT_BAND, DEFAULT_RANGE, EXECUTORS
+    from pyns.data.names import DATASETS
+    from pyns.tinynet.sample import DEFAULT_BAND, DEFAULT_RANGE, EXECUTORS
 
     p = tiny_sub.add_parser(
         "sample", help="sample (r, d, w), train every model (for `pyns tiny fit`)",
@@ -204,7 +204,7 @@ def _register_sample(tiny_sub) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from pyns.tiny_sample import sample_tiny
+    from pyns.tinynet.sample import sample_tiny
 
     arch = arch_from_args(args)
     results = sample_tiny(arch, args.out, data=args.data, root=args.root, n=args.n,
@@ -220,7 +220,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _register_fit(tiny_sub) -> None:
-    from pyns.tiny_fit import ACCURACIES, DEFAULT_FRACTION
+    from pyns.tinynet.fit import ACCURACIES, DEFAULT_FRACTION
 
     p = tiny_sub.add_parser(
         "fit", help="fit a tiny formula on a sampling run's Pareto front",
@@ -241,13 +241,13 @@ def _register_fit(tiny_sub) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pyns.tiny_fit import fit_sample_dir
+    from pyns.tinynet.fit import fit_sample_dir
 
     if not 0 < args.fraction <= 1:
         raise PynsError(f"--fraction must be in (0, 1], got {args.fraction}")
     report = fit_sample_dir(args.run_dir, args.out, fraction=args.fraction, accuracy=args.accuracy)
     if not args.no_plots:
-        from pyns.tiny_plot import plot_tiny_dir
+        from pyns.tinynet.plots import plot_tiny_dir
 
         report.figures = plot_tiny_dir(args.run_dir, fraction=args.fraction, accuracy=args.accuracy)
     if args.json:

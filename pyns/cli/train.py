@@ -5,7 +5,7 @@ scaling), `--profile P` with `--params N` and/or `--macs N` (NeuralScale widths 
 alone (the uniformly scaled network that fits it); with none, the default network. Training follows
 SPEC §5 (SGD lr 0.1, momentum 0.5, weight decay 5e-4, batch 128, 300 epochs with lr x0.1 at 100/200/250;
 TinyImageNet 150 epochs, x0.1 at 50/100), every number an option. Under `torchrun` the run uses
-DistributedDataParallel (pyns.train) and only rank 0 prints and writes.
+DistributedDataParallel (pyns.train.loop) and only rank 0 prints and writes.
 
 Prints and writes RUN_DIR/result.json: final and best test accuracy (best = max over epochs, as the
 paper reports), params, MACs, latency measured the paper's way and images/s.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyns.cli.common import add_arch_options, add_data_options, human, parse_assignments, print_json
+from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
 
 RUN_FILE = "run.json"  # what was trained (arch, widths, data): lets --resume find the widths again
@@ -78,7 +79,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 def recipe_from_args(args: argparse.Namespace, dataset: str):
     """The dataset's paper recipe with every option the command line sets."""
-    from pyns.train_recipe import TrainRecipe
+    from pyns.train.recipe import TrainRecipe
 
     overrides: dict[str, Any] = {}
     for flag in ("epochs", "lr", "gamma", "momentum", "weight_decay", "batch_size", "seed", "amp_dtype"):
@@ -90,27 +91,17 @@ def recipe_from_args(args: argparse.Namespace, dataset: str):
     for flag in ("amp", "channels_last", "compile", "deterministic"):
         if getattr(args, flag, False):
             overrides[flag] = True
-    key = dataset.lower().replace("-", "").replace("_", "")
+    key = canonical_name(dataset)
     if key == "tinyimagenet":
         return TrainRecipe.tinyimagenet(**overrides)
     return TrainRecipe.cifar(**overrides)
 
 
 def device_from_args(name: str):
-    """None for auto (pyns.train picks the process's GPU or the CPU), else a torch device."""
-    import torch
+    """None for auto (the process that runs the job picks its GPU or the CPU), else a torch device."""
+    from pyns.train.distributed import parse_device
 
-    if name == "auto":
-        return None
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise RunError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"--device {name} was requested but torch sees no CUDA device; use --device cpu")
-    if name == "cuda":
-        from pyns.distributed import default_device
-
-        return default_device()
-    return torch.device(name)
+    return parse_device(name, defer_auto=True)
 
 
 def choose_widths(arch, args: argparse.Namespace) -> tuple[dict[str, int], dict[str, Any]]:
@@ -159,10 +150,10 @@ def _saved_widths(args: argparse.Namespace, arch, widths: dict[str, int], how: d
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pyns.data import derive_seed
-    from pyns.distributed import cleanup_distributed, distributed_context
+    from pyns.data.arrays import derive_seed
+    from pyns.train.distributed import cleanup_distributed, distributed_context
     from pyns.runfiles import atomic_write_json
-    from pyns.train_run import ArchSpec, DataSpec, run_training
+    from pyns.train.run import ArchSpec, DataSpec, run_training
 
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))
@@ -178,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         # A finished run is refused unless --overwrite, before run.json is written over it. Every rank
         # checks (a rank that stopped alone would leave the others waiting for it forever).
-        from pyns.train import CHECKPOINT_FILE
+        from pyns.train.loop import CHECKPOINT_FILE
 
         if (Path(args.out) / CHECKPOINT_FILE).exists() and not args.overwrite:
             raise RunError(f"{args.out} already holds a training run",

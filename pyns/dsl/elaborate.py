@@ -15,7 +15,7 @@ from pyns import ir
 from pyns.dsl.declarations import STANDARD_PARAMS, ArchSource, BlockDef, suggest
 from pyns.dsl.expr import FUNCTIONS, Const, Expr, ExprError, Number, Sym, evaluate, is_integral, op, to_source
 from pyns.errors import DSLError
-from pyns.policies import ScalingPolicy, get_policy, scale_resolution
+from pyns.policies import ScalingPolicy, get_policy
 
 # Guards that turn absurd inputs into errors instead of hangs or memory blow-ups.
 MAX_REPEAT = 1000        # deepest real CNNs repeat a block ~50 times per stage
@@ -60,7 +60,6 @@ class Settings:
     variant: str | None = None
     policy: str | None = None
     depth_mult: float = 1.0
-    res_mult: float = 1.0
     resolution: int | None = None
 
 
@@ -237,8 +236,7 @@ class Elaborator:
                                + f" (parameters: {', '.join(sorted(values))})")
             values[pname] = value
         base_res = int(values["resolution"])
-        resolution = settings.resolution if settings.resolution is not None else (
-            scale_resolution(base_res, settings.res_mult))
+        resolution = settings.resolution if settings.resolution is not None else base_res
         if not 1 <= resolution <= MAX_RESOLUTION:
             raise DSLError(f"input resolution {resolution} is out of range (1..{MAX_RESOLUTION})")
         values["resolution"] = resolution

@@ -75,9 +75,15 @@ def _checked(value: Decimal, relative: bool, text: str, what: str) -> Budget:
 
 def format_count(n: float) -> str:
     """580000 -> '580,000 (0.58M)'."""
-    from pyns.cli.common import human
-
     return f"{int(round(n)):,} ({human(n)})"
 
 
-__all__ = ["Budget", "parse_budget", "format_count", "METRICS"]
+def human(n: float) -> str:
+    """1234567 -> '1.23M' (for tables; exact integers are printed beside it)."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+__all__ = ["Budget", "parse_budget", "format_count", "human", "METRICS"]

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyns import __version__
+from pyns.arch import loads
 from pyns.dsl.parser import parse
 from pyns.errors import PynsError
+from pyns.runfiles import atomic_write_text
+from pyns.scaling.profile import arch_fingerprint
 
 
 def _literal(value) -> str:
@@ -64,10 +68,6 @@ def _header_edits(arch, resolution: int, text: str) -> list[tuple[int, int, str]
 
 def resolved_text(arch, result, *, budget_text: str | None = None) -> str:
     """The .arch source of `result` (a ScaleResult for `arch`), with concrete widths and a header comment."""
-    from pyns import __version__
-    from pyns.arch import loads
-    from pyns.scaling.profile import arch_fingerprint
-
     src = arch.source
     text = src.text
     edits = _header_edits(arch, result.resolution, text)
@@ -104,8 +104,6 @@ def resolved_text(arch, result, *, budget_text: str | None = None) -> str:
 
 def write_resolved(path: str | Path, arch, result, *, budget_text: str | None = None) -> str:
     """Write the resolved .arch atomically; returns the text."""
-    from pyns.cli.common import atomic_write_text
-
     text = resolved_text(arch, result, budget_text=budget_text)
     atomic_write_text(path, text)
     return text

@@ -1,0 +1,38 @@
+"""NeuralScale Algorithm 1: iterative first-order Taylor pruning with physical shrinking.
+
+    from pyns.arch import load
+    from pyns.data.datasets import load_dataset
+    from pyns.neuralscale.prune import PruneConfig, prune
+
+    arch = load("vgg11")
+    train = load_dataset("cifar10", "~/data", "train")
+    result = prune(arch, train, PruneConfig(), "runs/vgg11")   # trajectory in runs/vgg11/trajectory.jsonl
+
+Modules: schedule (PruneConfig and the rules), importance (group importances, global ranking), shrink
+(rebuild smaller, copy surviving state; mask counterpart), run (the loop, resume), runfolder (the run
+folder's files, reading a run back), progress (the progress bar).
+"""
+from pyns.neuralscale.prune.importance import Selection, group_importance, select_units
+from pyns.neuralscale.prune.run import PruneResult, PruneState, prune
+from pyns.neuralscale.prune.runfolder import load_run_arch, load_run_config, read_trajectory
+from pyns.neuralscale.prune.schedule import PruneConfig, lr_at, recording_started, target_units
+from pyns.neuralscale.prune.shrink import ShrinkReport, mask_network, shrink_network
+
+__all__ = [
+           "PruneConfig",
+           "PruneResult",
+           "PruneState",
+           "Selection",
+           "ShrinkReport",
+           "group_importance",
+           "load_run_arch",
+           "load_run_config",
+           "lr_at",
+           "mask_network",
+           "prune",
+           "read_trajectory",
+           "recording_started",
+           "select_units",
+           "shrink_network",
+           "target_units",
+]

@@ -1,0 +1,433 @@
+"""The pruning loop (NeuralScale Algorithm 1) with physical shrinking, trajectories and exact resume.
+
+`prune(arch, train_set, config, out_dir)` pre-trains the gated network for `warmup_epochs`, then every
+`prune_every` minibatches ranks all units by their Taylor importance, removes the `units_per_step` least
+important ones and, in the default `mode="shrink"`, rebuilds the network smaller (pyns.neuralscale.prune.shrink), so
+training gets cheaper as it goes. `mode="masked"` keeps the full network and zeroes gates instead: the
+reference code's way, kept for the benchmark that measures what shrinking saves.
+
+The run folder (config.json, trajectory.jsonl, checkpoint.pt, ...; crash-safe: every file is written
+atomically or appended one line at a time) is described in pyns.neuralscale.prune.runfolder.
+
+Resuming (`resume=True`) reloads checkpoint.pt, rewrites trajectory.jsonl from the rows it holds (so a
+row appended after the last checkpoint is dropped and recomputed) and continues; on the same machine and
+thread count the trajectory is then identical to an uninterrupted run with the same seed.
+
+τ and MACs always come from the cost engine (`Arch.count`) at the current widths, never from counting
+modules. In masked mode they describe the network the widths define, not the full-size module in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pyns import ir
+from pyns.errors import RunError
+from pyns.train.distributed import parse_device
+from pyns.neuralscale.prune.importance import Group, gates_by_symbol, group_importance, select_units
+from pyns.neuralscale.prune.progress import PruneProgress
+from pyns.neuralscale.prune.runfolder import (
+    ARCH_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    TRAJECTORY_FILE,
+    VERSIONS_FILE,
+    prepare_folder,
+    run_config,
+    versions,
+)
+from pyns.neuralscale.prune.schedule import (
+    STOP_EPOCH_LIMIT,
+    STOP_FRACTION_REACHED,
+    STOP_MIN_WIDTH,
+    STOP_NOTHING_LEFT,
+    PruneConfig,
+    lr_at,
+    recording_started,
+    target_units,
+)
+from pyns.neuralscale.prune.shrink import mask_network, shrink_network
+from pyns.runfiles import (
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    capture_rng_state,
+    check_config,
+    load_versioned_checkpoint,
+    restore_rng_state,
+    write_jsonl,
+)
+
+__all__ = [
+    "MODES",
+    "PruneResult",
+    "PruneState",
+    "prune",
+]
+
+MODES = ("shrink", "masked")
+_CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
+_CHECKPOINT_VERSION = 1
+# Settings that may change between an interrupted run and its resumption without changing what was
+# already computed: a longer epoch cap extends the run; the data root only says where the files are.
+_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root")
+
+
+@dataclass
+class PruneState:
+    """Everything about the loop's position that is not a tensor of the model or optimizer."""
+
+    widths: dict[str, int]  # current width of every symbol (searchable ones shrink)
+    kept: dict[str, list[int]]  # per searchable symbol: surviving channel indices of the start network
+    total_units: int  # units (channels of tied groups) at the start
+    epoch: int = 0  # epoch of the next minibatch (0-based, warm-up included)
+    minibatches: int = 0  # minibatches trained so far
+    since_prune: int = 0  # minibatches whose importance and loss are collected for the next prune step
+    loss_sum: float = 0.0  # sum of their losses
+    step: int = 0  # prune steps done
+    removed_units: int = 0
+    recording: bool = False
+    done: bool = False
+    stop_reason: str | None = None
+    seconds: float = 0.0  # training wall time so far, over all sessions
+
+
+@dataclass
+class PruneResult:
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    widths: dict[str, int]
+    params: int
+    macs: int
+    done: bool
+    stop_reason: str | None
+    steps: int
+    seconds: float
+
+    @property
+    def recorded(self) -> list[dict[str, Any]]:
+        return [row for row in self.rows if row["recording"]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    from pyns.data.arrays import derive_seed
+
+    random.seed(derive_seed(seed, "prune-python"))
+    np.random.seed(derive_seed(seed, "prune-numpy") % 2**32)
+    torch.manual_seed(derive_seed(seed, "prune-torch"))
+
+
+class _Pruner:
+    def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
+                 widths: Mapping[str, int], progress: bool,
+                 callback: Callable[[PruneState, Any], None] | None):
+        from pyns.data.augment import BatchLoader, default_augment
+
+        self.arch, self.config, self.mode, self.device, self.out = arch, config, mode, device, out
+        self.callback = callback
+        self.searchable: list[str] = list(arch.searchable)
+        if not self.searchable:
+            raise RunError(f"{arch.name} has no searchable widths: there is nothing to prune")
+        self.initial = dict(widths)
+        augment = default_augment(train_set.name) if config.augment else None
+        self.loader = BatchLoader(train_set, config.batch_size, train=True, augment=augment, device=device,
+                                  seed=config.seed)
+        if len(self.loader) == 0:
+            raise RunError(f"the training set has {len(train_set)} images, fewer than one batch")
+        self.progress = PruneProgress(progress, self.searchable)
+        self.rows: list[dict[str, Any]] = []
+        self.model: Any = None
+        self.optimizer: Any = None
+        self.state: PruneState | None = None
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._shown_loss: float | None = None  # the progress bar's last loss
+
+    # -- set-up --------------------------------------------------------------------------------------
+
+    def _build(self, widths: Mapping[str, int]):
+        model = self.arch.build(widths, gates=True).to(self.device)
+        missing = sorted(set(self.searchable) - set(gates_by_symbol(model)))
+        if missing:
+            raise RunError(f"searchable width(s) {', '.join(missing)} of {self.arch.name} have no pruning gate "
+                           "(no BN or producing conv/linear), so their importance cannot be measured")
+        return model
+
+    def _optimizer(self, model) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(model.parameters(), lr=lr_at(c, 0), momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _groups(self) -> list[Group]:
+        # A shrunk network is the network of its current widths, whose tied groups can only merge (a
+        # projection that vanishes when two widths become equal); a masked one keeps its start structure.
+        widths = self.state.widths if self.mode == "shrink" else self.initial
+        return [tuple(g) for g in ir.tied_groups(self.arch.network, widths)]
+
+    def start_fresh(self) -> None:
+        _seed_everything(self.config.seed)
+        self.model = self._build(self.initial)
+        self.optimizer = self._optimizer(self.model)
+        groups = [tuple(g) for g in ir.tied_groups(self.arch.network, self.initial)]
+        self.state = PruneState(widths=dict(self.initial),
+                                kept={s: list(range(self.initial[s])) for s in self.searchable},
+                                total_units=sum(self.initial[g[0]] for g in groups))
+        self.rows = []
+        write_jsonl(self.out / TRAJECTORY_FILE, [])
+
+    def restore(self, path: Path) -> None:
+        payload = load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
+        self.state = PruneState(**payload["state"])
+        widths = self.state.widths if self.mode == "shrink" else self.initial
+        with torch.random.fork_rng(devices=[]):  # the RNG state is restored below anyway
+            self.model = self._build(widths)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise RunError(f"the checkpoint in {path} does not fit {self.arch.name} ({err})") from None
+        self.optimizer = self._optimizer(self.model)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.loader.load_state_dict(payload["loader"])
+        if self.loader.state_dict()["position"] >= len(self.loader):
+            # Saved right after an epoch's last batch: the uninterrupted run went on to the next epoch.
+            self.state.epoch += 1
+            self.loader.epoch = self.state.epoch
+        restore_rng_state(payload["rng"])
+        self.loss_sum.fill_(self.state.loss_sum)
+        self.rows = list(payload["rows"])
+        write_jsonl(self.out / TRAJECTORY_FILE, self.rows)  # drops rows past the checkpoint
+
+    def checkpoint(self) -> None:
+        self.state.loss_sum = float(self.loss_sum.item())
+        atomic_torch_save({
+            "format": _CHECKPOINT_FORMAT,
+            "version": _CHECKPOINT_VERSION,
+            "state": dataclasses.asdict(self.state),
+            "rows": self.rows,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng_state(),
+            "loader": self.loader.state_dict(),
+        }, self.out / CHECKPOINT_FILE)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        c, s = self.config, self.state
+        pruning_units = target_units(c, s.total_units)
+        started = time.perf_counter() - s.seconds
+        s.stop_reason = None  # an epoch limit reached before may have been raised on resume
+        try:
+            while not s.done:
+                if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
+                    s.stop_reason = STOP_EPOCH_LIMIT
+                    break
+                pruning = s.epoch >= c.warmup_epochs
+                if pruning:
+                    self.progress.start("pruning", pruning_units, s.removed_units, "unit")
+                else:
+                    self.progress.start("warm-up", c.warmup_epochs * len(self.loader), s.minibatches, "batch")
+                self._set_epoch_mode(pruning)
+                for x, y in self.loader:
+                    loss = self._train_step(x, y)
+                    s.minibatches += 1
+                    if pruning:
+                        self.loss_sum += loss
+                        s.since_prune += 1
+                        if s.since_prune == c.prune_every:
+                            s.seconds = time.perf_counter() - started
+                            advanced = self._prune_step()
+                            self._show(advanced)
+                            if not s.done and s.step % c.checkpoint_every == 0:
+                                self.checkpoint()
+                    elif self.progress.bar is not None:
+                        # The loss only every 10 minibatches: reading it synchronises with the device.
+                        self._show(1, float(loss.item()) if s.minibatches % 10 == 0 else None)
+                    if self.callback is not None:
+                        self.callback(s, self.model)
+                    if s.done:
+                        break
+                if s.done:
+                    break
+                s.epoch += 1
+                if not pruning:
+                    s.seconds = time.perf_counter() - started
+                    self.checkpoint()
+        finally:
+            self.progress.close()
+        s.seconds = time.perf_counter() - started
+        self.checkpoint()
+
+    def _set_epoch_mode(self, pruning: bool) -> None:
+        lr = lr_at(self.config, self.state.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.accumulate = pruning  # importance is only needed once pruning starts
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        loss = F.cross_entropy(self.model(x), y)  # batch mean: E of SPEC §5, whose dE/dz is the signal
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach().to(torch.float64)
+
+    def _show(self, advance: int, loss: float | None = None) -> None:
+        s = self.state
+        if self.progress.bar is None:
+            return
+        params = self.rows[-1]["params"] if self.rows else self.arch.count(s.widths).params
+        if loss is None:
+            loss = self.rows[-1]["loss"] if self.rows and s.epoch >= self.config.warmup_epochs else self._shown_loss
+        self._shown_loss = loss
+        self.progress.show(advance, s.epoch, params, s.widths, loss)
+
+    def _prune_step(self) -> int:
+        """Rank, remove, rebuild or mask, log a row; returns the number of units removed."""
+        selection, groups = self._rank()
+        if selection is None:
+            return 0
+        keep_positions = self._drop_units(selection, groups)
+        note = self._rebuild(keep_positions)
+        self._log_step(note)
+        return selection.count
+
+    def _rank(self):
+        """The units to remove this step (global ranking under the per-group floors), or (None, groups)
+        with the stop reason set when nothing may be removed."""
+        c, s = self.config, self.state
+        groups = self._groups()
+        importances = group_importance(self.model, groups, s.kept if self.mode == "masked" else None)
+        minimum = {sym.name: sym.minimum for sym in self.arch.symbols}
+        floors = [max(c.min_width, *(minimum[name] for name in group)) for group in groups]
+        selection = select_units(importances, c.units_per_step, floors)
+        if selection.blocked and c.stop_at_min_width:
+            s.done, s.stop_reason = True, STOP_MIN_WIDTH
+            return None, groups
+        if selection.count == 0:
+            s.done, s.stop_reason = True, STOP_NOTHING_LEFT
+            return None, groups
+        return selection, groups
+
+    def _drop_units(self, selection, groups: list[Group]) -> dict[str, list[int]]:
+        """Bookkeeping: the surviving start indices and widths per symbol; returns the channels to keep, by
+        current position for a shrunk network, by start index for a masked one."""
+        s = self.state
+        keep_positions: dict[str, list[int]] = {}
+        for group_index, removed in selection.removed.items():
+            gone = set(removed)
+            for symbol in groups[group_index]:
+                current = s.kept[symbol]
+                local = [i for i in range(len(current)) if i not in gone]
+                s.kept[symbol] = [current[i] for i in local]
+                s.widths[symbol] = len(local)
+                keep_positions[symbol] = local if self.mode == "shrink" else s.kept[symbol]
+        s.removed_units += selection.count
+        return keep_positions
+
+    def _rebuild(self, keep_positions: dict[str, list[int]]) -> dict[str, Any]:
+        """Shrink (or mask) the network to the kept channels and reset the gates' importance; returns the
+        notes for the trajectory row."""
+        note: dict[str, Any] = {}
+        if self.mode == "shrink":
+            self.model, self.optimizer, report = shrink_network(self.model, keep_positions, self.optimizer)
+            self._set_epoch_mode(True)
+            if report.dropped:
+                note["dropped_layers"] = report.dropped
+                self.progress.write(f"step {self.state.step + 1}: widths became equal, so layer(s) "
+                                    f"{', '.join(report.dropped)} are no longer built (identity add instead)")
+        else:
+            mask_network(self.model, keep_positions)
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.reset_importance()
+        return note
+
+    def _log_step(self, note: dict[str, Any]) -> None:
+        """Append the step's trajectory row and apply the stop-fraction rule."""
+        c, s = self.config, self.state
+        s.step += 1
+        s.recording = s.recording or recording_started(self.initial, s.widths, self.searchable)
+        cost = self.arch.count(s.widths)
+        row = {
+            "step": s.step, "epoch": s.epoch, "minibatch": s.minibatches, "params": cost.params,
+            "macs": cost.macs, "widths": {name: s.widths[name] for name in self.searchable},
+            "loss": float(self.loss_sum.item()) / s.since_prune, "lr": self.optimizer.param_groups[0]["lr"],
+            "units": s.total_units - s.removed_units, "recording": s.recording, "time_s": round(s.seconds, 3),
+            **note,
+        }
+        self.rows.append(row)
+        append_jsonl(self.out / TRAJECTORY_FILE, row)
+        self.loss_sum.zero_()
+        s.since_prune = 0
+        if s.removed_units >= target_units(c, s.total_units):
+            s.done, s.stop_reason = True, STOP_FRACTION_REACHED
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
+          mode: str = "shrink", device: str | torch.device = "cpu", resume: bool = False,
+          widths: Mapping[str, int] | None = None, data: Mapping[str, Any] | None = None,
+          progress: bool = False, callback: Callable[[PruneState, Any], None] | None = None) -> PruneResult:
+    """Run Algorithm 1 on `arch` (a pyns.arch.Arch) with `train_set` (a pyns.data.datasets.ImageDataset).
+
+    `widths` are the start widths (default: the arch's defaults); `data` describes the data set for
+    config.json (default: its name and size). `callback(state, model)` runs after every minibatch, after
+    the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the
+    trajectory and where the run ended; see pyns.neuralscale.prune.runfolder for the run folder. Raises RunError for
+    a non-empty folder without `resume`, or a resume with other settings.
+    """
+    config.validate()
+    if mode not in MODES:
+        raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    start = arch.widths(widths)
+    if train_set.channels != arch.network.in_channels or train_set.resolution != arch.resolution:
+        raise RunError(f"{arch.name} takes {arch.network.in_channels}x{arch.resolution}x{arch.resolution} "
+                       f"images, the data set has {train_set.channels}x{train_set.resolution}x"
+                       f"{train_set.resolution}; load it with resolution= and channels= to match")
+    out = Path(out_dir)
+    prepare_folder(out, resume)
+    data_info = dict(data) if data is not None else {"name": train_set.name}
+    data_info.setdefault("num_samples", len(train_set))
+    data_info.setdefault("num_classes", train_set.num_classes)
+    check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
+    atomic_write_text(out / ARCH_FILE, arch.source.text)
+    atomic_write_json(out / VERSIONS_FILE, versions())
+
+    pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
+    checkpoint = out / CHECKPOINT_FILE
+    if resume and checkpoint.exists():
+        pruner.restore(checkpoint)
+    else:
+        pruner.start_fresh()
+    if not pruner.state.done:
+        pruner.run()
+    s = pruner.state
+    cost = arch.count(s.widths)
+    summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
+               "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
+               "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
+               "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
+    atomic_write_json(out / SUMMARY_FILE, summary)
+    return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
+                       s.seconds)

@@ -1,0 +1,293 @@
+"""Sweeps that reproduce the paper's Table 1 and Figures 4/5: every (method, budget, seed) trained and tabled.
+
+A sweep trains one network per *cell* (method, budget, seed). Budgets follow the paper: the cost (params
+by default) of the default network scaled uniformly by each width ratio. Methods:
+
+    uniform      the uniformly scaled network that fits the budget
+    morphnet     the configuration at 50% of the units of a pruning trajectory, scaled to the budget
+    neuralscale  the widths of a fitted profile (a descent run's final profile) at the budget
+    li           L1-norm filter pruning of the trained full network (cell `full`, one per seed) to the
+                 budget, then fine-tuning (only for budgets below the full network)
+
+Layout of the sweep folder:
+
+    sweep.json                 the settings (a rerun with other recipe/data/arch settings is refused)
+    cells/<method>_r<ratio>_seed<seed>/
+        cell.json              what the cell trains: method, ratio, seed, budget, widths, how they were found
+        result.json            written atomically when the cell is complete (accuracies, params, MACs,
+                               latency); a cell holding a complete result.json is skipped on a rerun
+        checkpoint.pt, metrics.jsonl, ...   pyns.train.loop's run files (an interrupted cell resumes from them)
+    table.md, table.csv        Table 1: per method and budget, params, MACs, latency and accuracy
+                               (best over epochs, as the paper reports, and final) as mean ± std over seeds
+    fig4_accuracy_vs_params.png, fig5_accuracy_vs_latency.png
+
+Cells run one after another in this process by default; `executor="ray"` submits them as Ray tasks
+(`ray.init(address=...)` when an address is given, else a local instance). The sweep folder and the data
+must then be on a file system every Ray node sees.
+
+Modules: pyns.sweep.plan (settings, budgets, cells and their widths), pyns.train.run (the training run of
+one cell, shared with `pyns train`), pyns.sweep.report (Table 1 and Figures 4/5). This module runs the
+cells, serially or on Ray, and the whole sweep.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyns.errors import BudgetError, PynsError, RunError
+from pyns.runfiles import atomic_write_json, compare_configs, load_config
+from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells
+from pyns.sweep.report import FIGURE_LATENCY, FIGURE_PARAMS, TABLE_CSV, TABLE_MD, aggregate, write_figures, write_table
+from pyns.train.run import ArchSpec, DataSpec, read_result, run_training
+
+__all__ = [
+    "ArchSpec",
+    "DataSpec",
+    "SweepConfig",
+    "run_cell",
+    "run_sweep",
+    "CELL_FILE",
+    "SWEEP_FILE",
+]
+
+CELL_FILE = "cell.json"
+SWEEP_FILE = "sweep.json"
+# A sweep may grow (more ratios, methods, seeds) or move (data root, device, executor) between runs
+# without changing what its finished cells mean.
+# The profile and trajectory are named by path, which may move; what they gave is checked per cell
+# (its planned widths) instead.
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running one cell (also what a Ray task runs)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cell_spec(config: SweepConfig, cell: Cell, out: Path) -> dict[str, Any]:
+    """A plain dict with everything a cell needs, so it can travel to a Ray worker."""
+    return {"cell": cell.to_dict(), "folder": str(out / "cells" / cell.name),
+            "source_folder": str(out / "cells" / cell.source) if cell.source else None,
+            "arch": dataclasses.asdict(config.arch), "data": dataclasses.asdict(config.data),
+            "recipe": dataclasses.asdict(config.recipe), "li_epochs": config.li_epochs, "li_lr": config.li_lr,
+            "augment": config.augment, "device": config.device}
+
+
+_DATA_CACHE: dict[str, Any] = {}  # serial sweeps load the data set once, not once per cell
+
+
+def _load_for(arch_spec: ArchSpec, data_spec: DataSpec) -> tuple[Any, Any, Any]:
+    import json
+
+    key = json.dumps([dataclasses.asdict(arch_spec), dataclasses.asdict(data_spec)], sort_keys=True, default=str)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one sweep at a time: keep at most one data set in memory
+        _DATA_CACHE[key] = arch_spec.load_for(data_spec)
+    return _DATA_CACHE[key]
+
+
+def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Train one cell (or return its complete result); returns the result record plus `skipped`."""
+    from pyns.neuralscale.baselines import li_finetune_recipe, li_prune
+    from pyns.data.arrays import derive_seed
+    from pyns.train.loop import CHECKPOINT_FILE
+    from pyns.train.checkpoint import load_checkpoint
+    from pyns.train.recipe import TrainRecipe
+
+    folder = Path(spec["folder"])
+    done = read_result(folder)
+    if done is not None:
+        return {**done, "skipped": True}
+    cell = Cell(**spec["cell"])
+    arch_spec, data_spec = ArchSpec(**spec["arch"]), DataSpec(**spec["data"])
+    arch, train_set, test_set = _load_for(arch_spec, data_spec)
+    recipe = TrainRecipe(**spec["recipe"]).replace(seed=cell.seed)
+    if arch.count(cell.widths).params != cell.cost["params"]:
+        raise RunError(f"cell {cell.name}: its widths no longer cost what was planned; the architecture "
+                       "changed since the sweep started")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / CELL_FILE, cell.to_dict())
+    info: dict[str, Any] = {"cell": cell.name, "method": cell.method, "ratio": cell.ratio, "seed": cell.seed,
+                            "budget": {"metric": cell.metric, "value": cell.budget},
+                            "data": {"name": data_spec.name, "options": data_spec.options}}
+
+    if cell.method == "li":
+        source = Path(spec["source_folder"])
+        if read_result(source) is None:
+            raise RunError(f"cell {cell.name} prunes the trained full network in {source}, which has not "
+                           "finished; run the full cell first")
+        full = arch.build(arch.defaults)
+        full.load_state_dict(load_checkpoint(source / CHECKPOINT_FILE)["model"])
+        pruned = li_prune(full, arch, **{cell.metric: cell.budget})
+        if pruned.widths != cell.widths:
+            raise RunError(f"cell {cell.name}: L1 pruning gave widths {pruned.widths}, planned {cell.widths}")
+        model = pruned.model
+        recipe = li_finetune_recipe(recipe, data_spec.name, epochs=spec["li_epochs"], lr=spec["li_lr"])
+        info["li"] = {"pruned_from": str(source), "keep": pruned.keep, "dropped_layers": pruned.dropped_layers,
+                      "finetune_epochs": recipe.epochs, "finetune_lr": recipe.lr}
+    else:
+        torch.manual_seed(derive_seed(cell.seed, "sweep-init"))  # each seed its own initial weights
+        model = arch.build(cell.widths)
+
+    resume = (folder / CHECKPOINT_FILE).exists()
+    record = run_training(arch, model, train_set, test_set, recipe, folder, resume=resume, overwrite=not resume,
+                          device=spec["device"], augment=spec["augment"], info=info, progress=progress)
+    assert record is not None  # a sweep cell runs in one process
+    over = record[cell.metric] > cell.budget
+    if over:
+        raise BudgetError(f"cell {cell.name}: {record[cell.metric]:,} {cell.metric} exceed the budget "
+                          f"{cell.budget:,}; this is a pyns bug, please report it")
+    return {**record, "skipped": False}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    records: list[dict[str, Any]]  # one per cell, in plan order
+    rows: list[dict[str, Any]]  # the table rows
+    notes: list[str]
+    ran: int  # cells trained in this call
+    skipped: int  # cells already complete
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {"table_md": self.out / TABLE_MD, "table_csv": self.out / TABLE_CSV,
+                "fig_params": self.out / FIGURE_PARAMS, "fig_latency": self.out / FIGURE_LATENCY}
+
+
+def _check_sweep_folder(out: Path, config: SweepConfig) -> None:
+    saved = load_config(out, SWEEP_FILE)
+    current = config.to_dict()
+    if saved is not None:
+        if saved.get("kind") != SWEEP_KIND:
+            raise RunError(f"{out} holds something other than a pyns sweep ({out / SWEEP_FILE})")
+        differences = compare_configs(saved, current, ignore=_EXTENDABLE)
+        if differences:
+            raise RunError(f"the sweep in {out} was started with different settings: " + "; ".join(differences),
+                           hint="rerun with the original settings (ratios, methods and seeds may grow), or "
+                                "use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SWEEP_FILE, current)
+
+
+def _check_planned(out: Path, cells: Sequence[Cell]) -> None:
+    """A cell folder from an earlier run must have been planned with the same widths and budget."""
+    for cell in cells:
+        saved = load_config(out / "cells" / cell.name, CELL_FILE)
+        if saved is None:
+            continue
+        for key in ("widths", "budget", "metric"):
+            if compare_configs(saved.get(key), getattr(cell, key)):
+                raise RunError(f"cell {cell.name} in {out} was trained with {key} {saved.get(key)}, now planned "
+                               f"with {getattr(cell, key)} (did the profile or trajectory change?)",
+                               hint="use another --out, or delete that cell's folder to retrain it")
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+    text = (f"best {100 * record['best_test_acc']:.2f}% final {100 * record['final_test_acc']:.2f}%, "
+            f"params {record['params']:,}")
+    if record.get("latency_ms") is not None:
+        text += f", {record['latency_ms']:.2f} ms/batch"
+    return text
+
+
+def _run_serial(specs: Sequence[dict[str, Any]], say: Callable[[str], None], progress: bool,
+                counter: list[int]) -> list[dict]:
+    out = []
+    for spec in specs:
+        name = Path(spec["folder"]).name
+        started = time.perf_counter()
+        record = run_cell(spec, progress=progress)
+        counter[0] += 1
+        state = "done before, skipped" if record["skipped"] else f"{time.perf_counter() - started:.1f}s"
+        say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)} ({state})")
+        out.append(record)
+    return out
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise PynsError("the ray executor needs Ray, which is not installed: pip install ray") from None
+    return ray
+
+
+def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], address: str | None,
+             cpus: float, gpus: float, counter: list[int]) -> list[dict]:
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address) if address else ray.init()
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_cell)
+    pending = {task.remote(dict(spec)): spec for spec in specs}
+    results: dict[str, dict] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            spec = pending.pop(ref)
+            name = Path(spec["folder"]).name
+            try:
+                record = ray.get(ref)
+            except Exception as err:  # a task's exception arrives wrapped in RayTaskError
+                cause = getattr(err, "cause", None)
+                for other in pending:
+                    ray.cancel(other)
+                if isinstance(cause, PynsError):
+                    raise type(cause)(f"cell {name}: {cause.message}") from None
+                raise RunError(f"cell {name} failed on Ray: {err}") from None
+            results[spec["folder"]] = record
+            counter[0] += 1
+            say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)}"
+                + (" (done before, skipped)" if record["skipped"] else ""))
+    return [results[spec["folder"]] for spec in specs]
+
+
+def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
+              ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
+              progress: bool = False) -> SweepResult:
+    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc."""
+    if executor not in ("serial", "ray"):
+        raise PynsError(f"the executor must be serial or ray, got {executor!r}")
+    if executor == "ray":
+        _import_ray()  # before any planning or training: a missing Ray is a set-up problem
+    say = say or (lambda line: print(line, file=sys.stderr))
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    arch, _, _ = _load_for(config.arch, config.data)  # fails fast on a missing data set or a class mismatch
+    cells, notes = plan_cells(arch, config)
+    _check_sweep_folder(out, config)
+    _check_planned(out, cells)
+    for note in notes:
+        say(f"note: {note}")
+    specs = [_cell_spec(config, cell, out) for cell in cells]
+    # li cells need their full network trained: they form a second wave.
+    waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
+    by_folder: dict[str, dict] = {}
+    counter = [0, len(specs)]  # cells finished, cells in all
+    for wave in waves:
+        if not wave:
+            continue
+        if executor == "ray":
+            records = _run_ray(wave, say, ray_address, ray_cpus_per_cell, ray_gpus_per_cell, counter)
+        else:
+            records = _run_serial(wave, say, progress, counter)
+        by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
+    records = [by_folder[spec["folder"]] for spec in specs]
+    rows = aggregate(records, config.methods, config.ratios)
+    write_table(rows, out)
+    write_figures(rows, out)
+    ran = sum(1 for r in records if not r["skipped"])
+    return SweepResult(out, records, rows, notes, ran, len(records) - ran)
