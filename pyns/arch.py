@@ -15,11 +15,12 @@ from pyns import ir
 from pyns.cost import oracle
 from pyns.cost.program import compile_program
 from pyns.dsl.declarations import ArchSource, collect, suggest
-from pyns.dsl.expr import Sym, evaluate, to_source
+from pyns.dsl.expr import Sym
 from pyns.dsl.elaborate import Settings, elaborate
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
+from pyns.ties import check_identity_adds, identity_adds
 
 
 class Cost:
@@ -64,33 +65,6 @@ class Cost:
     def __repr__(self) -> str:
         return (f"Cost(params={self.params}, macs={self.macs}, widths={self.widths}, resolution={self.resolution}, "
                 f"depth_mult={self.depth_mult})")
-
-
-def identity_adds(network: ir.Network) -> list[ir.Residual]:
-    """Every residual whose add always happens with an identity shortcut: its two widths must be equal."""
-    out: list[ir.Residual] = []
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Residual):
-                visit(node.body)
-                if node.mode == "identity":
-                    out.append(node)
-
-    visit(network.layers)
-    return out
-
-
-def check_identity_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
-    """Raise a DSLError at the residual when widths joined by an identity add differ (they cannot be built)."""
-    for node in identity_adds(network):
-        a, b = evaluate(node.in_ch, widths), evaluate(node.out_ch, widths)
-        if a != b:
-            raise DSLError(f"widths that cannot be built: this identity add joins `{to_source(node.in_ch)}` = "
-                           f"{int(a) if float(a).is_integer() else a} and `{to_source(node.out_ch)}` = "
-                           f"{int(b) if float(b).is_integer() else b}; the two are tied and must be equal",
-                           pos=node.pos, hint="give both the same width, or use residual(shortcut = conv) "
-                                              "for a projection")
 
 
 def resolve_arch_path(name_or_path: str | Path) -> tuple[Path, str | None]:

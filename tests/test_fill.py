@@ -15,6 +15,7 @@ from pyns.ir import tied_groups
 from pyns.resources import shipped_archs
 from pyns.scaling import Profile, SymbolFit, oracle, solve_batch
 from pyns.scaling import solve as S
+from pyns.ties import fill_pairs
 
 RATIOS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # The goal of issue 13 item 5: within 0.3 % under the budget after the fill.
@@ -62,7 +63,7 @@ def check_maximal(a, spec, result, budget):
     network = a.network
     widths = dict(result.widths)
     names = list(spec.symbols)
-    pairs = [(names[i], names[j]) for i, j in S.fill_pairs(network)]
+    pairs = [(names[i], names[j]) for i, j in fill_pairs(network)]
     groups = {s: {s} for s in names}
     for x, y in pairs:  # components of the pairs whose widths are equal
         if widths[x] == widths[y]:
@@ -102,7 +103,7 @@ def test_fill_matches_the_oracle_and_is_maximal(name, method):
             assert (result.params, result.macs) == cost_oracle.count(a.network, result.widths)
             assert result.feasible and result.params >= family.params or result.macs >= family.macs
             assert all(result.widths[s] >= family.widths[s] for s in result.widths)
-            for x, y in S.fill_pairs(a.network):  # ties that held in the family solution still hold
+            for x, y in fill_pairs(a.network):  # ties that held in the family solution still hold
                 sx, sy = spec.symbols[x], spec.symbols[y]
                 if family.widths[sx] == family.widths[sy]:
                     assert result.widths[sx] == result.widths[sy]

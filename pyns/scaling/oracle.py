@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyns.dsl.expr import make_divisible
-from pyns.scaling.solve import (ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, WIDTH_CAP, FamilySpec, fill_pairs,
+from pyns.scaling.solve import (ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, WIDTH_CAP, FamilySpec,
                                 fill_steps)
+from pyns.ties import fill_pairs
 
 __all__ = ["py_width", "py_widths", "py_solve", "py_fill", "exhaustive_table", "exhaustive_solve", "FamilyTable"]
 

@@ -43,6 +43,7 @@ import numpy as np
 from pyns.errors import BudgetError, ProfileError
 from pyns.scaling.budget import Budget, parse_budget
 from pyns.scaling.profile import Profile, ScalingWarning
+from pyns.ties import fill_pairs, identity_adds
 
 METHODS = ("uniform", "profile", "from-config")
 # Keep in sync with enum Rounding / enum Status in csrc/solver.cpp.
@@ -216,7 +217,6 @@ def _law(sym, method: str, base: Mapping[str, int], profile: Profile | None, pol
 def _check_tied_laws(arch, network, laws) -> None:
     """Symbols joined by an identity add must get one law, or the family holds networks that cannot be
     built (a DSLError-style positioned error at the residual)."""
-    from pyns.arch import identity_adds
     from pyns.dsl.expr import Sym
 
     index = {name: i for i, name in enumerate(network.symbol_names)}
@@ -228,27 +228,6 @@ def _check_tied_laws(arch, network, laws) -> None:
                                    "but would scale differently (different power laws or configuration "
                                    "widths), giving widths that cannot be built", pos=node.pos,
                                    hint="give tied symbols the same fit / the same configuration width")
-
-
-def fill_pairs(network) -> list[tuple[int, int]]:
-    """Symbol index pairs (program input order) that a residual ties while they are equal: an identity
-    add, or a stride-1 shortcut that exists only while the two widths differ."""
-    from pyns import ir
-    from pyns.dsl.expr import Const, Sym
-
-    index = {name: i for i, name in enumerate(network.symbol_names)}
-    pairs: list[tuple[int, int]] = []
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Residual):
-                visit(node.body)
-                if (node.project_when != Const(1) and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)
-                        and node.in_ch.name != node.out_ch.name):
-                    pairs.append((index[node.in_ch.name], index[node.out_ch.name]))
-
-    visit(network.layers)
-    return pairs
 
 
 def fill_steps(spec: FamilySpec) -> list[float]:
@@ -542,5 +521,5 @@ def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
 
 
 __all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "FamilySolution",
-           "family_spec", "fill_pairs", "fill_steps",
+           "family_spec", "fill_steps",
            "cpp_family", "resolve_budgets", "METHODS", "WIDTH_CAP", "Budget"]
