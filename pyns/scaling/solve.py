@@ -125,7 +125,7 @@ class ScaleResult:
                 "family": self.family.to_dict() if self.family is not None else None}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FamilySolution:
     """The exact solve on the method's one-dimensional family, before the fill."""
 
@@ -479,10 +479,14 @@ def solve_budget(arch, params=None, macs=None, *, method: str | None = None,
 
 
 def _solution(symbols, w, p: int, m: int, budget) -> FamilySolution:
-    metric = _binding(budget, p, m)
-    achieved = p if metric == "params" else m
-    gap = 100.0 * (achieved - budget[metric]) / budget[metric]
-    return FamilySolution(dict(zip(symbols, map(int, w.tolist()))), p, m, metric, achieved, gap)
+    bp, bm = budget["params"], budget["macs"]
+    # the binding metric (as _binding): the one closest to, or furthest over, its budget; ties: params
+    if bm is None or (bp is not None and (p - bp) / bp >= (m - bm) / bm):
+        metric, achieved, limit = "params", p, bp
+    else:
+        metric, achieved, limit = "macs", m, bm
+    return FamilySolution(dict(zip(symbols, map(int, w.tolist()))), p, m, metric, achieved,
+                          100.0 * (achieved - limit) / limit)
 
 
 def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
