@@ -64,3 +64,7 @@ class DataError(PynsError):
 
 class RunError(PynsError):
     """A run folder that cannot be used (wrong contents, config mismatch on resume, ...)."""
+
+
+class OutputError(RunError):
+    """An output path that cannot be written (a file in the way, a read-only mount, a device, ...)."""
