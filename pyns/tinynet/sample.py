@@ -246,11 +246,17 @@ def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False, wait: bool =
 def _train_cell(job: SampleJob, cell: Cell, folder: Path, progress: bool) -> CellResult:
     import torch
 
+    from pyns.data.arrays import derive_seed
     from pyns.train.loop import CHECKPOINT_FILE, make_loaders, train
     from pyns.train.recipe import TrainRecipe
 
     arch = job.arch()
     started = time.perf_counter()
+    # The initial weights come from a seed of their own per cell. Unseeded, they came from whatever state
+    # the global generator was in: torch seeds it randomly at start-up, so the first cell a process
+    # trained differed on every run, and every later cell depended on which cell had run before it
+    # (after a kill and rerun, other cells come first).
+    torch.manual_seed(derive_seed(int(job.recipe["seed"]), "tiny-init", cell.index))
     model = arch.build(cell.widths, depth=cell.d, resolution=cell.resolution)
     built = sum(p.numel() for p in model.parameters())
     if built != cell.params:
