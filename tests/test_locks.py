@@ -22,8 +22,9 @@ WORKER = textwrap.dedent("""
     import pyns.train.loop as loop
     real = loop.train
     def logged(*args, out_dir, **kwargs):
-        with open(os.environ["PYNS_TEST_TRAIN_LOG"], "a") as log:
-            log.write(f"{os.getpid()} {out_dir}\\n")
+        if os.environ.get("PYNS_TEST_TRAIN_LOG"):
+            with open(os.environ["PYNS_TEST_TRAIN_LOG"], "a") as log:
+                log.write(f"{os.getpid()} {out_dir}\\n")
         return real(*args, out_dir=out_dir, **kwargs)
     loop.train = logged
     from pyns.cli.main import main
@@ -115,6 +116,9 @@ def test_second_train_into_a_running_folder_exits_2_and_changes_nothing(tmp_path
     first = pyns("train", "digits_cnn", *DIGITS, "--out", out, "--epochs", "200", "--no-latency", "--quiet")
     try:
         wait_for_holder(out, first)
+        while not (out / "metrics.jsonl").exists():  # run.json is written, the first epoch is done
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.05)
         run_json = (out / "run.json").read_text()
         second = pyns("train", "digits_cnn", *DIGITS, "--out", out, "--ratio", "0.5", "--epochs", "2",
                       "--no-latency", "--quiet", "--overwrite")
