@@ -118,6 +118,8 @@ class FolderLock:
         if held.count:
             return
         del _HELD[self._key]
+        if held.fd < 0:  # pragma: no cover - no fcntl: nothing was locked
+            return
         try:
             os.ftruncate(held.fd, 0)  # no stale name for the next holder's rivals to read
             fcntl.flock(held.fd, fcntl.LOCK_UN)

@@ -12,6 +12,7 @@ Run folder:
     iter-00/ ...         one pruning run each (trajectory.jsonl, checkpoint.pt, ...) + its profile.json
     summary.jsonl        one row per finished iteration: start widths, params, MACs, change vs previous
     profile.json         the latest iteration's profile (the one `pyns scale --profile` / `pyns sweep` use)
+    .pyns-lock           held by the running descent: a second process on the folder is refused
 
 Resume works at the granularity of a pruning step: finished iterations are skipped, the interrupted one
 continues from its own checkpoint, or starts over when it was interrupted before writing one (during

@@ -10,6 +10,7 @@ schedule (SPEC §5 "Final training") and keeps in `out_dir`:
     train_config.json  the recipe and run shape, checked on resume
     result.json        the final summary (final and best test accuracy, clearly labelled)
     tensorboard/       scalars, when tensorboard is installed
+    .pyns-lock         held by rank 0 for the run: a second process training here is refused (pyns.runlock)
 
 Accuracies are counted over samples (correct / total), never averaged over batches (a defect of the
 reference code). Under torchrun (`WORLD_SIZE` > 1) the model is wrapped in DistributedDataParallel, the

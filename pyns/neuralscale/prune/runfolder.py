@@ -15,9 +15,10 @@ The run folder (crash-safe: every file is written atomically or appended one lin
                        loader position and the rows so far; written after every prune step and at the
                        end of every warm-up epoch
     summary.json       written at the end: why the run stopped, final widths and costs
+    .pyns-lock         held (flock) by the process running the prune: a second one is refused (pyns.runlock)
 
-`prepare_folder` locks the folder for the run (pyns.runlock) and refuses a non-empty one unless the run resumes, `run_config` is the config.json compared
-on resume, and `read_trajectory`, `load_run_config` and `load_run_arch` read a finished or running folder
+`prepare_folder` locks the folder for the run and refuses a non-empty one unless the run resumes,
+`run_config` is the config.json compared on resume, and `read_trajectory`, `load_run_config` and `load_run_arch` read a finished or running folder
 back (for `pyns plot`, `pyns fit` and descent).
 """
 from __future__ import annotations
