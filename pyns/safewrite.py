@@ -284,9 +284,34 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         handle.write(text)
 
 
+class _WriteErrors:
+    """A binary file wrapper that remembers the OSError of a failed write: torch.save reports one as a
+    RuntimeError, which would hide "No space left on device" behind a traceback."""
+
+    def __init__(self, handle: IO[bytes]):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj, path)` atomically: an interrupted save keeps the previous file intact."""
     import torch
 
     with atomic_writer(path, "wb") as handle:
-        torch.save(obj, handle)
+        recorder = _WriteErrors(handle)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None  # atomic_writer turns it into an OutputError
+            raise

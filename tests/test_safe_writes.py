@@ -327,3 +327,45 @@ def test_library_writers_name_the_path_and_reason(tmp_path):
     with pytest.raises(OutputError, match="does not accept new files"):
         atomic_write_json("/proc/pyns-test.json", {})
     assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+class _FullDisk:
+    """A file object that accepts `room` bytes and then fails like a full disk."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room = handle, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            import errno
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def test_disk_full_in_the_middle_of_a_checkpoint_keeps_the_old_one(tmp_path, monkeypatch):
+    import torch
+
+    import pyns.safewrite
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_torch_save({"step": 1}, target)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(pyns.safewrite.os, "fdopen", lambda *a, **k: _FullDisk(real_fdopen(*a, **k), 4096))
+    with pytest.raises(OutputError, match="checkpoint.pt: No space left on device"):
+        atomic_torch_save({"step": 2, "weights": torch.zeros(100_000)}, target)  # torch.save says RuntimeError
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write_text(target.with_name("big.txt"), "x" * 100_000)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
