@@ -72,3 +72,19 @@ def arch_from_args(args: argparse.Namespace, bundle=None):
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def check_out_file(path) -> None:
+    """Refuse an output file that cannot be written, before any work (OutputError: exit 2, one line)."""
+    from pyns.safewrite import check_writable_file
+
+    if path is not None:
+        check_writable_file(path)
+
+
+def check_out_folder(path) -> None:
+    """Refuse a run folder that cannot be created or written, before loading data or training."""
+    from pyns.safewrite import check_writable_folder
+
+    if path is not None:
+        check_writable_folder(path)

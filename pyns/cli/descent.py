@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
 from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
 from pyns.errors import PynsError
 
@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
 
+    check_out_folder(args.out)  # before loading data and training, not after
     saved = load_config(args.out, CONFIG_FILE) if args.resume else None
     if saved is not None and saved.get("kind") != RUN_KIND:
         raise PynsError(f"{args.out} holds a run of another kind ({saved.get('kind')!r}), not a descent run")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
 from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
 from pyns.errors import PynsError, RunError
 
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.prune.runfolder import TRAJECTORY_FILE
     from pyns.neuralscale.prune.schedule import PruneConfig
 
+    check_out_folder(args.out)  # before loading data and training, not after
     saved = _saved_config(args)
     saved_data = (saved or {}).get("data", {})
     data_options = parse_assignments(args.data_options, "--data-option")

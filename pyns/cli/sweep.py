@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, add_data_options, parse_assignments, print_json
+from pyns.cli.common import add_arch_options, add_data_options, check_out_folder, parse_assignments, print_json
 from pyns.errors import PynsError, RunError
 
 
@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.sweep.plan import SweepConfig, parse_ratios
     from pyns.train.run import ArchSpec, DataSpec
 
+    check_out_folder(args.out)  # before loading data and training, not after
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)
     device = device_from_args(args.device)

@@ -12,9 +12,11 @@ and fit, and a first word that names none of them is taken as the ARCH of `solve
 from __future__ import annotations
 
 import argparse
+import os
 import math
+from pathlib import Path
 
-from pyns.cli.common import add_arch_options, arch_from_args, human, print_json
+from pyns.cli.common import add_arch_options, arch_from_args, check_out_file, check_out_folder, human, print_json
 from pyns.errors import PynsError
 
 CONVENTION = ("params = trainable parameters; MACs = multiply-accumulates of conv/linear layers at batch 1 "
@@ -111,6 +113,7 @@ def _register_solve(tiny_sub) -> None:
 def run_solve(args: argparse.Namespace) -> int:
     from pyns.tinynet.solve import solve_tiny, write_resolved_tiny
 
+    check_out_file(args.out)
     arch = arch_from_args(args)
     if args.formula is not None and args.method != "tiny":
         raise PynsError(f"--formula is only used by the tiny method, not {args.method}")
@@ -206,6 +209,7 @@ def _register_sample(tiny_sub) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     from pyns.tinynet.sample import sample_tiny
 
+    check_out_folder(args.out)
     arch = arch_from_args(args)
     results = sample_tiny(arch, args.out, data=args.data, root=args.root, n=args.n,
                           value_range=_pair(args.range, "--range"), band=_pair(args.budget, "--budget"),
@@ -245,6 +249,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if not 0 < args.fraction <= 1:
         raise PynsError(f"--fraction must be in (0, 1], got {args.fraction}")
+    run_dir = Path(args.run_dir)
+    if os.path.isdir(run_dir):  # fit.json, the figures and (by default) formula.json go into it
+        check_out_folder(run_dir)
+    check_out_file(args.out if args.out is not None else run_dir / "formula.json" if os.path.isdir(run_dir) else None)
     report = fit_sample_dir(args.run_dir, args.out, fraction=args.fraction, accuracy=args.accuracy)
     if not args.no_plots:
         from pyns.tinynet.plots import plot_tiny_dir

@@ -12,13 +12,16 @@ Run folder:
     iter-00/ ...         one pruning run each (trajectory.jsonl, checkpoint.pt, ...) + its profile.json
     summary.jsonl        one row per finished iteration: start widths, params, MACs, change vs previous
     profile.json         the latest iteration's profile (the one `pyns scale --profile` / `pyns sweep` use)
+    .pyns-lock           held by the running descent: a second process on the folder is refused
 
 Resume works at the granularity of a pruning step: finished iterations are skipped, the interrupted one
-continues from its own checkpoint.
+continues from its own checkpoint, or starts over when it was interrupted before writing one (during
+its first warm-up epoch); either way the result equals an uninterrupted run's.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +29,11 @@ from typing import Any, Callable, Mapping
 
 from pyns.errors import RunError
 from pyns.neuralscale.prune.run import prune
-from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, PROFILE_FILE, TRAJECTORY_FILE
+from pyns.neuralscale.prune.runfolder import PROFILE_FILE
 from pyns.neuralscale.prune.schedule import PruneConfig
 from pyns.runfiles import append_jsonl, atomic_write_text, check_config, read_jsonl
+from pyns.runlock import folder_is_empty, lock_folder
+from pyns.safewrite import make_folder
 from pyns.neuralscale.profile import fit_power_law, read_trajectory
 from pyns.scaling.profile import Profile, ScalingWarning
 from pyns.scaling.solve import solve_budget
@@ -108,10 +113,18 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
     config = config or DescentConfig()
     config.validate()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise RunError(f"the run folder {out} is not empty: pass --resume to continue the descent in it, or "
-                       "choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    make_folder(out)
+    with lock_folder(out):  # one process per descent folder (pyns.runlock); each iteration locks its own
+        if not resume and not folder_is_empty(out):
+            raise RunError(f"the run folder {out} is not empty: pass --resume to continue the descent in it, "
+                           "or choose another folder")
+        return _descent(arch, train_set, config, out, device=device, resume=resume, progress=progress, log=log)
+
+
+def _descent(arch, train_set, config: DescentConfig, out: Path, *, device: str, resume: bool, progress: bool,
+             log: Callable[[str], None]) -> DescentResult:
     target = config.target if config.target is not None else float(getattr(arch.count(), config.metric))
     saved = {"kind": RUN_KIND, "arch": arch.name, "arch_params": arch.params, "policy": arch.policy.name,
              "metric": config.metric, "target": target, "until_change": config.until_change,
@@ -144,9 +157,10 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
             log(f"iteration {it}: start {config.metric} {getattr(cost, config.metric):,}"
                 + (f", change {100 * change:.2f}%" if change is not None else ""))
             iteration_prune = config.prune.replace(seed=config.prune.seed + it)  # fresh init per iteration
+            # An iteration folder that exists was started before: prune resumes it from its checkpoint,
+            # or starts it over when it was interrupted before the first one (it checks the settings).
             run = prune(arch, train_set, iteration_prune, folder, widths=start, device=device,
-                        resume=(folder / CHECKPOINT_FILE).exists(), progress=progress,
-                        data={"name": train_set.name})
+                        resume=resume and folder.exists(), progress=progress, data={"name": train_set.name})
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
                 # Rows via the tolerant reader: a line torn by a crash must not block the fit.

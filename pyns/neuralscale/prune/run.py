@@ -412,28 +412,28 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
                        f"images, the data set has {train_set.channels}x{train_set.resolution}x"
                        f"{train_set.resolution}; load it with resolution= and channels= to match")
     out = Path(out_dir)
-    prepare_folder(out, resume)
-    data_info = dict(data) if data is not None else {"name": train_set.name}
-    data_info.setdefault("num_samples", len(train_set))
-    data_info.setdefault("num_classes", train_set.num_classes)
-    check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
-    atomic_write_text(out / ARCH_FILE, arch.source.text)
-    atomic_write_json(out / VERSIONS_FILE, versions())
+    with prepare_folder(out, resume):  # the folder is this process's until the run ends (pyns.runlock)
+        data_info = dict(data) if data is not None else {"name": train_set.name}
+        data_info.setdefault("num_samples", len(train_set))
+        data_info.setdefault("num_classes", train_set.num_classes)
+        check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
+        atomic_write_text(out / ARCH_FILE, arch.source.text)
+        atomic_write_json(out / VERSIONS_FILE, versions())
 
-    pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
-    checkpoint = out / CHECKPOINT_FILE
-    if resume and checkpoint.exists():
-        pruner.restore(checkpoint)
-    else:
-        pruner.start_fresh()
-    if not pruner.state.done:
-        pruner.run()
-    s = pruner.state
-    cost = arch.count(s.widths)
-    summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
-               "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
-               "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
-               "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
-                       s.seconds)
+        pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
+        checkpoint = out / CHECKPOINT_FILE
+        if resume and checkpoint.exists():
+            pruner.restore(checkpoint)
+        else:
+            pruner.start_fresh()
+        if not pruner.state.done:
+            pruner.run()
+        s = pruner.state
+        cost = arch.count(s.widths)
+        summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
+                   "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
+                   "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
+                   "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
+                           s.seconds)
