@@ -63,9 +63,9 @@ class SchedulePlan:
         """The effective schedule in a few lines, for the start of a run."""
         c = self.config
         units = f"{c.units_per_step} unit(s) per prune step"
-        units += f" ({self.derived['units_per_step']})" if "units_per_step" in self.derived else " (set)"
+        units += f" ({self.derived['units_per_step']})" if "units_per_step" in self.derived else ""
         every = f"Q = {c.prune_every} minibatches of {c.batch_size} per step"
-        every += f" ({self.derived['prune_every']})" if "prune_every" in self.derived else " (set)"
+        every += f" ({self.derived['prune_every']})" if "prune_every" in self.derived else ""
         return [f"schedule: {units}; {every}",
                 f"schedule: {self.total_units:,} prunable units, {self.minibatches_per_epoch} minibatches per "
                 f"epoch -> at most {self.max_steps} prune steps and {self.max_points} recorded trajectory "
