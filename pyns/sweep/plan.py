@@ -24,9 +24,10 @@ __all__ = ["METHODS", "FULL", "FALLBACK_NOTE", "SWEEP_KIND", "SweepConfig", "Cel
            "plan_cells", "sweep_warnings"]
 
 METHODS = ("uniform", "morphnet", "neuralscale", "li")
-# The table's footnote for neuralscale cells trained from a fallback profile (allow_fallback).
-FALLBACK_NOTE = ("uniform fallback: the profile had too few points to fit, so these are uniformly scaled "
-                 "widths, not NeuralScale's")
+# The table's footnote for neuralscale cells trained from a fallback profile (allow_fallback); it replaces
+# the solver's own "falls back to uniform scaling" note, which says the same.
+FALLBACK_NOTE = ("uniform fallback: the profile had too few recorded points ({points}) to fit power laws, so "
+                 "these are uniformly scaled widths, not NeuralScale's")
 FULL = "full"  # the trained default network that the li cells prune (not a method of its own)
 SWEEP_KIND = "pyns-sweep"
 
@@ -157,7 +158,7 @@ def _solve(arch, config: SweepConfig, method: str, budget: int, cache: dict[str,
         result = solve_budget(arch, **kwargs, method="profile", profile=profile)
         how = {"solve": result.to_dict(), "profile": str(config.profile)}
         if profile.fallback:
-            how["fallback"] = profile.fallback
+            how["fallback"] = FALLBACK_NOTE.format(points=profile.points)
         return result.widths, how
     if method == "morphnet":
         result, point = morphnet_baseline(arch, config.trajectory, **kwargs, fraction=config.morphnet_fraction)
@@ -196,9 +197,10 @@ def plan_cells(arch, config: SweepConfig) -> tuple[list[Cell], list[str]]:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
                 widths, how = _solve(arch, config, method, budgets[ratio], cache)
-            how["warnings"] = sorted({str(w.message) for w in caught if issubclass(w.category, ScalingWarning)})
+            how["warnings"] = sorted({str(w.message) for w in caught if issubclass(w.category, ScalingWarning)
+                                      and not (how.get("fallback") and "falls back to uniform" in str(w.message))})
             if how.get("fallback"):
-                how["warnings"].insert(0, FALLBACK_NOTE)
+                how["warnings"].insert(0, how["fallback"])
             for w in caught:
                 if not issubclass(w.category, ScalingWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
