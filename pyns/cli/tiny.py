@@ -90,9 +90,11 @@ def _register_solve(tiny_sub) -> None:
                     "network; the shipped formula is fitted on the five released TinyNets), then the largest "
                     "width whose network fits, solved exactly on the real network; the paper's closed form "
                     "w = sqrt(c / (r^2 d)) is shown beside it. Baselines: giant (inverse EfficientNet compound "
-                    "scaling d = 1.2^phi, w = 1.1^phi, r = 1.15^phi with continuous phi), r, d, w (one "
+                    "scaling d = 1.2^phi, w = 1.1^phi, r = 1.15^phi with continuous phi; the paper's "
+                    "EfficientNet-B^-1..B^-4 are giant at 200M, 100M, 50M, 25M MACs), r, d, w (one "
                     "dimension alone). Policy: TinyNet's (depth round, stem fixed, head floor) for tiny/r/d/w, "
-                    "EfficientNet's (depth ceil, stem and head scaled) for giant, unless --policy is given. "
+                    "efficientnet_round (EfficientNet's widths, stem and head scaled, depth round as in the "
+                    "TinyNet code) for giant, unless --policy is given. "
                     + CONVENTION + ".")
     add_arch_options(p)
     budget = p.add_mutually_exclusive_group(required=True)
@@ -157,7 +159,11 @@ def _print_solve(res, *, show_flops: bool) -> None:
         width_line += f";  closed form sqrt(c/(r^2 d)) = {res.closed_form_w:.4f}"
     print(width_line)
     if res.phi is not None:
-        print(f"phi = {res.phi:.4f}  (EfficientNet-B-k is phi = -k)")
+        from pyns.tinynet.solve import B_MINUS_MACS
+
+        budgets = ", ".join(f"{m // 1_000_000}M" for m in B_MINUS_MACS.values())
+        print(f"phi = {res.phi:.4f}  (the largest compound-scaling phi within the budget; the paper's "
+              f"EfficientNet-B^-1..B^-4 are this method at {budgets} MACs, not phi = -k)")
     print("widths: " + ", ".join(f"{k}={v}" for k, v in res.widths.items() if k in res.searchable))
     print(f"params: {res.params:,} ({human(res.params)})")
     flops = f"   FLOPs: {res.flops:,} ({human(res.flops)})" if show_flops else ""

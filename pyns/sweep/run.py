@@ -49,7 +49,7 @@ from pyns.errors import BudgetError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
 from pyns.runlock import RunBusy, describe_holder, lock_folder
 from pyns.safewrite import make_folder
-from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells
+from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells, sweep_warnings
 from pyns.sweep.report import FIGURE_LATENCY, FIGURE_PARAMS, TABLE_CSV, TABLE_MD, aggregate, write_figures, write_table
 from pyns.train.run import ArchSpec, DataSpec, read_result, run_training
 
@@ -69,7 +69,8 @@ SWEEP_FILE = "sweep.json"
 # without changing what its finished cells mean.
 # The profile and trajectory are named by path, which may move; what they gave is checked per cell
 # (its planned widths) instead.
-_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory")
+# allow_fallback only permits cells that the plan would otherwise refuse; the planned widths are checked.
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "allow_fallback")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class SweepResult:
     notes: list[str]
     ran: int  # cells trained in this call
     skipped: int  # cells already complete
+    warnings: list[str] = dataclasses.field(default_factory=list)  # "method at ratio R: ..." (table footnotes)
 
     @property
     def files(self) -> dict[str, Path]:
@@ -301,8 +303,13 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
               ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
-              progress: bool = False) -> SweepResult:
-    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc."""
+              progress: bool = False, warn: Callable[[str], None] | None = None) -> SweepResult:
+    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc.
+
+    Every ScalingWarning of the plan (a fallback profile allowed by `allow_fallback`, an extrapolating
+    solve, a profile fitted on another architecture) goes to `warn` before any training (default: issued
+    as a ScalingWarning), is returned in SweepResult.warnings and is a footnote of the table.
+    """
     if executor not in ("serial", "ray"):
         raise PynsError(f"the executor must be serial or ray, got {executor!r}")
     if executor == "ray":
@@ -317,6 +324,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     _check_planned(out, cells)
     for note in notes:
         say(f"note: {note}")
+    by_cell = sweep_warnings(cells)
+    flat = [f"{method} at ratio {ratio:g}: {note}" for (method, ratio), texts in by_cell.items() for note in texts]
+    for text in flat:
+        (warn or _issue)(text)
     specs = [_cell_spec(config, cell, out) for cell in cells]
     # li cells need their full network trained: they form a second wave.
     waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
@@ -331,8 +342,16 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
             records = _run_serial(wave, say, progress, counter)
         by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
     records = [by_folder[spec["folder"]] for spec in specs]
-    rows = aggregate(records, config.methods, config.ratios)
+    rows = aggregate(records, config.methods, config.ratios, warnings=by_cell)
     write_table(rows, out)
     write_figures(rows, out)
     ran = sum(1 for r in records if not r["skipped"])
-    return SweepResult(out, records, rows, notes, ran, len(records) - ran)
+    return SweepResult(out, records, rows, notes, ran, len(records) - ran, flat)
+
+
+def _issue(text: str) -> None:
+    import warnings
+
+    from pyns.scaling.profile import ScalingWarning
+
+    warnings.warn(text, ScalingWarning, stacklevel=3)
