@@ -5,11 +5,13 @@
     arch.count().params                       # exact params / MACs (C++)
     result = arch.scale(params="0.58M")       # widths meeting a budget
     model = arch.build(result.widths)         # torch.nn.Module
+    model = pyns.load_model("net.pyns")       # a bundle written by `pyns export`: weights, eval mode
 """
 __version__ = "0.1.0"  # first, so modules imported below can read it during package start-up
 
 from pyns.arch import Arch, Cost, load, loads
-from pyns.errors import BudgetError, DataError, DSLError, ProfileError, PynsError, RunError
+from pyns.errors import BudgetError, DataError, DSLError, ExportError, ProfileError, PynsError, RunError
+from pyns.export.bundle import load_model  # torch is imported only when a model is built
 
 
 def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
@@ -18,6 +20,5 @@ def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
     return _from_torch(model, input_size, **options)
 
 
-__all__ = ["Arch", "Cost", "load", "loads", "from_torch", "PynsError", "DSLError", "BudgetError", "ProfileError",
-           "DataError",
-           "RunError", "__version__"]
+__all__ = ["Arch", "Cost", "load", "loads", "load_model", "from_torch", "PynsError", "DSLError", "BudgetError",
+           "ProfileError", "DataError", "RunError", "ExportError", "__version__"]

@@ -96,3 +96,11 @@ class DataError(PynsError):
 
 class RunError(PynsError):
     """A run folder that cannot be used (wrong contents, config mismatch on resume, ...)."""
+
+
+class ExportError(PynsError):
+    """A model bundle, weights file or export that cannot be read, or written faithfully."""
+
+
+class OutputError(RunError):
+    """An output path that cannot be written (a file in the way, a read-only mount, a device, ...)."""
