@@ -179,3 +179,20 @@ def test_convnext_layers_count_like_torch():
         x.permute(0, 2, 3, 1), (8,), ln.weight, ln.bias, ln.eps).permute(0, 3, 1, 2))
     with pytest.raises(pyns.DSLError, match="layernorm\\(eps\\)"):
         pyns.loads(text.replace("layernorm(eps = 0.00001)", "layernorm(eps = 2)"))
+
+
+def test_lets_inside_concat_branches_are_checked_for_reserved_names():
+    text = """network r(classes = 2, resolution = 4, in_channels = 3)
+    width a = 4
+    body { conv(a, 1) concat { branch { let round = 2 } branch { } } gap flatten linear(classes) }"""
+    with pytest.raises(pyns.DSLError, match="reserved name"):
+        pyns.loads(text)
+
+
+def test_importer_never_names_a_width_after_a_reserved_word():
+    from pyns.torch_import.emit import sanitize
+    for word in ("concat", "branch", "shortcut", "conv", "in", "round", "classes", "3x"):
+        name = sanitize(word)
+        text = f"network r(classes = 2, resolution = 4, in_channels = 3)\nwidth {name} = 4\n" \
+               f"body {{ conv({name}, 1) gap flatten linear(classes) }}"
+        assert pyns.loads(text).defaults[name] == 4

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import re
 
-from pyns.dsl.elaborate import ACTIVATIONS, LAYER_SPECS
-from pyns.dsl.expr import FUNCTIONS
+from pyns.dsl.elaborate import LAYER_SPECS
+from pyns.dsl.names import reserved_names
 from pyns.errors import PynsError
 from pyns.torch_import.graph import Analyzer, Op, _shape, unsupported
 
-RESERVED = ({"in", "block_in", "true", "false", "resolution", "classes", "in_channels", "first", "network",
-             "width", "fixed", "let", "block", "body", "repeat", "residual", "policy", "variant"}
-            | set(FUNCTIONS) | set(LAYER_SPECS) | set(ACTIVATIONS))
+# The language's reserved words (keywords, layers, functions, shortcuts, `in`...) and the header's parameters.
+RESERVED = set(reserved_names(LAYER_SPECS)) | {"resolution", "classes", "in_channels", "network", "policy"}
 
 
 def sanitize(text: str) -> str:
