@@ -154,7 +154,7 @@ class Emitter:
                 args.append("bias = 1")
             in_hw, out_hw = _shape(o.in_node)[2:], _shape(o.node)[2:]
             stride = max(1, -(-in_hw[0] // out_hw[0]))
-            if conv.attrs["s"] != stride:
+            if conv.attrs["s"] != stride and tuple(in_hw) != (1, 1):  # on a 1x1 map every stride is the same
                 raise unsupported(conv.node, f"a projection shortcut of stride {conv.attrs['s']} beside a body "
                                              f"of stride {stride}")
             if stride == 1:
