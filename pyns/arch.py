@@ -234,7 +234,8 @@ class Arch:
     def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
               resolution: int | None = None, init: str | None = None, weights=None):
         """A torch module at these widths. `weights=model` copies the parameters and buffers of the torch
-        module this Arch was imported from (or one with the same structure) into the default-width build."""
+        module this Arch was imported from (or one with the same structure, or its state_dict) into the
+        default-width build."""
         from pyns.builder import build_module
         full = self.widths(widths)
         if weights is not None and (full != self.defaults or depth != 1.0):
@@ -242,8 +243,9 @@ class Arch:
                             "(build, then prune or shrink, to get a smaller network from them)")
         module = build_module(self.ir(depth, resolution), full, gates=gates, init=init)
         if weights is not None:
-            from pyns.torch_import.weights import load_weights
-            load_weights(module, weights, self.torch_layers)  # None (read from text): maps by importing again
+            from pyns.torch_import.weights import load_weights, map_from_text
+            # Read from text: the map the importer wrote into it, else (None) map by importing `weights` again.
+            load_weights(module, weights, self.torch_layers or map_from_text(self.source.text))
         return module
 
     def to_text(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from pyns.errors import PynsError
+from pyns.torch_import.weights import map_comment
 from pyns.torch_import.emit import Emitter, sanitize
 from pyns.torch_import.graph import Op, UnsupportedOp, analyze, describe
 from pyns.torch_import.tracer import trace
@@ -122,6 +123,8 @@ def import_text(model: nn.Module, input_size=(3, 224, 224), name: str | None = N
         "",
     ]
     text = "\n".join(header + decls + ["", "body {"] + body + ["}", ""])
+    # The module of every counted layer, so the file alone can take the model's state_dict.
+    text += "\n" + map_comment(layers)
     return text, layers
 
 

@@ -1,21 +1,71 @@
-"""Copy an original module's parameters and buffers into the network pyns built from its import."""
+"""Copy an original module's parameters and buffers (or its state_dict) into the network pyns built from
+its import, and the layer map that says which source module each counted IR layer came from.
+
+The map travels in the imported .arch text as `# pyns-torch-layers:` comment lines, so an Arch read back
+from a file can still take the original model's state_dict (`pyns prune ARCH --weights FILE`) without
+the model's code. A hand-edited file whose layers no longer match the map is refused by the layer count
+check, never loaded wrongly.
+"""
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from pyns.errors import PynsError
 
+MAP_PREFIX = "# pyns-torch-layers:"
+_LINE = 100  # wrap the map like the rest of the file, so it stays readable in an editor
+
 
 def _built_layers(built: nn.Module) -> list[nn.Module]:
+    # Pruning gates are inserted modules without a `pyns_layer`: they have no source tensors and keep
+    # their own initial state.
     return [m for m in built.modules() if getattr(m, "pyns_layer", None) is not None]
 
 
-def _copy(dst: nn.Module, src: nn.Module, where: str) -> None:
-    theirs = src.state_dict()
+def map_comment(layers) -> str:
+    """The layer map as comment lines for the end of an imported .arch file."""
+    words = []
+    for kind, path in layers:
+        words.append(f"{kind}={'+'.join(path) if isinstance(path, tuple) else path}")
+    lines, line = [], MAP_PREFIX
+    for word in words:
+        if len(line) + 1 + len(word) > _LINE and line != MAP_PREFIX:
+            lines.append(line)
+            line = MAP_PREFIX
+        line += " " + word
+    lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def map_from_text(text: str):
+    """The layer map written by map_comment, or None when the text has none (a hand-written file)."""
+    layers = []
+    for line in text.splitlines():
+        if not line.startswith(MAP_PREFIX):
+            continue
+        for word in line[len(MAP_PREFIX):].split():
+            kind, _, path = word.partition("=")
+            layers.append((kind, tuple(path.split("+")) if kind == "se" else path))
+    return layers or None
+
+
+def _sub(state: Mapping[str, torch.Tensor], path: str, used: set[str]) -> dict[str, torch.Tensor]:
+    prefix = f"{path}." if path else ""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            out[key[len(prefix):]] = value
+            used.add(key)
+    return out
+
+
+def _copy(dst: nn.Module, theirs: Mapping[str, torch.Tensor], where: str) -> None:
     for key, tensor in dst.state_dict().items():
         if key not in theirs:
-            raise PynsError(f"cannot copy weights into `{where}`: the source module has no `{key}`")
+            raise PynsError(f"cannot copy weights into `{where}`: the source has no `{where}.{key}`")
         value = theirs[key]
         if value.shape != tensor.shape:
             raise PynsError(f"cannot copy `{where}.{key}`: shape {tuple(value.shape)} does not fit "
@@ -24,22 +74,41 @@ def _copy(dst: nn.Module, src: nn.Module, where: str) -> None:
 
 
 @torch.no_grad()
-def load_weights(built: nn.Module, model: nn.Module, layers=None) -> None:
-    """`layers` is the importer's map: one (kind, module path) per counted IR layer, in IR order; None
-    (an Arch read back from text) imports `model` again to get it."""
+def load_weights(built: nn.Module, source: nn.Module | Mapping[str, torch.Tensor], layers=None) -> None:
+    """`source` is the original module or its state_dict. `layers` is the importer's map: one (kind, module
+    path) per counted IR layer, in IR order; None (an Arch read back from text) imports `source` again to
+    get it, which needs the module. A state_dict must be used up: a tensor no layer takes is an error."""
     if layers is None:
+        if not isinstance(source, nn.Module):
+            raise PynsError("this architecture has no record of the module each layer was imported from "
+                            "(no `# pyns-torch-layers:` lines), so a state_dict cannot be mapped onto it; "
+                            "pass the model itself, or import it again with `pyns import`")
         from pyns.torch_import.convert import import_text
         net = built.ir
-        layers = import_text(model, (net.in_channels, net.resolution, net.resolution))[1]
+        layers = import_text(source, (net.in_channels, net.resolution, net.resolution))[1]
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    used: set[str] = set()
     mine = _built_layers(built)
     if len(mine) != len(layers):
         raise PynsError(f"the built network has {len(mine)} weighted layers but the source module maps to "
                         f"{len(layers)}: build at depth 1 and the default widths to load weights")
     for module, (kind, path) in zip(mine, layers):
         if kind == "scale":
-            module.gamma.copy_(model.get_parameter(path).reshape(-1))
+            if path not in state:
+                raise PynsError(f"cannot copy weights: the source has no `{path}`")
+            value = state[path].reshape(-1)
+            if value.shape != module.gamma.shape:
+                raise PynsError(f"cannot copy `{path}`: shape {tuple(state[path].shape)} does not fit "
+                                f"{tuple(module.gamma.shape)}")
+            module.gamma.copy_(value)
+            used.add(path)
         elif kind == "se":
-            _copy(module.conv_reduce, model.get_submodule(path[0]), path[0])
-            _copy(module.conv_expand, model.get_submodule(path[1]), path[1])
+            _copy(module.conv_reduce, _sub(state, path[0], used), path[0])
+            _copy(module.conv_expand, _sub(state, path[1], used), path[1])
         else:
-            _copy(module, model.get_submodule(path), path)
+            _copy(module, _sub(state, path, used), path)
+    if not isinstance(source, nn.Module):
+        left = [k for k in state if k not in used]
+        if left:
+            raise PynsError(f"{len(left)} tensor(s) of the weights belong to no layer of the architecture, "
+                            f"first `{left[0]}` ({tuple(state[left[0]].shape)}): they are another model's")

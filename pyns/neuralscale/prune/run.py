@@ -147,11 +147,12 @@ def _seed_everything(seed: int) -> None:
 class _Pruner:
     def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
                  widths: Mapping[str, int], progress: bool,
-                 callback: Callable[[PruneState, Any], None] | None):
+                 callback: Callable[[PruneState, Any], None] | None, start_weights=None):
         from pyns.data.augment import BatchLoader, default_augment
 
         self.arch, self.config, self.mode, self.device, self.out = arch, config, mode, device, out
         self.callback = callback
+        self.start_weights = start_weights  # a StartWeights, or None for a random init
         self.searchable: list[str] = list(arch.searchable)
         if not self.searchable:
             raise RunError(f"{arch.name} has no searchable widths: there is nothing to prune")
@@ -192,6 +193,9 @@ class _Pruner:
     def start_fresh(self) -> None:
         _seed_everything(self.config.seed)
         self.model = self._build(self.initial)
+        if self.start_weights is not None:
+            from pyns.neuralscale.prune.start_weights import load_start_weights
+            load_start_weights(self.model, self.arch, self.start_weights)
         self.optimizer = self._optimizer(self.model)
         groups = [tuple(g) for g in ir.tied_groups(self.arch.network, self.initial)]
         self.state = PruneState(widths=dict(self.initial),
@@ -398,21 +402,38 @@ class _Pruner:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _resolve_weights(arch, weights, start: Mapping[str, int]):
+    if weights is None:
+        return None
+    changed = [f"{k}={v} (default {arch.defaults[k]})" for k, v in start.items() if v != arch.defaults[k]]
+    if changed:
+        raise RunError("pruning from given weights starts at the default widths, but the start widths set "
+                       + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
+                       + ": drop --widths/--ratio (the run prunes from there)")
+    from pyns.neuralscale.prune.start_weights import resolve_start_weights
+    return resolve_start_weights(weights)
+
+
 def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
           mode: str = "shrink", device: str | torch.device = "cpu", resume: bool = False,
           widths: Mapping[str, int] | None = None, data: Mapping[str, Any] | None = None,
-          progress: bool = False, callback: Callable[[PruneState, Any], None] | None = None) -> PruneResult:
+          progress: bool = False, callback: Callable[[PruneState, Any], None] | None = None,
+          weights=None) -> PruneResult:
     """Run Algorithm 1 on `arch` (a pyns.arch.Arch) with `train_set` (a pyns.data.datasets.ImageDataset).
 
     `widths` are the start widths (default: the arch's defaults); `data` describes the data set for
     config.json (default: its name and size). `callback(state, model)` runs after every minibatch, after
-    the prune step if one was due (tests use it to inspect the model or interrupt the run). Returns the
+    the prune step if one was due (tests use it to inspect the model or interrupt the run). `weights`
+    starts the network from given weights instead of a random init (the default widths only): the module
+    the arch was imported from, a model spec or a weights file (pyns.neuralscale.prune.start_weights).
+    Returns the
     trajectory and where the run ended; see pyns.neuralscale.prune.runfolder for the run folder. Raises RunError for
     a non-empty folder without `resume`, or a resume with other settings.
     """
     if mode not in MODES:
         raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     start = arch.widths(widths)
+    start_weights = _resolve_weights(arch, weights, start)
     if train_set.channels != arch.network.in_channels or train_set.resolution != arch.resolution:
         raise RunError(f"{arch.name} takes {arch.network.in_channels}x{arch.resolution}x{arch.resolution} "
                        f"images, the data set has {train_set.channels}x{train_set.resolution}x"
@@ -428,11 +449,14 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
         data_info.setdefault("num_samples", len(train_set))
         data_info.setdefault("num_classes", train_set.num_classes)
         saved_config = {**run_config(arch, data_info, config, mode, start), "schedule": plan.to_dict()}
+        if start_weights is not None:
+            saved_config["weights"] = start_weights.info
         check_config(out, saved_config, CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
         atomic_write_text(out / ARCH_FILE, arch.source.text)
         atomic_write_json(out / VERSIONS_FILE, versions())
 
-        pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
+        pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback,
+                         start_weights)
         checkpoint = out / CHECKPOINT_FILE
         if resume and checkpoint.exists():
             pruner.restore(checkpoint)
