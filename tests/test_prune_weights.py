@@ -104,9 +104,9 @@ def test_cli_prune_from_a_state_dict_file(tmp_path, one_thread, capsys):
     arch_file.write_text(pyns.from_torch(model, (3, 32, 32)).to_text())
     torch.save(model.state_dict(), weights)
     run = tmp_path / "run"
-    args = ["prune", str(arch_file), "--data", "synthetic", "--data-option", "num_samples=64", "--out", str(run),
-            "--weights", str(weights), "--warmup-epochs", "0", "--max-epochs", "0", "--batch-size", "32",
-            "--prune-every", "1", "--units-per-step", "16", "--no-fit", "--quiet"]
+    args = ["prune", str(arch_file), "--data", "synthetic", "--data-option", "num_samples=64", "--data-option",
+            "num_classes=10", "--out", str(run), "--weights", str(weights), "--warmup", "0", "--epochs", "0",
+            "--batch-size", "32", "--every", "1", "--units", "16", "--no-fit", "--quiet"]
     assert main(args) == 0, capsys.readouterr().err
     _same_outputs(_start_network(pyns.load(arch_file), run), model)
     import hashlib
@@ -118,7 +118,8 @@ def test_cli_prune_from_a_state_dict_file(tmp_path, one_thread, capsys):
     bad["layer2.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
     torch.save(bad, weights)
     capsys.readouterr()
-    assert main(args[:5] + [str(tmp_path / "run2")] + args[6:]) == 2
+    at = args.index("--out") + 1
+    assert main(args[:at] + [str(tmp_path / "run2")] + args[at + 1:]) == 2
     err = capsys.readouterr().err
     assert "layer2.0.conv1.weight" in err and "(64, 64, 3, 3)" in err and "(128, 64, 3, 3)" in err
     assert not (tmp_path / "run2" / "checkpoint.pt").exists()
@@ -134,8 +135,8 @@ def test_cli_prune_from_a_factory_spec(tmp_path, one_thread, capsys, monkeypatch
     assert main(["import", "myfactory:resnet18_10", "--input", "3x32x32", "--out", str(arch_file)]) == 0
     run = tmp_path / "run"
     assert main(["prune", str(arch_file), "--data", "synthetic", "--data-option", "num_samples=64",
-                 "--out", str(run), "--weights", "myfactory:resnet18_10", "--warmup-epochs", "0",
-                 "--max-epochs", "0", "--batch-size", "32", "--no-fit", "--quiet"]) == 0, capsys.readouterr().err
+                 "--data-option", "num_classes=10", "--out", str(run), "--weights", "myfactory:resnet18_10",
+                 "--warmup", "0", "--epochs", "0", "--batch-size", "32", "--no-fit", "--quiet"]) == 0, capsys.readouterr().err
     import myfactory
     _same_outputs(_start_network(pyns.load(arch_file), run), myfactory.resnet18_10().eval())
     assert json.loads((run / "config.json").read_text())["weights"]["spec"] == "myfactory:resnet18_10"
@@ -156,8 +157,8 @@ def test_pyns_train_checkpoint_names_are_accepted(tmp_path, one_thread):
 
 def test_li_l1_on_imported_pretrained_weights(one_thread):
     """li_prune on the original module keeps, per width, the filters of largest L1 norm of its real
-    weights: checked by hand on the stem conv (whose width no add ties to another layer... here the stem
-    group is tied by residual adds, so the hand computation sums the L1 norms of its group's convs)."""
+    weights, checked by hand: one conv's filters, and a width the folded repeat shares between two convs
+    (their norms are summed)."""
     from pyns.neuralscale.baselines import li_keep_sets, li_prune
 
     model = _resnet18()
@@ -168,11 +169,15 @@ def test_li_l1_on_imported_pretrained_weights(one_thread):
     # The same selection as ranking the pyns network that holds those weights.
     built = arch.build(weights=model)
     assert result.keep == li_keep_sets(built, result.widths)
-    # By hand on a width produced by one conv: layer1.0.conv1's 64 filters.
-    w = model.layer1[0].conv1.weight.detach()
-    k = result.widths["layer1_0_conv1"]
-    expected = sorted(torch.argsort(w.abs().sum(dim=(1, 2, 3)), descending=True)[:k].tolist())
-    assert k < 64 and sorted(result.keep["layer1_0_conv1"]) == expected
+
+    def by_hand(convs, k):
+        norm = sum(c.weight.detach().abs().sum(dim=(1, 2, 3)) for c in convs)
+        return sorted(torch.sort(norm, descending=True, stable=True).indices[:k].tolist())
+
+    k = result.widths["layer2_1_conv1"]
+    assert k < 128 and result.keep["layer2_1_conv1"] == by_hand([model.layer2[1].conv1], k)
+    k = result.widths["layer1_0_conv1"]  # repeat(2) over layer1.0 and layer1.1: one width for both
+    assert k < 64 and result.keep["layer1_0_conv1"] == by_hand([model.layer1[0].conv1, model.layer1[1].conv1], k)
 
 
 def test_descent_and_tiny_on_imported_archs(tmp_path, one_thread, capsys):

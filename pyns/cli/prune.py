@@ -30,6 +30,14 @@ def register(sub) -> None:
     p.add_argument("--widths", action="append", default=[], metavar="K=V,...",
                    help="start widths (others keep their defaults), e.g. --widths c1=32,c2=64")
     p.add_argument("--ratio", type=float, metavar="R", help="start from every searchable width scaled by R")
+    p.add_argument("--weights", metavar="FILE|SPEC",
+                   help="start from these weights instead of a random init (at the default widths): a state_dict, "
+                        "pyns training checkpoint or .safetensors file, named as the original model or as the "
+                        "pyns network names its tensors; or, for an imported arch, a model spec "
+                        "(torchvision:NAME, timm:NAME, package.module:factory) meaning the model that spec "
+                        "builds, with the weights it gives it. pyns never asks for pretrained weights itself "
+                        "(nothing is downloaded): torchvision/timm specs are random inits, so load pretrained "
+                        "weights in your own factory or pass a file. A --warmup of 0 keeps them as they are")
     p.add_argument("--mode", choices=("shrink", "masked"),
                    help="shrink the network physically (default) or only mask channels (slow; for comparison)")
     add_schedule_options(p)
@@ -95,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
         widths = arch.uniform_widths(args.ratio) if args.ratio is not None else arch.defaults
         widths.update(parse_assignments(args.widths, "--widths"))
     mode = args.mode or (saved or {}).get("mode", "shrink")
+    weights = args.weights
+    if weights is None and saved is not None and saved.get("weights"):
+        saved_weights = saved["weights"]  # resuming: the start the run was begun from (checked again)
+        weights = saved_weights.get("path") or saved_weights.get("spec")
+        if weights is None:
+            raise RunError(f"{args.out} was started from a torch module ({saved_weights.get('module')}) in "
+                           "Python; resume it from Python with the same module")
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
     print_schedule(arch, config, widths, len(train_set))
@@ -104,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
             warnings.simplefilter("ignore", ScheduleWarning)  # printed above, before training
             result = prune(arch, train_set, config, args.out, mode=mode, device=args.device,
-                           resume=args.resume, widths=widths, data=data, progress=not args.quiet)
+                           resume=args.resume, widths=widths, data=data, progress=not args.quiet,
+                           weights=weights)
     except KeyboardInterrupt:
         print(f"pyns: the last checkpoint is in {args.out}; continue with the same command and --resume",
               file=sys.stderr)

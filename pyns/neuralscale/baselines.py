@@ -253,8 +253,13 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     The number of filters per width is the trained configuration scaled uniformly to the budget (the
     solver's `from-config` family), so the result meets the budget exactly as the other baselines do.
     `model` is left unchanged; the returned network is new, holding the kept filters' trained weights.
+    `model` may also be the torch module `arch` was imported from (a pretrained torchvision or timm
+    network): its weights are copied into the pyns network first (`arch.build(weights=model)`).
     """
     from pyns.neuralscale.prune.shrink import shrink_network
+
+    if not hasattr(model, "widths") and depth == 1.0 and resolution is None:
+        model = arch.build(weights=model)  # not a pyns-built network: rank the real weights it holds
 
     trained = {s: int(model.widths[s]) for s in arch.searchable}
     full_cost = arch.count(model.widths, depth=depth, resolution=resolution)
