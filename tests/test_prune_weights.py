@@ -180,13 +180,48 @@ def test_li_l1_on_imported_pretrained_weights(one_thread):
     assert k < 64 and result.keep["layer1_0_conv1"] == by_hand([model.layer1[0].conv1, model.layer1[1].conv1], k)
 
 
-def test_descent_and_tiny_on_imported_archs(tmp_path, one_thread, capsys):
+def test_descent_from_weights_on_an_imported_arch(tmp_path, one_thread, capsys):
+    """`pyns descent --weights`: iteration 0 starts from the file (recorded with its hash), the next from a
+    fresh init at the widths the fitted profile gives."""
     from pyns.cli.main import main
 
-    arch_file = tmp_path / "mb.arch"
-    text = pyns.from_torch(make_model("torchvision:mobilenet_v2"), (3, 32, 32)).to_text()
+    model = _resnet18()
+    arch_file, weights = tmp_path / "r18.arch", tmp_path / "r18.safetensors"
+    arch_file.write_text(pyns.from_torch(model, (3, 32, 32)).to_text())
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    run = tmp_path / "descent"
+    assert main(["descent", str(arch_file), "--data", "synthetic", "--data-option", "num_samples=64",
+                 "--data-option", "num_classes=10", "--out", str(run), "--weights", str(weights),
+                 "--iterations", "2", "--warmup", "0", "--epochs", "1", "--batch-size", "32", "--every", "1",
+                 "--units", "16", "--quiet"]) == 0, capsys.readouterr().err
+    first = json.loads((run / "iter-00" / "config.json").read_text())
+    second = json.loads((run / "iter-01" / "config.json").read_text())
+    assert first["weights"]["kind"] == "safetensors" and "weights" not in second
+    rows = [json.loads(line) for line in (run / "iter-00" / "trajectory.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[-1]["params"] < sum(p.numel() for p in model.parameters())
+
+
+def test_tiny_and_scale_on_an_imported_arch(tmp_path, one_thread, capsys):
+    """TinyNet's depth multipliers act on the stages the importer folded into repeats; scale meets a
+    params budget; both resolved files count to what was reported and build to that many parameters."""
+    from pyns.cli.main import main
+
+    arch_file = tmp_path / "b0.arch"
+    text = pyns.from_torch(make_model("torchvision:efficientnet_b0"), (3, 64, 64)).to_text()
     arch_file.write_text(text)
     assert "repeat(" in text
-    out = tmp_path / "tiny"
-    assert main(["tiny", str(arch_file), "--params", "0.5x", "--out", str(out)]) == 0, capsys.readouterr().err
-    del out
+    out = tmp_path / "tiny.arch"
+    capsys.readouterr()
+    assert main(["tiny", str(arch_file), "--macs", "0.1x", "--json", "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["stages"] and any(s["repeats"] < s["base"] for s in res["stages"])
+    full = pyns.load(arch_file).count()
+    small = pyns.load(out)
+    assert small.count().macs == res["macs"] <= 0.1 * full.macs
+    assert sum(p.numel() for p in small.build().parameters()) == small.count().params == res["params"]
+
+    scaled = tmp_path / "scaled.arch"
+    assert main(["scale", str(arch_file), "--params", "0.5x", "--out", str(scaled)]) == 0
+    half = pyns.load(scaled)
+    assert sum(p.numel() for p in half.build().parameters()) == half.count().params <= 0.5 * full.params

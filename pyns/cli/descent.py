@@ -27,6 +27,9 @@ def register(sub) -> None:
                    help="target size in that metric: 1.2M, 500k, 0.5x (default: the default network's)")
     p.add_argument("--until-change", metavar="PCT",
                    help="stop early once the configuration moves less than this, e.g. 1%% or 0.01")
+    p.add_argument("--weights", metavar="FILE|SPEC",
+                   help="start iteration 0 from these weights (as for `pyns prune --weights`; the default "
+                        "target size); later iterations are freshly initialised")
     add_schedule_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             # own copy of it would only repeat it.
             warnings.simplefilter("ignore", ScalingWarning)
             result = descent(arch, train_set, config, args.out, device=args.device, resume=args.resume,
+                             weights=args.weights,
                              progress=not args.quiet, log=log)
     except KeyboardInterrupt:
         print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",

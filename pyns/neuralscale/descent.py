@@ -130,10 +130,16 @@ def _messages(caught) -> list[str]:
 
 def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str | Path = "descent-run", *,
             device: str = "cpu", resume: bool = False, progress: bool = False,
-            log: Callable[[str], None] = lambda line: None) -> DescentResult:
-    """Run architecture descent on `arch` (pyns.arch.Arch) with `train_set` (pyns.data.datasets.ImageDataset)."""
+            log: Callable[[str], None] = lambda line: None, weights=None) -> DescentResult:
+    """Run architecture descent on `arch` (pyns.arch.Arch) with `train_set` (pyns.data.datasets.ImageDataset).
+
+    `weights` (a module, model spec or weights file, as for `prune`) starts iteration 0 from them instead
+    of a random init; later iterations are fresh networks of other widths, as the algorithm has them."""
     config = config or DescentConfig()
     config.validate()
+    if weights is not None and config.target is not None and config.target != getattr(arch.count(), config.metric):
+        raise RunError("descent from given weights starts iteration 0 at the default widths, so the target "
+                       f"size must be the default network's {config.metric} (drop --target-size)")
     out = Path(out_dir)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise RunError(f"{out} exists and is not a folder; choose another --out")
@@ -142,11 +148,12 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
         if not resume and not folder_is_empty(out):
             raise RunError(f"the run folder {out} is not empty: pass --resume to continue the descent in it, "
                            "or choose another folder")
-        return _descent(arch, train_set, config, out, device=device, resume=resume, progress=progress, log=log)
+        return _descent(arch, train_set, config, out, device=device, resume=resume, progress=progress, log=log,
+                        weights=weights)
 
 
 def _descent(arch, train_set, config: DescentConfig, out: Path, *, device: str, resume: bool, progress: bool,
-             log: Callable[[str], None]) -> DescentResult:
+             log: Callable[[str], None], weights=None) -> DescentResult:
     target = config.target if config.target is not None else float(getattr(arch.count(), config.metric))
     saved = {"kind": RUN_KIND, "arch": arch.name, "arch_params": arch.params, "policy": arch.policy.name,
              "metric": config.metric, "target": target, "until_change": config.until_change,
@@ -195,7 +202,7 @@ def _descent(arch, train_set, config: DescentConfig, out: Path, *, device: str, 
                 # or starts it over when it was interrupted before the first one (it checks the settings).
                 run = prune(arch, train_set, iteration_prune, folder, widths=start, device=device,
                             resume=resume and folder.exists(), progress=progress,
-                            data={"name": train_set.name})
+                            data={"name": train_set.name}, weights=weights if it == 0 else None)
             pruned = _messages(caught)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
