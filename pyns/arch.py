@@ -243,7 +243,8 @@ class Arch:
                             "(build, then prune or shrink, to get a smaller network from them)")
         module = build_module(self.ir(depth, resolution), full, gates=gates, init=init)
         if weights is not None:
-            from pyns.torch_import.weights import load_weights, map_from_text
+            from pyns.torch_import.layer_map import map_from_text
+            from pyns.torch_import.weights import load_weights
             # Read from text: the map the importer wrote into it, else (None) map by importing `weights` again.
             load_weights(module, weights, self.torch_layers or map_from_text(self.source.text))
         return module

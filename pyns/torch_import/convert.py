@@ -9,9 +9,9 @@ from __future__ import annotations
 from torch import nn
 
 from pyns.errors import PynsError
-from pyns.torch_import.weights import map_comment
 from pyns.torch_import.emit import Emitter, sanitize
 from pyns.torch_import.graph import Op, UnsupportedOp, analyze, describe
+from pyns.torch_import.layer_map import map_comment
 from pyns.torch_import.tracer import trace
 
 LayerMap = list[tuple[str, object]]  # (kind, module path | (reduce path, expand path)) per counted IR layer

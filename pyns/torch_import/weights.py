@@ -1,11 +1,5 @@
 """Copy an original module's parameters and buffers (or its state_dict) into the network pyns built from
-its import, and the layer map that says which source module each counted IR layer came from.
-
-The map travels in the imported .arch text as `# pyns-torch-layers:` comment lines, so an Arch read back
-from a file can still take the original model's state_dict (`pyns prune ARCH --weights FILE`) without
-the model's code. A hand-edited file whose layers no longer match the map is refused by the layer count
-check, never loaded wrongly.
-"""
+its import, by the importer's layer map (pyns.torch_import.layer_map)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,41 +9,11 @@ from torch import nn
 
 from pyns.errors import PynsError
 
-MAP_PREFIX = "# pyns-torch-layers:"
-_LINE = 100  # wrap the map like the rest of the file, so it stays readable in an editor
 
-
-def _built_layers(built: nn.Module) -> list[nn.Module]:
+def weighted_layers(built: nn.Module) -> list[nn.Module]:
     # Pruning gates are inserted modules without a `pyns_layer`: they have no source tensors and keep
     # their own initial state.
     return [m for m in built.modules() if getattr(m, "pyns_layer", None) is not None]
-
-
-def map_comment(layers) -> str:
-    """The layer map as comment lines for the end of an imported .arch file."""
-    words = []
-    for kind, path in layers:
-        words.append(f"{kind}={'+'.join(path) if isinstance(path, tuple) else path}")
-    lines, line = [], MAP_PREFIX
-    for word in words:
-        if len(line) + 1 + len(word) > _LINE and line != MAP_PREFIX:
-            lines.append(line)
-            line = MAP_PREFIX
-        line += " " + word
-    lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def map_from_text(text: str):
-    """The layer map written by map_comment, or None when the text has none (a hand-written file)."""
-    layers = []
-    for line in text.splitlines():
-        if not line.startswith(MAP_PREFIX):
-            continue
-        for word in line[len(MAP_PREFIX):].split():
-            kind, _, path = word.partition("=")
-            layers.append((kind, tuple(path.split("+")) if kind == "se" else path))
-    return layers or None
 
 
 def _sub(state: Mapping[str, torch.Tensor], path: str, used: set[str]) -> dict[str, torch.Tensor]:
@@ -88,7 +52,7 @@ def load_weights(built: nn.Module, source: nn.Module | Mapping[str, torch.Tensor
         layers = import_text(source, (net.in_channels, net.resolution, net.resolution))[1]
     state = source.state_dict() if isinstance(source, nn.Module) else source
     used: set[str] = set()
-    mine = _built_layers(built)
+    mine = weighted_layers(built)
     if len(mine) != len(layers):
         raise PynsError(f"the built network has {len(mine)} weighted layers but the source module maps to "
                         f"{len(layers)}: build at depth 1 and the default widths to load weights")

@@ -77,9 +77,9 @@ def _gate_free_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _copy_built(dst: nn.Module, src: nn.Module) -> None:
-    from pyns.torch_import.weights import _built_layers
+    from pyns.torch_import.weights import weighted_layers
 
-    for a, b in zip(_built_layers(dst), _built_layers(src), strict=True):
+    for a, b in zip(weighted_layers(dst), weighted_layers(src), strict=True):
         theirs = _gate_free_state(b)
         for key, tensor in _gate_free_state(a).items():
             tensor.copy_(theirs[key])
@@ -89,7 +89,8 @@ def load_start_weights(model: nn.Module, arch, start: StartWeights) -> None:
     """Copy `start` into `model`, the gated default-width build of `arch`; RunError naming the tensor and
     the shapes when they do not fit."""
     from pyns.errors import PynsError
-    from pyns.torch_import.weights import load_weights, map_from_text
+    from pyns.torch_import.layer_map import map_from_text
+    from pyns.torch_import.weights import load_weights
 
     source = start.source
     if not isinstance(source, nn.Module):
