@@ -225,3 +225,20 @@ def test_tiny_and_scale_on_an_imported_arch(tmp_path, one_thread, capsys):
     assert main(["scale", str(arch_file), "--params", "0.5x", "--out", str(scaled)]) == 0
     half = pyns.load(scaled)
     assert sum(p.numel() for p in half.build().parameters()) == half.count().params <= 0.5 * full.params
+
+
+@pytest.mark.parametrize("spec", ["torchvision:mobilenet_v3_small", "timm:convnext_atto"])
+def test_a_state_dict_maps_through_the_layer_map_in_the_text(spec, one_thread):
+    """Squeeze-excite pairs and layer-scale parameters go through the `# pyns-torch-layers:` lines too: an
+    Arch read back from text takes the bare state_dict and reproduces the model."""
+    model = make_model(spec)
+    with torch.no_grad():  # layer scales start at 1e-6: make them matter
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+    arch = pyns.loads(pyns.from_torch(model, (3, 32, 32)).to_text())
+    assert arch.torch_layers is None
+    _same_outputs(arch.build(weights=model.state_dict()), model)
+    extra = {**model.state_dict(), "head.extra.weight": torch.zeros(3)}
+    with pytest.raises(pyns.errors.PynsError, match="head.extra.weight"):
+        arch.build(weights=extra)
