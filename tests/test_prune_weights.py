@@ -84,6 +84,10 @@ def test_prune_starts_from_the_module_and_shrinks(tmp_path, one_thread):
     assert result.steps == 2
     full = sum(p.numel() for p in model.parameters())
     assert sizes[-1] == arch.count(result.widths).params < full
+    # ... and exactly as a run that was never interrupted.
+    straight = prune(arch, _data(), _config(max_epochs=1), tmp_path / "straight", weights=model)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(straight.rows) == strip(result.rows)
 
 
 def test_weights_need_the_default_widths(tmp_path, one_thread):
