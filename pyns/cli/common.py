@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
@@ -63,5 +62,7 @@ def arch_from_args(args: argparse.Namespace):
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """Print `obj` as strict JSON (NaN and infinities as null): the one `--json` writer of every command."""
+    from pyns.runfiles import json_text
+
+    sys.stdout.write(json_text(obj))

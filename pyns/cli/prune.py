@@ -1,7 +1,7 @@
 """`pyns prune ARCH --data NAME --out RUN_DIR`: NeuralScale's iterative Taylor-FO pruning (Algorithm 1).
 
 Pre-trains, prunes with physical shrinking, writes the trajectory into RUN_DIR, then fits the scaling
-profile (RUN_DIR/profile.json) and prints its path. Every SPEC §5 number is an option with the paper's
+profile (RUN_DIR/profile.json) and prints its path. Every number of the paper's schedule is an option with the paper's
 default (TinyImageNet gets its batch 100 and Q = 100 unless told otherwise).
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def add_schedule_options(p: argparse.ArgumentParser) -> None:
     """Every Algorithm 1 number as an option (unset = the paper's default)."""
-    sched = p.add_argument_group("schedule (SPEC §5 defaults)")
+    sched = p.add_argument_group("schedule (defaults: the NeuralScale paper's)")
     sched.add_argument("--warmup", type=int, metavar="P", help="pre-training epochs (10)")
     sched.add_argument("--warmup-lr", type=float, metavar="LR", help="pre-training learning rate (0.1)")
     sched.add_argument("--lr", type=float, metavar="LR", help="learning rate when pruning starts (0.01)")

@@ -42,7 +42,7 @@ def register(sub) -> None:
                                                              "(overrides --descent's iter-00)")
     source.add_argument("--morphnet-fraction", type=float, default=0.5, metavar="F",
                         help="take the MorphNet configuration where this fraction of units remains (0.5)")
-    recipe = p.add_argument_group("recipe of every cell (SPEC §5 defaults)")
+    recipe = p.add_argument_group("recipe of every cell (defaults: the NeuralScale paper's)")
     recipe.add_argument("--epochs", type=int, help="epochs (300; TinyImageNet 150)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")
     recipe.add_argument("--milestones", metavar="E1,E2,...", help="lr x gamma after these epochs (100,200,250)")

@@ -79,7 +79,8 @@ def register(sub) -> None:
 
 
 def _register_solve(tiny_sub) -> None:
-    from pyns.tinynet.solve import METHODS
+    # Only torch-, scipy- and scikit-learn-free names at registration: `pyns count` parses through this too.
+    from pyns.tinynet.options import METHODS
 
     p = tiny_sub.add_parser(
         "solve", help="r, d, w for a budget (the default form: pyns tiny ARCH ...)",
@@ -109,7 +110,7 @@ def _register_solve(tiny_sub) -> None:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from pyns.tinynet.solve import solve_tiny, write_resolved_tiny
+    from pyns.tinynet.solve import solve_tiny, write_resolved_tiny  # scipy/sklearn: only when it runs
 
     arch = arch_from_args(args)
     if args.formula is not None and args.method != "tiny":
@@ -170,7 +171,7 @@ def _print_solve(res, *, show_flops: bool) -> None:
 
 def _register_sample(tiny_sub) -> None:
     from pyns.data.names import DATASETS
-    from pyns.tinynet.sample import DEFAULT_BAND, DEFAULT_RANGE, EXECUTORS
+    from pyns.tinynet.options import DEFAULT_BAND, DEFAULT_RANGE, EXECUTOR_ALIASES, EXECUTORS
 
     p = tiny_sub.add_parser(
         "sample", help="sample (r, d, w), train every model (for `pyns tiny fit`)",
@@ -220,7 +221,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _register_fit(tiny_sub) -> None:
-    from pyns.tinynet.fit import ACCURACIES, DEFAULT_FRACTION
+    from pyns.tinynet.options import ACCURACIES, DEFAULT_FRACTION
 
     p = tiny_sub.add_parser(
         "fit", help="fit a tiny formula on a sampling run's Pareto front",

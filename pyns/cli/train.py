@@ -3,7 +3,7 @@
 The widths come from exactly one of: `--widths k=v,...` (others default), `--ratio R` (uniform
 scaling), `--profile P` with `--params N` and/or `--macs N` (NeuralScale widths at a budget), or a budget
 alone (the uniformly scaled network that fits it); with none, the default network. Training follows
-SPEC §5 (SGD lr 0.1, momentum 0.5, weight decay 5e-4, batch 128, 300 epochs with lr x0.1 at 100/200/250;
+the NeuralScale paper's recipe (SGD lr 0.1, momentum 0.5, weight decay 5e-4, batch 128, 300 epochs with lr x0.1 at 100/200/250;
 TinyImageNet 150 epochs, x0.1 at 50/100), every number an option. Under `torchrun` the run uses
 DistributedDataParallel (pyns.train.loop) and only rank 0 prints and writes.
 
@@ -26,7 +26,7 @@ RUN_FILE = "run.json"  # what was trained (arch, widths, data): lets --resume fi
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a network from scratch with the paper's recipe; report accuracy, cost, latency",
-        description="Train ARCH at the chosen widths from scratch (SPEC §5 recipe by default) and report the "
+        description="Train ARCH at the chosen widths from scratch (the NeuralScale paper's recipe by default) and report the "
                     "final and the best test accuracy (best = maximum over epochs, as the paper reports), "
                     "params, MACs, latency (batch 100, 20 warm-up, mean of 80) and images/s. Writes "
                     "checkpoints, metrics.jsonl and result.json into RUN_DIR. Runs under torchrun with DDP.")
@@ -46,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that holds a run")
     p.add_argument("--device", default="auto",
                    help="auto (this process's GPU where there is one, else the CPU), cpu, cuda or cuda:N")
-    recipe = p.add_argument_group("recipe (SPEC §5 defaults; TinyImageNet: 150 epochs, milestones 50,100)")
+    recipe = p.add_argument_group("recipe (defaults: the NeuralScale paper's; TinyImageNet: 150 epochs, milestones 50,100)")
     recipe.add_argument("--epochs", type=int, help="epochs (300)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")
     recipe.add_argument("--milestones", metavar="E1,E2,...",

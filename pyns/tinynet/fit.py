@@ -17,6 +17,7 @@ import numpy as np
 from pyns.errors import ProfileError, PynsError, RunError
 from pyns.tinynet.pareto import non_dominated_sort, pareto_top
 from pyns.runfiles import atomic_write_json, atomic_write_text, load_config
+from pyns.tinynet.options import ACCURACIES, DEFAULT_FRACTION
 from pyns.tinynet.formula import TinyFormula, fit_formula, spearman_with_macs
 from pyns.tinynet.sample import CELLS_FILE, CONFIG_FILE, KIND, Cell, CellResult, cell_dir, read_cell_result
 
@@ -27,8 +28,6 @@ __all__ = [
 
 FIT_FILE = "fit.json"
 FORMULA_FILE = "formula.json"
-ACCURACIES = ("final", "best")
-DEFAULT_FRACTION = 0.2        # the paper's "top 20%" of the Pareto ranking
 
 
 # ---- reading a run back ------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def fit_formula(c: Any, r: Any, d: Any, *, source: str,
 
 
 def formula_from_released_macs(macs: Mapping[str, float], base: str = "efficientnet_b0", *,
-                               macs_origin: str = "exact counts (SPEC §3)") -> TinyFormula:
+                               macs_origin: str = "exact counts (params = trainable parameters, MACs of conv and linear layers at batch 1)") -> TinyFormula:
     """The default formula from MACs of the base model and tinynet_a..e (how the shipped file is made).
     `macs_origin` says where the MACs came from and is appended to the formula's source."""
     names = list(RELEASED_TINYNETS)
@@ -364,5 +364,5 @@ if __name__ == "__main__":  # regenerate the shipped default: python -m pyns.tin
 
     reference_path = Path(sys.argv[1])
     formula = formula_from_released_macs(macs_table(json.loads(reference_path.read_text())),
-                                         macs_origin=f"exact counts (SPEC §3) from {reference_path.name}")
+                                         macs_origin=f"exact counts (MACs of conv and linear layers at batch 1) from {reference_path.name}")
     Path(sys.argv[2]).write_text(formula.to_json())

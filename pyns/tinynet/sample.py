@@ -16,7 +16,7 @@ Run folder (every file written atomically; a killed run resumes where it stopped
     cells/00007/result.json  the plan plus final / best test accuracy: present = cell done, skipped on resume
     fit.json, formula.json   written by `fit_sample_dir` (pyns.tinynet.fit)
 
-Executors: cells run one after another in this process ("local"), or as Ray tasks ("ray"; `pip install
+Executors: cells run one after another in this process ("serial"), or as Ray tasks ("ray"; `pip install
 ray`). Ray workers write into the run folder themselves, so on a multi-machine cluster it must be on a
 file system every worker mounts at the same path.
 """
@@ -38,6 +38,7 @@ from pyns.errors import BudgetError, DSLError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, atomic_write_text, check_config, load_config
 from pyns.tinynet.cost import CostPath, stage_repeats, with_policy
 from pyns.tinynet.formula import sample_multipliers
+from pyns.tinynet.options import DEFAULT_BAND, DEFAULT_RANGE, EXECUTOR_ALIASES, EXECUTORS
 
 __all__ = [
     "KIND", "Cell", "CellResult", "SampleJob", "EXECUTORS", "plan_cells", "short_recipe", "sample_tiny",
@@ -51,10 +52,6 @@ CELLS_FILE = "cells.json"
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
 TRAIN_DIR = "train"
-EXECUTORS = ("local", "ray")
-
-DEFAULT_RANGE = (0.35, 2.8)   # the paper's sampling box for each of r, d, w
-DEFAULT_BAND = (0.03, 1.05)   # the paper's budget band, in units of C0
 # Draws allowed per wanted model before giving up: in the paper's box about one draw in ten lands in the
 # band; a thousand covers bands a hundred times narrower before calling the settings hopeless.
 MAX_DRAWS_PER_MODEL = 1000
@@ -256,7 +253,8 @@ def read_cell_result(folder: Path, cell: Cell) -> CellResult | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return CellResult(Cell.from_dict(data), float(data["final_test_acc"]), float(data["best_test_acc"]),
-                          int(data["epochs"]), float(data.get("seconds", math.nan)))
+                          int(data["epochs"]),
+                          math.nan if data.get("seconds") is None else float(data["seconds"]))  # null: unmeasured
     except (ValueError, KeyError, TypeError) as err:
         raise RunError(f"{path} is damaged ({type(err).__name__}: {err}); delete it to retrain the cell") from None
 
@@ -278,7 +276,7 @@ def _require_ray():
         import ray
     except ImportError:
         raise PynsError("--executor ray needs Ray, which is not installed: pip install ray "
-                        "(or pip install 'pyns[ray]'), or use --executor local") from None
+                        "(or pip install 'pyns[ray]'), or use --executor serial") from None
     return ray
 
 
@@ -321,7 +319,7 @@ def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool) -> Arc
 def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path | None = None, n: int = 100,
                 value_range: Sequence[float] = DEFAULT_RANGE, band: Sequence[float] = DEFAULT_BAND,
                 seed: int = 0, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
-                policy: str | None = "tinynet", executor: str = "local", ray_address: str | None = None,
+                policy: str | None = "tinynet", executor: str = "serial", ray_address: str | None = None,
                 gpus_per_cell: float | None = None, device: str | None = None,
                 log: Callable[[str], None] | None = None) -> list[CellResult]:
     """Plan, train and record `n` sampled models in `out_dir` (see the module doc); returns every finished
@@ -329,11 +327,14 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
 
     The classifier is sized to the data set's classes unless the Arch was loaded with `classes=...`.
     """
+    log = log or (lambda line: print(line, file=sys.stderr))
+    if executor in EXECUTOR_ALIASES:
+        log(f"pyns: note: executor `{executor}` is now called `{EXECUTOR_ALIASES[executor]}` (as in `pyns sweep`)")
+        executor = EXECUTOR_ALIASES[executor]
     if executor not in EXECUTORS:
         raise PynsError(f"unknown executor `{executor}`; choose one of {', '.join(EXECUTORS)}")
     if executor == "ray":
         _require_ray()  # before any work, not after planning and loading data
-    log = log or (lambda line: print(line, file=sys.stderr))
     root_text = None if root is None else str(root)
     arch = with_policy(arch, policy) if policy else arch
     arch = _fit_classes(arch, data, root_text, explicit="classes" in arch.params)

@@ -41,13 +41,13 @@ from pyns.tinynet.baselines import (
 )
 from pyns.tinynet.cost import CostPath, Stage, record_repeats, stage_repeats, with_policy
 from pyns.tinynet.formula import TinyFormula, load_default_formula
+from pyns.tinynet.options import METHODS
 
 __all__ = [
     "METHODS", "DEFAULT_POLICY", "Stage", "TinyResult", "solve_tiny", "resolve_macs_budget", "giant_cost",
     "resolved_tiny_text", "write_resolved_tiny",
 ]
 
-METHODS = ("tiny", "giant", "r", "d", "w")
 DEFAULT_POLICY = {"tiny": "tinynet", "r": "tinynet", "d": "tinynet", "w": "tinynet", "giant": "efficientnet"}
 
 
