@@ -30,6 +30,53 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
 
 
+def add_augment_options(group) -> None:
+    """--augment SPEC and its shorthand --no-augment, as every training command takes them."""
+    from pyns.data.augment_spec import SPEC_HELP  # torch-free
+
+    group.add_argument("--augment", metavar="SPEC", help=f"training augmentation: {SPEC_HELP}")
+    group.add_argument("--no-augment", action="store_true", help="no data augmentation (= --augment none)")
+
+
+def augment_setting(args: argparse.Namespace):
+    """True (the data set's default), False (none) or a parsed spec, from --augment / --no-augment; None
+    when neither is given (a resumed run keeps its own)."""
+    from pyns.data.augment_spec import parse_augment
+
+    if args.no_augment and args.augment is not None:
+        raise PynsError("give --augment or --no-augment, not both")
+    if args.no_augment:
+        return False
+    return None if args.augment is None else parse_augment(args.augment)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads torch may use (default: torch's own choice, one per core). Results "
+                             "are bit-reproducible only at the same thread count: it sets the order in which "
+                             "floats are summed")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's CPU thread count from --threads; returns the count in effect (printed with the seed)."""
+    import torch  # only in handlers of training commands
+
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise PynsError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
+
+
+def note_ignored_root(data: str, root: str | None) -> None:
+    """--root with a built-in data set is ignored; say so instead of ignoring it silently."""
+    from pyns.data.names import BUILT_IN, canonical_name
+
+    if root is not None and canonical_name(data) in BUILT_IN:
+        print(f"pyns: note: --root {root} is ignored: the {canonical_name(data)} data set is built in "
+              "(no folder is read)", file=sys.stderr)
+
+
 def parse_number(text: str, what: str) -> float:
     try:
         value = float(text)

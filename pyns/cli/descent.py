@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
-from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.cli.common import add_arch_options, apply_threads, human, parse_assignments
+from pyns.cli.run_options import (add_run_options, add_schedule_options, load_arch_and_data, run_header,
+                                  schedule_overrides)
 from pyns.errors import PynsError
 
 
@@ -44,6 +45,7 @@ def _fraction(text: str | None) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
+    from pyns.data.augment_spec import describe_run_augment
     from pyns.neuralscale.prune.schedule import PruneConfig
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
@@ -64,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         target = float(parse_budget(args.target_size, "--target-size").resolve(default_cost))
     config = DescentConfig(iterations=args.iterations, metric=args.target, target=target,
                            until_change=_fraction(args.until_change), prune=prune_config)
+
+    threads = apply_threads(args)
+    print(run_header(arch, train_set, seed=prune_config.seed, threads=threads, device=args.device,
+                     augment=describe_run_augment(prune_config.augment, train_set.name)), flush=True)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)

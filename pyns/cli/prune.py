@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Any
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
-from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.cli.common import add_arch_options, apply_threads, human, parse_assignments
+from pyns.cli.run_options import (add_run_options, add_schedule_options, load_arch_and_data, run_header,
+                                  schedule_overrides)
 from pyns.errors import PynsError, RunError
 
 def register(sub) -> None:
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.prune.run import prune
     from pyns.neuralscale.prune.runfolder import TRAJECTORY_FILE
     from pyns.neuralscale.prune.schedule import PruneConfig
+    from pyns.data.augment_spec import describe_run_augment
 
     saved = _saved_config(args)
     saved_data = (saved or {}).get("data", {})
@@ -78,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     mode = args.mode or (saved or {}).get("mode", "shrink")
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
+    threads = apply_threads(args)
+    print(run_header(arch, train_set, seed=config.seed, threads=threads, device=args.device,
+                     augment=describe_run_augment(config.augment, train_set.name)), flush=True)
     try:
         result = prune(arch, train_set, config, args.out, mode=mode, device=args.device,
                        resume=args.resume, widths=widths, data=data, progress=not args.quiet)

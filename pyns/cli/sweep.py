@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, add_data_options, parse_assignments, print_json
+from pyns.cli.common import (add_arch_options, add_augment_options, add_data_options, augment_setting,
+                             note_ignored_root, parse_assignments, print_json)
 from pyns.errors import PynsError, RunError
 
 
@@ -50,7 +51,7 @@ def register(sub) -> None:
     recipe.add_argument("--momentum", type=float, help="SGD momentum (0.5)")
     recipe.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (5e-4)")
     recipe.add_argument("--batch-size", type=int, metavar="B", help="batch size (128)")
-    recipe.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type")
     recipe.add_argument("--channels-last", action="store_true", help="NHWC memory layout (CUDA only)")
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         ratios=parse_ratios(args.width_ratios), methods=methods, seeds=_seeds(args.seeds), metric=args.metric,
         profile=profile, trajectory=trajectory,
         morphnet_fraction=args.morphnet_fraction, li_epochs=args.li_epochs, li_lr=args.li_lr,
-        augment=not args.no_augment, device=None if device is None else str(device))
+        augment=True if augment_setting(args) is None else augment_setting(args), device=None if device is None else str(device))
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_sweep(config, args.out, executor=args.executor, ray_address=args.ray_address,
                        ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say)

@@ -13,10 +13,13 @@ paper reports), params, MACs, latency measured the paper's way and images/s.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from pyns.cli.common import add_arch_options, add_data_options, human, parse_assignments, print_json
+from pyns.cli.common import (add_arch_options, add_augment_options, add_data_options, add_threads_option,
+                             apply_threads, augment_setting, human, note_ignored_root, parse_assignments,
+                             print_json)
 from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
 
@@ -46,6 +49,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that holds a run")
     p.add_argument("--device", default="auto",
                    help="auto (this process's GPU where there is one, else the CPU), cpu, cuda or cuda:N")
+    add_threads_option(p)
     recipe = p.add_argument_group("recipe (defaults: the NeuralScale paper's; TinyImageNet: 150 epochs, milestones 50,100)")
     recipe.add_argument("--epochs", type=int, help="epochs (300)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")
@@ -56,7 +60,7 @@ def register(sub) -> None:
     recipe.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (5e-4)")
     recipe.add_argument("--batch-size", type=int, metavar="B", help="global batch size (128), split over processes")
     recipe.add_argument("--seed", type=int, default=0, help="random seed for initialisation and data order (0)")
-    recipe.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type (auto)")
     recipe.add_argument("--channels-last", action="store_true", help="NHWC memory layout (CUDA only)")
@@ -157,12 +161,22 @@ def run(args: argparse.Namespace) -> int:
 
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))
+    augment = augment_setting(args)
+    augment = True if augment is None else augment
+    note_ignored_root(args.data, args.root)
     arch, train_set, test_set = arch_spec.load_for(data)
     widths, how = choose_widths(arch, args)
     widths = _saved_widths(args, arch, widths, how)
     recipe = recipe_from_args(args, train_set.name)
     device = device_from_args(args.device)
     main = distributed_context().is_main
+    threads = apply_threads(args)
+    if main and not args.json:
+        from pyns.cli.run_options import run_header
+        from pyns.data.augment_spec import describe_run_augment
+
+        print(run_header(arch, train_set, seed=recipe.seed, threads=threads, device=args.device,
+                         augment=describe_run_augment(augment, train_set.name)), flush=True)
 
     torch.manual_seed(derive_seed(recipe.seed, "train-init"))  # same initial weights on every rank
     model = arch.build(widths)
@@ -179,12 +193,17 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.out) / RUN_FILE, {"arch": arch.name, "widths": widths, "how": how,
                                                       "data": {"name": data.name, "root": data.root,
                                                                "options": data.options}})
-    info = {"how": how, "data": {"name": train_set.name, "root": data.root, "options": data.options,
+    info = {"how": how, "threads": threads, "data": {"name": train_set.name, "root": data.root, "options": data.options,
                                  "train_samples": len(train_set), "test_samples": len(test_set)}}
     try:
         record = run_training(arch, model, train_set, test_set, recipe, args.out, resume=args.resume,
-                              overwrite=args.overwrite, device=device, augment=not args.no_augment, info=info,
+                              overwrite=args.overwrite, device=device, augment=augment, info=info,
                               latency=not args.no_latency, progress=not args.quiet)
+    except KeyboardInterrupt:
+        if main:
+            print(f"pyns: the last finished epoch is saved in {args.out}; continue with the same command and "
+                  "--resume", file=sys.stderr)
+        raise
     finally:
         cleanup_distributed()
     if record is None:  # a rank other than 0 under torchrun

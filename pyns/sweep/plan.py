@@ -74,7 +74,7 @@ class SweepConfig:
     morphnet_fraction: float = 0.5
     li_epochs: int | None = None  # None: 40 (20 on TinyImageNet)
     li_lr: float = 0.001
-    augment: bool = True
+    augment: bool | str | dict = True  # see pyns.data.augment_spec
     device: str | None = None  # None: the GPU where there is one
 
     def validate(self) -> None:
