@@ -18,3 +18,7 @@ DEFAULT_BAND = (0.03, 1.05)   # the paper's budget band, in units of C0
 
 ACCURACIES = ("final", "best")
 DEFAULT_FRACTION = 0.2        # the paper's "top 20%" of the Pareto ranking
+# Fewest selected models `pyns tiny fit` fits a formula on: as many as the released TinyNets the shipped
+# formula is fitted on. Fewer leave the GP's three hyperparameters (signal, length scale, noise) set by
+# the optimiser's bounds rather than by the data, and a leave-one-out error on 2-3 points says nothing.
+MIN_FIT_MODELS = 5

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyns.arch import Arch, loads
 from pyns.errors import BudgetError, DSLError, PynsError, RunError
@@ -195,6 +195,7 @@ class SampleJob:
     root: str | None
     recipe: dict[str, Any]
     device: str | None = None
+    data_options: tuple[tuple[str, Any], ...] = ()  # reader options (--data-option), sorted (k, v) pairs
 
     def arch(self) -> Arch:
         return loads(self.arch_text, filename=self.arch_filename, variant=self.variant, policy=self.policy,
@@ -206,10 +207,11 @@ def cell_dir(run_dir: str | Path, cell: Cell) -> Path:
 
 
 @lru_cache(maxsize=4)  # consecutive cells often share a resolution; a few splits in memory at most
-def _dataset(name: str, root: str | None, split: str, resolution: int, channels: int):
+def _dataset(name: str, root: str | None, split: str, resolution: int, channels: int,
+             options: tuple[tuple[str, Any], ...] = ()):
     from pyns.data.datasets import load_dataset
 
-    return load_dataset(name, root, split, resolution=resolution, channels=channels)
+    return load_dataset(name, root, split, resolution=resolution, channels=channels, **dict(options))
 
 
 def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False) -> CellResult:
@@ -228,8 +230,8 @@ def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False) -> CellResul
         raise RunError(f"cell {cell.name}: the built model has {built:,} parameters, the plan says "
                        f"{cell.params:,}; was the .arch file changed?")
     channels = arch.network.in_channels
-    train_set = _dataset(job.data, job.root, "train", cell.resolution, channels)
-    test_set = _dataset(job.data, job.root, "test", cell.resolution, channels)
+    train_set = _dataset(job.data, job.root, "train", cell.resolution, channels, job.data_options)
+    test_set = _dataset(job.data, job.root, "test", cell.resolution, channels, job.data_options)
     recipe = TrainRecipe(**{**job.recipe, "milestones": tuple(job.recipe["milestones"])})
     device = torch.device(job.device) if job.device else None
     train_loader, test_loader = make_loaders(train_set, test_set, recipe, device=device)
@@ -305,11 +307,13 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool) -> Arch:
+def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool,
+                 options: Mapping[str, Any] | None = None) -> Arch:
     """Give the classifier as many outputs as the data set has classes, unless `classes` was set explicitly."""
     from pyns.data.datasets import load_dataset
 
-    test = load_dataset(data, root, "test", resolution=arch.resolution, channels=arch.network.in_channels)
+    test = load_dataset(data, root, "test", resolution=arch.resolution, channels=arch.network.in_channels,
+                        **dict(options or {}))
     if "classes" in arch.network.params and not explicit and arch.network.params["classes"] != test.num_classes:
         arch = Arch(arch.source, variant=arch.variant, policy=arch.policy.name,
                     params={**arch.params, "classes": test.num_classes})
@@ -321,7 +325,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
                 seed: int = 0, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
                 policy: str | None = "tinynet", executor: str = "serial", ray_address: str | None = None,
                 gpus_per_cell: float | None = None, device: str | None = None,
-                log: Callable[[str], None] | None = None) -> list[CellResult]:
+                log: Callable[[str], None] | None = None,
+                data_options: Mapping[str, Any] | None = None) -> list[CellResult]:
     """Plan, train and record `n` sampled models in `out_dir` (see the module doc); returns every finished
     cell (including those done by an earlier, interrupted run). `policy=None` keeps the arch's own.
 
@@ -337,7 +342,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         _require_ray()  # before any work, not after planning and loading data
     root_text = None if root is None else str(root)
     arch = with_policy(arch, policy) if policy else arch
-    arch = _fit_classes(arch, data, root_text, explicit="classes" in arch.params)
+    options = dict(data_options or {})
+    arch = _fit_classes(arch, data, root_text, explicit="classes" in arch.params, options=options)
     recipe = short_recipe(epochs, lr=lr, batch_size=batch_size, seed=seed)
     base = arch.count()
     folder = Path(out_dir)
@@ -349,6 +355,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         "root": root_text, "recipe": dataclasses.asdict(recipe),
         "base": {"macs": base.macs, "params": base.params, "resolution": arch.resolution},
     }
+    if options:  # only when given, so runs started before the option existed still resume
+        config["data_options"] = options
     if folder.exists() and not folder.is_dir():
         raise RunError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()) and load_config(folder, CONFIG_FILE) is None:
@@ -367,7 +375,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
 
     job = SampleJob(run_dir=str(folder), arch_text=arch.source.text, arch_filename=arch.source.filename,
                     variant=arch.variant, policy=arch.policy.name, params=dict(arch.params), data=data,
-                    root=root_text, recipe=dataclasses.asdict(recipe), device=device)
+                    root=root_text, recipe=dataclasses.asdict(recipe), device=device,
+                    data_options=tuple(sorted(options.items())))
 
     def report(result: CellResult) -> None:
         results[result.cell.index] = result
