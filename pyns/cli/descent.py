@@ -29,6 +29,8 @@ def register(sub) -> None:
                    help="stop early once the configuration moves less than this, e.g. 1%% or 0.01")
     add_schedule_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object (every iteration) on stdout; "
+                                                       "progress lines go to stderr")
     p.set_defaults(handler=run)
 
 
@@ -68,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
                            until_change=_fraction(args.until_change), prune=prune_config)
 
     threads = apply_threads(args)
+    augment = describe_run_augment(prune_config.augment, train_set.name)
     print(run_header(arch, train_set, seed=prune_config.seed, threads=threads, device=args.device,
-                     augment=describe_run_augment(prune_config.augment, train_set.name)), flush=True)
+                     augment=augment), file=sys.stderr if args.json else sys.stdout, flush=True)
 
     def log(line: str) -> None:
-        print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)
+        to_stderr = args.json or line.startswith("pyns:")  # --json: stdout holds the JSON object alone
+        print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)
 
     try:
         result = descent(arch, train_set, config, args.out, device=args.device, resume=args.resume,
@@ -81,6 +85,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",
               file=sys.stderr)
         raise
+    if args.json:
+        from pyns.cli.common import print_json
+
+        print_json({"arch": arch.name, "data": train_set.name, "seed": prune_config.seed, "threads": threads,
+                    "augment": augment, "target": args.target, "stopped_early": result.stopped_early,
+                    "iterations": [{"iteration": it.iteration, "start_widths": it.start_widths,
+                                    "params": it.params, "macs": it.macs, "change": it.change,
+                                    "profile": it.profile_path, "stop_reason": it.stop_reason}
+                                   for it in result.iterations],
+                    "profile": str(result.out_dir / "profile.json")})
+        return 0
     print(f"\n{arch.name}: {len(result.iterations)} descent iterations"
           + (" (stopped early: the configuration stopped moving)" if result.stopped_early else ""))
     symbols = arch.searchable

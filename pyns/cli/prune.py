@@ -32,6 +32,7 @@ def register(sub) -> None:
     add_schedule_options(p)
     p.add_argument("--no-fit", action="store_true", help="do not fit the profile at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the summary) on stdout")
     p.set_defaults(handler=run)
 
 
@@ -81,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
     threads = apply_threads(args)
-    print(run_header(arch, train_set, seed=config.seed, threads=threads, device=args.device,
-                     augment=describe_run_augment(config.augment, train_set.name)), flush=True)
+    augment = describe_run_augment(config.augment, train_set.name)
+    print(run_header(arch, train_set, seed=config.seed, threads=threads, device=args.device, augment=augment),
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
         result = prune(arch, train_set, config, args.out, mode=mode, device=args.device,
                        resume=args.resume, widths=widths, data=data, progress=not args.quiet)
@@ -91,6 +93,21 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         raise
 
+    profile_path, notes = None, []
+    if not args.no_fit and result.recorded:
+        from pyns.neuralscale.prune.runfolder import fit_run
+
+        profile_path, notes = fit_run(result.run_dir)
+    if args.json:
+        from pyns.cli.common import print_json
+
+        print_json({"arch": arch.name, "data": data, "seed": config.seed, "threads": threads, "augment": augment,
+                    "mode": mode, "done": result.done, "stop_reason": result.stop_reason, "steps": result.steps,
+                    "params": result.params, "macs": result.macs, "widths": result.widths,
+                    "seconds": result.seconds, "trajectory": str(result.run_dir / TRAJECTORY_FILE),
+                    "rows": len(result.rows), "recorded": len(result.recorded),
+                    "profile": None if profile_path is None else str(profile_path), "warnings": notes})
+        return 0
     state = "finished" if result.done else "stopped"
     print(f"{arch.name} on {train_set.name}: {state} after {result.steps} prune steps "
           f"({result.stop_reason or 'not finished'})")
@@ -100,12 +117,9 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.recorded)} recorded)")
     if not args.no_fit:
         if result.recorded:
-            from pyns.neuralscale.prune.runfolder import fit_run
-
-            path, notes = fit_run(result.run_dir)
             for note in notes:
                 print(f"pyns: warning: {note}", file=sys.stderr)
-            print(f"profile: {path}")
+            print(f"profile: {profile_path}")
         else:
             print("profile: not fitted (no recorded rows: recording starts once every searchable width "
                   "has lost a unit)")

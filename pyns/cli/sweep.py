@@ -68,8 +68,10 @@ def register(sub) -> None:
                           help="Ray cluster to join (e.g. auto); default: start a local Ray instance")
     run_opts.add_argument("--ray-cpus", type=float, default=1, metavar="N", help="CPUs per cell task (1)")
     run_opts.add_argument("--ray-gpus", type=float, default=0, metavar="N", help="GPUs per cell task (0)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement of every cell "
+                                                            "(as `pyns train --no-latency`; Figure 5 stays empty)")
     p.add_argument("--json", action="store_true", help="print the table rows as JSON")
-    p.add_argument("--quiet", action="store_true", help="no per-cell lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-cell lines")
     p.set_defaults(handler=run)
 
 
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.sweep.plan import SweepConfig, parse_ratios
     from pyns.train.run import ArchSpec, DataSpec
 
+    note_ignored_root(args.data, args.root)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)
     device = device_from_args(args.device)
@@ -119,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
         ratios=parse_ratios(args.width_ratios), methods=methods, seeds=_seeds(args.seeds), metric=args.metric,
         profile=profile, trajectory=trajectory,
         morphnet_fraction=args.morphnet_fraction, li_epochs=args.li_epochs, li_lr=args.li_lr,
-        augment=True if augment_setting(args) is None else augment_setting(args), device=None if device is None else str(device))
+        augment=True if augment_setting(args) is None else augment_setting(args),
+        device=None if device is None else str(device), latency=not args.no_latency)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     result = run_sweep(config, args.out, executor=args.executor, ray_address=args.ray_address,
-                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say)
+                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say,
+                       cell_bar=not args.quiet)
     if args.json:
         print_json(result.rows)
         return 0

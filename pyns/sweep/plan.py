@@ -76,6 +76,7 @@ class SweepConfig:
     li_lr: float = 0.001
     augment: bool | str | dict = True  # see pyns.data.augment_spec
     device: str | None = None  # None: the GPU where there is one
+    latency: bool = True  # measure every cell's latency (the paper's way); False: Figure 5 stays empty
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]

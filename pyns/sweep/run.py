@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from pyns.sweep.progress import CellProgress
 from pyns.errors import BudgetError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
 from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells
@@ -63,7 +64,8 @@ SWEEP_FILE = "sweep.json"
 # without changing what its finished cells mean.
 # The profile and trajectory are named by path, which may move; what they gave is checked per cell
 # (its planned widths) instead.
-_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory")
+# Latency is measured after training, so turning it on or off does not change a trained cell either.
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "latency")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def _cell_spec(config: SweepConfig, cell: Cell, out: Path) -> dict[str, Any]:
             "source_folder": str(out / "cells" / cell.source) if cell.source else None,
             "arch": dataclasses.asdict(config.arch), "data": dataclasses.asdict(config.data),
             "recipe": dataclasses.asdict(config.recipe), "li_epochs": config.li_epochs, "li_lr": config.li_lr,
-            "augment": config.augment, "device": config.device}
+            "augment": config.augment, "device": config.device, "latency": config.latency}
 
 
 _DATA_CACHE: dict[str, Any] = {}  # serial sweeps load the data set once, not once per cell
@@ -138,7 +140,8 @@ def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
 
     resume = (folder / CHECKPOINT_FILE).exists()
     record = run_training(arch, model, train_set, test_set, recipe, folder, resume=resume, overwrite=not resume,
-                          device=spec["device"], augment=spec["augment"], info=info, progress=progress)
+                          device=spec["device"], augment=spec["augment"], info=info, progress=progress,
+                          latency=spec.get("latency", True))
     assert record is not None  # a sweep cell runs in one process
     over = record[cell.metric] > cell.budget
     if over:
@@ -203,16 +206,15 @@ def _describe(record: Mapping[str, Any]) -> str:
     return text
 
 
-def _run_serial(specs: Sequence[dict[str, Any]], say: Callable[[str], None], progress: bool,
-                counter: list[int]) -> list[dict]:
+def _run_serial(specs: Sequence[dict[str, Any]], progress: bool, tracker: CellProgress) -> list[dict]:
     out = []
     for spec in specs:
         name = Path(spec["folder"]).name
         started = time.perf_counter()
+        tracker.started()
         record = run_cell(spec, progress=progress)
-        counter[0] += 1
         state = "done before, skipped" if record["skipped"] else f"{time.perf_counter() - started:.1f}s"
-        say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)} ({state})")
+        tracker.finished(f"{name}: {_describe(record)} ({state})", skipped=record["skipped"])
         out.append(record)
     return out
 
@@ -225,13 +227,14 @@ def _import_ray():
     return ray
 
 
-def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], address: str | None,
-             cpus: float, gpus: float, counter: list[int]) -> list[dict]:
+def _run_ray(specs: Sequence[dict[str, Any]], address: str | None, cpus: float, gpus: float,
+             tracker: CellProgress) -> list[dict]:
     ray = _import_ray()
     if not ray.is_initialized():
         ray.init(address=address) if address else ray.init()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_cell)
     pending = {task.remote(dict(spec)): spec for spec in specs}
+    tracker.started(len(pending))  # submitted: Ray runs as many at once as its resources allow
     results: dict[str, dict] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -248,15 +251,14 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
                     raise type(cause)(f"cell {name}: {cause.message}") from None
                 raise RunError(f"cell {name} failed on Ray: {err}") from None
             results[spec["folder"]] = record
-            counter[0] += 1
-            say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)}"
-                + (" (done before, skipped)" if record["skipped"] else ""))
+            tracker.finished(f"{name}: {_describe(record)}" + (" (done before, skipped)" if record["skipped"] else ""),
+                             skipped=record["skipped"])
     return [results[spec["folder"]] for spec in specs]
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
               ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
-              progress: bool = False) -> SweepResult:
+              progress: bool = False, cell_bar: bool = False) -> SweepResult:
     """Plan, train every cell not yet complete, then write the table and the figures. See the module doc."""
     if executor not in ("serial", "ray"):
         raise PynsError(f"the executor must be serial or ray, got {executor!r}")
@@ -276,15 +278,19 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     # li cells need their full network trained: they form a second wave.
     waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
     by_folder: dict[str, dict] = {}
-    counter = [0, len(specs)]  # cells finished, cells in all
-    for wave in waves:
-        if not wave:
-            continue
-        if executor == "ray":
-            records = _run_ray(wave, say, ray_address, ray_cpus_per_cell, ray_gpus_per_cell, counter)
-        else:
-            records = _run_serial(wave, say, progress, counter)
-        by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
+    # One bar over all cells (`cell_bar`), one line per finished cell through `say`.
+    tracker = CellProgress(len(specs), 0, say, enabled=cell_bar)
+    try:
+        for wave in waves:
+            if not wave:
+                continue
+            if executor == "ray":
+                records = _run_ray(wave, ray_address, ray_cpus_per_cell, ray_gpus_per_cell, tracker)
+            else:
+                records = _run_serial(wave, progress, tracker)
+            by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
+    finally:
+        tracker.close()
     records = [by_folder[spec["folder"]] for spec in specs]
     rows = aggregate(records, config.methods, config.ratios)
     write_table(rows, out)
