@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,10 +33,14 @@ CASES = [  # (label, command, what it is compared with)
 ]
 
 
-def wall(cmd: list[str]) -> float:
+def wall(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child): CPU time is what load from other processes barely moves."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -46,18 +51,23 @@ def main() -> None:
         sys.exit("the `pyns` command is not on PATH; install pyns first")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     times: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
+    cpu: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
     for label, cmd, _ in CASES:  # one warm-up each: the first run pays for the OS file cache
         wall(cmd)
     for _ in range(args.reps):
         for label, cmd, _ in CASES:
-            times[label].append(wall(cmd))
+            seconds, cpu_seconds = wall(cmd)
+            times[label].append(seconds)
+            cpu[label].append(cpu_seconds)
     medians = {label: statistics.median(v) for label, v in times.items()}
-    base = {tuple(cmd): medians[label] for label, cmd, _ in CASES}
-    print(f"median wall time over {args.reps} interleaved rounds ({PY})")
-    print(f"{'command':<58} {'wall':>8}  {'vs API':>7}")
+    cpu_medians = {label: statistics.median(v) for label, v in cpu.items()}
+    base = {tuple(cmd): label for label, cmd, _ in CASES}
+    print(f"medians over {args.reps} interleaved rounds ({PY}; load average {os.getloadavg()[0]:.1f})")
+    print(f"{'command':<54} {'wall':>7} {'vs API':>7} {'CPU':>7} {'vs API':>7}")
     for label, cmd, ref in CASES:
-        ratio = f"{medians[label] / base[tuple(ref)]:.2f}x" if ref else ""
-        print(f"{label:<58} {medians[label]:>7.3f}s  {ratio:>7}")
+        wall_ratio = f"{medians[label] / medians[base[tuple(ref)]]:.2f}x" if ref else ""
+        cpu_ratio = f"{cpu_medians[label] / cpu_medians[base[tuple(ref)]]:.2f}x" if ref else ""
+        print(f"{label:<54} {medians[label]:>6.3f}s {wall_ratio:>7} {cpu_medians[label]:>6.3f}s {cpu_ratio:>7}")
 
 
 if __name__ == "__main__":
