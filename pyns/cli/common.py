@@ -34,7 +34,7 @@ def add_augment_options(group) -> None:
     """--augment SPEC and its shorthand --no-augment, as every training command takes them."""
     from pyns.data.augment_spec import SPEC_HELP  # torch-free
 
-    group.add_argument("--augment", metavar="SPEC", help=f"training augmentation: {SPEC_HELP}")
+    group.add_argument("--augment", metavar="ITEMS", help=f"training augmentation: {SPEC_HELP}")
     group.add_argument("--no-augment", action="store_true", help="no data augmentation (= --augment none)")
 
 
