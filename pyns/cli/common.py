@@ -77,6 +77,13 @@ def note_ignored_root(data: str, root: str | None) -> None:
               "(no folder is read)", file=sys.stderr)
 
 
+def print_data_notes(*datasets) -> None:
+    """What a reader had to do to a data set (e.g. unreadable images skipped), on stderr."""
+    for dataset in datasets:
+        for note in getattr(dataset, "notes", ()):
+            print(f"pyns: note: {note}", file=sys.stderr)
+
+
 def parse_number(text: str, what: str) -> float:
     try:
         value = float(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pyns.cli.common import add_augment_options, add_data_options, augment_setting, add_threads_option, note_ignored_root, parse_assignments
+from pyns.cli.common import add_augment_options, add_data_options, augment_setting, print_data_notes, add_threads_option, note_ignored_root, parse_assignments
 from pyns.errors import DataError
 
 # CLI flag -> PruneConfig field, for the options that map one to one.
@@ -86,6 +86,7 @@ def load_arch_and_data(args: argparse.Namespace, saved: dict[str, Any] | None, r
     arch = _load_arch(args, None, saved)
     train_set = load_dataset(args.data, root, "train", resolution=arch.resolution,
                              channels=arch.network.in_channels, **data_options)
+    print_data_notes(train_set)
     arch = _load_arch(args, train_set.num_classes, saved)
     outputs = int(evaluate(arch.network.out_features, arch.defaults))
     if outputs != train_set.num_classes:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pyns.cli.common import (add_arch_options, add_augment_options, add_data_options, add_threads_option,
                              apply_threads, augment_setting, human, note_ignored_root, parse_assignments,
-                             print_json)
+                             print_data_notes, print_json)
 from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
 
@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     augment = True if augment is None else augment
     note_ignored_root(args.data, args.root)
     arch, train_set, test_set = arch_spec.load_for(data)
+    print_data_notes(train_set, test_set)
     widths, how = choose_widths(arch, args)
     widths = _saved_widths(args, arch, widths, how)
     recipe = recipe_from_args(args, train_set.name)

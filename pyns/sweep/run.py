@@ -268,7 +268,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")
-    arch, _, _ = _load_for(config.arch, config.data)  # fails fast on a missing data set or a class mismatch
+    arch, train_set, test_set = _load_for(config.arch, config.data)  # fails fast on a missing data set
+    for note in (*train_set.notes, *test_set.notes):  # e.g. unreadable images skipped: never silent
+        say(f"note: {note}")
     cells, notes = plan_cells(arch, config)
     _check_sweep_folder(out, config)
     _check_planned(out, cells)
