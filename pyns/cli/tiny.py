@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from pyns.cli.common import (add_arch_options, add_threads_option, apply_threads, arch_from_args, human,
                              note_ignored_root, parse_assignments, print_json)
@@ -217,16 +218,21 @@ def _register_sample(tiny_sub) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import sys
-
     from pyns.tinynet.sample import sample_tiny  # torch: only when it runs
 
     arch = arch_from_args(args)
     note_ignored_root(args.data, args.root)
     threads = apply_threads(args)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    say(f"tiny sample: seed {args.seed}, {threads} CPU thread{'s' if threads != 1 else ''}, device "
-        f"{args.device or 'auto'}, executor {EXECUTOR_ALIASES.get(args.executor, args.executor)}")
+    header = [f"tiny sample: seed {args.seed}, {threads} CPU thread{'s' if threads != 1 else ''}, device "
+              f"{args.device or 'auto'}, executor {EXECUTOR_ALIASES.get(args.executor, args.executor)}"]
+
+    def say(line: str) -> None:
+        if args.quiet:
+            return
+        while header:  # the settings line goes out with the first progress line, i.e. once the data loaded
+            print(header.pop(), file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
+
     if args.executor in EXECUTOR_ALIASES:  # said even with --quiet: the command line should be updated
         print(f"pyns: note: --executor {args.executor} is now called {EXECUTOR_ALIASES[args.executor]} "
               "(as in `pyns sweep`)", file=sys.stderr)
