@@ -17,6 +17,7 @@ from pyns.cost import oracle
 from pyns.cost.program import compile_program
 from pyns.dsl.declarations import ArchSource, collect, suggest
 from pyns.dsl.elaborate import Settings, elaborate
+from pyns.dsl.source import read as read_source
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
@@ -169,12 +170,8 @@ def load(name_or_path: str | Path, *, variant: str | None = None, policy: str | 
          **params: float) -> Arch:
     """Load a shipped architecture by name (`vgg11`, `resnet18:tinyimagenet`) or an .arch file path."""
     path, named_variant = resolve_arch_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PynsError(f"cannot read {path}: {err}") from None
     display = str(path) if not str(path).startswith(str(archs_dir())) else f"{path.stem}.arch"
-    source = collect(text, display)
+    source = collect(read_source(path, display), display)
     return Arch(source, variant=variant or named_variant, policy=policy, params=params)
 
 

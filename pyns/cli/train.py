@@ -23,8 +23,6 @@ from pyns.cli.common import (add_arch_options, add_augment_options, add_data_opt
 from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
 
-RUN_FILE = "run.json"  # what was trained (arch, widths, data): lets --resume find the widths again
-
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -138,6 +136,7 @@ def choose_widths(arch, args: argparse.Namespace) -> tuple[dict[str, int], dict[
 def _saved_widths(args: argparse.Namespace, arch, widths: dict[str, int], how: dict[str, Any]) -> dict[str, int]:
     """On --resume, the widths of the run being continued (and a refusal if the options say otherwise)."""
     from pyns.runfiles import load_config
+    from pyns.train.run import RUN_FILE
 
     saved = load_config(args.out, RUN_FILE) if args.resume else None
     if saved is None:
@@ -156,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pyns.data.arrays import derive_seed
     from pyns.train.distributed import cleanup_distributed, distributed_context
-    from pyns.runfiles import atomic_write_json
-    from pyns.train.run import ArchSpec, DataSpec, run_training
+    from pyns.runfiles import atomic_write_json, atomic_write_text
+    from pyns.train.run import ARCH_FILE, RUN_FILE, ArchSpec, DataSpec, run_training
 
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))
@@ -191,7 +190,12 @@ def run(args: argparse.Namespace) -> int:
                            hint="pass --resume to continue it, --overwrite to start over, or choose another --out")
     if main and not args.resume:
         Path(args.out).mkdir(parents=True, exist_ok=True)
+        # The source text and its settings make the folder self-contained (`pyns export RUN_DIR` rebuilds it).
+        atomic_write_text(Path(args.out) / ARCH_FILE, arch.source.text)
         atomic_write_json(Path(args.out) / RUN_FILE, {"arch": arch.name, "widths": widths, "how": how,
+                                                      "source": {"file": arch.source.filename,
+                                                                 "variant": arch.variant, "params": arch.params,
+                                                                 "policy": arch.policy.name},
                                                       "data": {"name": data.name, "root": data.root,
                                                                "options": data.options}})
     info = {"how": how, "threads": threads, "data": {"name": train_set.name, "root": data.root, "options": data.options,

@@ -73,6 +73,7 @@ __all__ = [
     "MODES",
     "PruneResult",
     "PruneState",
+    "load_prune_checkpoint",
     "prune",
 ]
 
@@ -82,6 +83,11 @@ _CHECKPOINT_VERSION = 1
 # Settings that may change between an interrupted run and its resumption without changing what was
 # already computed: a longer epoch cap extends the run; the data root only says where the files are.
 _RESUMABLE_CHANGES = ("prune.max_epochs", "data.root")
+
+
+def load_prune_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a pruning run's checkpoint.pt (tensors on the CPU, weights only), refusing files that are not one."""
+    return load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
 
 
 @dataclass
@@ -191,7 +197,7 @@ class _Pruner:
         write_jsonl(self.out / TRAJECTORY_FILE, [])
 
     def restore(self, path: Path) -> None:
-        payload = load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
+        payload = load_prune_checkpoint(path)
         self.state = PruneState(**payload["state"])
         widths = self.state.widths if self.mode == "shrink" else self.initial
         with torch.random.fork_rng(devices=[]):  # the RNG state is restored below anyway
