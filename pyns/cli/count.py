@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution
     if resolution is None and args.r is not None:
         resolution = scale_resolution(arch.ir().params.get("resolution", arch.resolution), args.r)
-    cost = arch.count(widths, depth=args.d, resolution=resolution, per_layer=True)
+    cost = arch.count(widths, depth=args.d, resolution=resolution, per_layer=args.json or not args.no_layers)
     if args.json:
         print_json({
             "arch": arch.name, "policy": arch.policy.name, "params": cost.params, "macs": cost.macs,

@@ -102,6 +102,11 @@ def resolved_text(arch, result, *, budget_text: str | None = None) -> str:
         f"# From: {Path(src.filename).name} (sha256 {arch_fingerprint(arch)[:16]})"
         + (f", {', '.join(settings)}" if settings else "") + ".",
     ]
+    family = getattr(result, "family", None)
+    if getattr(result, "filled", False) and family is not None:
+        added = sum(result.widths[k] - family.widths.get(k, result.widths[k]) for k in result.widths)
+        lines.insert(3, f"# Filled: +{added} channels on that configuration (params {family.params:,}, MACs "
+                        f"{family.macs:,}); `pyns scale --no-fill` gives it unfilled.")
     if result.depth != 1.0:
         lines.append(f"# Solved at depth multiplier {result.depth:g}: count with `pyns count FILE --d "
                      f"{result.depth:g}` to reproduce these numbers.")
