@@ -100,3 +100,7 @@ class RunError(PynsError):
 
 class ExportError(PynsError):
     """A model bundle, weights file or export that cannot be read, or written faithfully."""
+
+
+class OutputError(RunError):
+    """An output path that cannot be written (a file in the way, a read-only mount, a device, ...)."""

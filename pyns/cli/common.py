@@ -6,6 +6,7 @@ import math
 import sys
 
 from pyns.errors import PynsError
+from pyns.policies import POLICIES  # light: `import pyns` has already loaded it (numpy + lark, no torch)
 from pyns.scaling.budget import human  # noqa: F401  (re-exported for the subcommands)
 
 
@@ -16,7 +17,7 @@ def add_arch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="K=V",
                         help="override a network parameter, e.g. --set classes=100 (repeatable)")
     parser.add_argument("--variant", help="a named variant declared in the file (same as ARCH:variant)")
-    parser.add_argument("--policy", choices=("uniform", "efficientnet", "tinynet"),
+    parser.add_argument("--policy", choices=tuple(POLICIES),
                         help="scaling policy for multipliers (default: the file's own)")
 
 
@@ -127,3 +128,19 @@ def print_json(obj) -> None:
     from pyns.runfiles import json_text
 
     sys.stdout.write(json_text(obj))
+
+
+def check_out_file(path) -> None:
+    """Refuse an output file that cannot be written, before any work (OutputError: exit 2, one line)."""
+    from pyns.safewrite import check_writable_file
+
+    if path is not None:
+        check_writable_file(path)
+
+
+def check_out_folder(path) -> None:
+    """Refuse a run folder that cannot be created or written, before loading data or training."""
+    from pyns.safewrite import check_writable_folder
+
+    if path is not None:
+        check_writable_folder(path)

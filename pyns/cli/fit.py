@@ -59,11 +59,13 @@ def fit_summary(profile, path: Path, notes: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyns.cli.common import check_out_file
     from pyns.neuralscale.prune.runfolder import fit_run  # torch: only when the command runs
     from pyns.scaling.profile import Profile
 
     run_dir = Path(args.run_dir)
     _refuse_descent_folder(run_dir)
+    check_out_file(args.out if args.out is not None else run_dir / PROFILE_FILE if run_dir.is_dir() else None)
     path, notes = fit_run(run_dir, args.out, metric=args.metric)
     profile = Profile.load(path)
     if args.json:

@@ -5,7 +5,8 @@ import argparse
 import sys
 import warnings
 
-from pyns.cli.common import (add_arch_options, arch_from_args, human, parse_assignments, print_json)
+from pyns.cli.common import (add_arch_options, arch_from_args, check_out_file, human, parse_assignments,
+                              print_json)
 from pyns.errors import BudgetError
 from pyns.policies import scale_resolution
 from pyns.scaling.budget import parse_budget
@@ -82,6 +83,7 @@ def _macs_text(macs) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_file(args.out)
     arch = arch_from_args(args)
     for name, value in (("--d", args.d), ("--r", args.r)):
         if value is not None and not 0 < value <= 100:

@@ -57,6 +57,20 @@ class CellProgress:
         self.running += count
         self._postfix()
 
+    def unstarted(self) -> None:
+        """A cell that did not start after all (another process holds its folder): no longer running."""
+        self.running = max(0, self.running - 1)
+        self._postfix()
+
+    def note(self, text: str) -> None:
+        """A line that is not a finished cell (e.g. a cell another process trains), above the bar."""
+        if self.bar is not None:
+            from tqdm.auto import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+        else:
+            self.say(text)
+
     def finished(self, text: str, *, skipped: bool) -> None:
         self.running = max(0, self.running - 1)
         self.done += 1

@@ -21,7 +21,10 @@ Layout of the sweep folder:
                                (best over epochs, as the paper reports, and final) as mean ± std over seeds
     fig4_accuracy_vs_params.png, fig5_accuracy_vs_latency.png
 
-Cells run one after another in this process by default; `executor="ray"` submits them as Ray tasks
+Each cell folder is locked while its cell trains (pyns.runlock): two sweeps started on one folder (two
+workers, two machines on a shared file system) split the cells between them, and each waits at the end
+for the cells the other is training, so no cell is trained twice. Cells run one after another in this
+process by default; `executor="ray"` submits them as Ray tasks
 (`ray.init(address=...)` when an address is given, else a local instance). The sweep folder and the data
 must then be on a file system every Ray node sees.
 
@@ -32,6 +35,7 @@ cells, serially or on Ray, and the whole sweep.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +48,9 @@ import torch
 from pyns.sweep.progress import CellProgress
 from pyns.errors import BudgetError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
-from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells
+from pyns.runlock import RunBusy, describe_holder, lock_folder
+from pyns.safewrite import make_folder
+from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells, sweep_warnings
 from pyns.sweep.report import FIGURE_LATENCY, FIGURE_PARAMS, TABLE_CSV, TABLE_MD, aggregate, write_figures, write_table
 from pyns.train.run import ArchSpec, DataSpec, read_result, run_training
 
@@ -65,7 +71,9 @@ SWEEP_FILE = "sweep.json"
 # The profile and trajectory are named by path, which may move; what they gave is checked per cell
 # (its planned widths) instead.
 # Latency is measured after training, so turning it on or off does not change a trained cell either.
-_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "latency")
+# allow_fallback only permits cells that the plan would otherwise refuse; the planned widths are checked.
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "latency",
+               "allow_fallback")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -95,18 +103,37 @@ def _load_for(arch_spec: ArchSpec, data_spec: DataSpec) -> tuple[Any, Any, Any]:
     return _DATA_CACHE[key]
 
 
-def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """Train one cell (or return its complete result); returns the result record plus `skipped`."""
+def run_cell(spec: Mapping[str, Any], progress: bool = False, wait: bool = True) -> dict[str, Any]:
+    """Train one cell (or return its complete result); returns the result record plus `skipped`.
+
+    The cell folder is locked while the cell trains (pyns.runlock), so two sweeps on one folder never
+    train a cell twice. A cell another process is training returns {"busy": who} without `wait`; with
+    `wait` this call blocks until that process ends, then returns its result (or trains the cell itself,
+    resuming the checkpoint, if that process died first).
+    """
+    folder = Path(spec["folder"])
+    done = read_result(folder)
+    if done is not None:
+        return {**done, "skipped": True}
+    make_folder(folder)
+    try:
+        lock = lock_folder(folder, wait=wait)
+    except RunBusy as busy:
+        return {"busy": describe_holder(busy.holder), "skipped": False}
+    with lock:
+        done = read_result(folder)  # finished by the process this one waited for
+        if done is not None:
+            return {**done, "skipped": True}
+        return _train_cell(spec, folder, progress)
+
+
+def _train_cell(spec: Mapping[str, Any], folder: Path, progress: bool) -> dict[str, Any]:
     from pyns.neuralscale.baselines import li_finetune_recipe, li_prune
     from pyns.data.arrays import derive_seed
     from pyns.train.loop import CHECKPOINT_FILE
     from pyns.train.checkpoint import load_checkpoint
     from pyns.train.recipe import TrainRecipe
 
-    folder = Path(spec["folder"])
-    done = read_result(folder)
-    if done is not None:
-        return {**done, "skipped": True}
     cell = Cell(**spec["cell"])
     arch_spec, data_spec = ArchSpec(**spec["arch"]), DataSpec(**spec["data"])
     arch, train_set, test_set = _load_for(arch_spec, data_spec)
@@ -114,7 +141,6 @@ def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
     if arch.count(cell.widths).params != cell.cost["params"]:
         raise RunError(f"cell {cell.name}: its widths no longer cost what was planned; the architecture "
                        "changed since the sweep started")
-    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / CELL_FILE, cell.to_dict())
     info: dict[str, Any] = {"cell": cell.name, "method": cell.method, "ratio": cell.ratio, "seed": cell.seed,
                             "budget": {"metric": cell.metric, "value": cell.budget},
@@ -163,6 +189,7 @@ class SweepResult:
     notes: list[str]
     ran: int  # cells trained in this call
     skipped: int  # cells already complete
+    warnings: list[str] = dataclasses.field(default_factory=list)  # "method at ratio R: ..." (table footnotes)
 
     @property
     def files(self) -> dict[str, Path]:
@@ -181,7 +208,7 @@ def _check_sweep_folder(out: Path, config: SweepConfig) -> None:
             raise RunError(f"the sweep in {out} was started with different settings: " + "; ".join(differences),
                            hint="rerun with the original settings (ratios, methods and seeds may grow), or "
                                 "use another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_json(out / SWEEP_FILE, current)
 
 
@@ -207,16 +234,30 @@ def _describe(record: Mapping[str, Any]) -> str:
 
 
 def _run_serial(specs: Sequence[dict[str, Any]], progress: bool, tracker: CellProgress) -> list[dict]:
-    out = []
-    for spec in specs:
+    records: dict[str, dict] = {}
+    busy = []  # cells another process is training: waited for once everything else is done
+
+    def train(spec: dict[str, Any], wait: bool) -> bool:
         name = Path(spec["folder"]).name
         started = time.perf_counter()
         tracker.started()
-        record = run_cell(spec, progress=progress)
+        record = run_cell(spec, progress=progress, wait=wait)
+        if record.get("busy"):
+            tracker.unstarted()
+            tracker.note(f"{name}: another process is training it ({record['busy']}); coming back to it at the end")
+            return False
         state = "done before, skipped" if record["skipped"] else f"{time.perf_counter() - started:.1f}s"
         tracker.finished(f"{name}: {_describe(record)} ({state})", skipped=record["skipped"])
-        out.append(record)
-    return out
+        records[spec["folder"]] = record
+        return True
+
+    for spec in specs:
+        if not train(spec, wait=False):
+            busy.append(spec)
+    for spec in busy:
+        tracker.note(f"{Path(spec['folder']).name}: waiting for the other process to finish it")
+        train(spec, wait=True)
+    return [records[spec["folder"]] for spec in specs]
 
 
 def _import_ray():
@@ -233,7 +274,9 @@ def _run_ray(specs: Sequence[dict[str, Any]], address: str | None, cpus: float, 
     if not ray.is_initialized():
         ray.init(address=address) if address else ray.init()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_cell)
-    pending = {task.remote(dict(spec)): spec for spec in specs}
+    # First without waiting on cells another sweep is training; those come back as busy and are then
+    # submitted again to wait for it.
+    pending = {task.remote(dict(spec), False, False): spec for spec in specs}
     tracker.started(len(pending))  # submitted: Ray runs as many at once as its resources allow
     results: dict[str, dict] = {}
     while pending:
@@ -250,6 +293,10 @@ def _run_ray(specs: Sequence[dict[str, Any]], address: str | None, cpus: float, 
                 if isinstance(cause, PynsError):
                     raise type(cause)(f"cell {name}: {cause.message}") from None
                 raise RunError(f"cell {name} failed on Ray: {err}") from None
+            if record.get("busy"):
+                tracker.note(f"{name}: another process is training it ({record['busy']}); waiting for it")
+                pending[task.remote(dict(spec), False, True)] = spec
+                continue
             results[spec["folder"]] = record
             tracker.finished(f"{name}: {_describe(record)}" + (" (done before, skipped)" if record["skipped"] else ""),
                              skipped=record["skipped"])
@@ -258,15 +305,21 @@ def _run_ray(specs: Sequence[dict[str, Any]], address: str | None, cpus: float, 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
               ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
-              progress: bool = False, cell_bar: bool = False) -> SweepResult:
-    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc."""
+              progress: bool = False, cell_bar: bool = False,
+              warn: Callable[[str], None] | None = None) -> SweepResult:
+    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc.
+
+    Every ScalingWarning of the plan (a fallback profile allowed by `allow_fallback`, an extrapolating
+    solve, a profile fitted on another architecture) goes to `warn` before any training (default: issued
+    as a ScalingWarning), is returned in SweepResult.warnings and is a footnote of the table.
+    """
     if executor not in ("serial", "ray"):
         raise PynsError(f"the executor must be serial or ray, got {executor!r}")
     if executor == "ray":
         _import_ray()  # before any planning or training: a missing Ray is a set-up problem
     say = say or (lambda line: print(line, file=sys.stderr))
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise RunError(f"{out} exists and is not a folder; choose another --out")
     arch, train_set, test_set = _load_for(config.arch, config.data)  # fails fast on a missing data set
     for note in (*train_set.notes, *test_set.notes):  # e.g. unreadable images skipped: never silent
@@ -276,6 +329,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     _check_planned(out, cells)
     for note in notes:
         say(f"note: {note}")
+    by_cell = sweep_warnings(cells)
+    flat = [f"{method} at ratio {ratio:g}: {note}" for (method, ratio), texts in by_cell.items() for note in texts]
+    for text in flat:
+        (warn or _issue)(text)
     specs = [_cell_spec(config, cell, out) for cell in cells]
     # li cells need their full network trained: they form a second wave.
     waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
@@ -294,8 +351,16 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     finally:
         tracker.close()
     records = [by_folder[spec["folder"]] for spec in specs]
-    rows = aggregate(records, config.methods, config.ratios)
+    rows = aggregate(records, config.methods, config.ratios, warnings=by_cell)
     write_table(rows, out)
     write_figures(rows, out)
     ran = sum(1 for r in records if not r["skipped"])
-    return SweepResult(out, records, rows, notes, ran, len(records) - ran)
+    return SweepResult(out, records, rows, notes, ran, len(records) - ran, flat)
+
+
+def _issue(text: str) -> None:
+    import warnings
+
+    from pyns.scaling.profile import ScalingWarning
+
+    warnings.warn(text, ScalingWarning, stacklevel=3)

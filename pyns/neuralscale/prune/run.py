@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from pyns import ir
 from pyns.errors import RunError
 from pyns.train.distributed import parse_device
+from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
+from pyns.neuralscale.prune.defaults import warn as warn_schedule
+from pyns.neuralscale.prune.floors import unit_floors
 from pyns.neuralscale.prune.importance import Group, gates_by_symbol, group_importance, select_units
 from pyns.neuralscale.prune.progress import PruneProgress
 from pyns.neuralscale.prune.runfolder import (
@@ -82,7 +85,8 @@ _CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
 _CHECKPOINT_VERSION = 1
 # Settings that may change between an interrupted run and its resumption without changing what was
 # already computed: a longer epoch cap extends the run; the data root only says where the files are.
-_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root")
+# "schedule" holds what the settings imply (the bound on steps moves with max_epochs), not settings.
+_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "schedule")
 
 
 def load_prune_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -120,6 +124,7 @@ class PruneResult:
     stop_reason: str | None
     steps: int
     seconds: float
+    schedule: SchedulePlan | None = None  # the effective settings, which ones were derived, the points bound
 
     @property
     def recorded(self) -> list[dict[str, Any]]:
@@ -322,7 +327,9 @@ class _Pruner:
         groups = self._groups()
         importances = group_importance(self.model, groups, s.kept if self.mode == "masked" else None)
         minimum = {sym.name: sym.minimum for sym in self.arch.symbols}
-        floors = [max(c.min_width, *(minimum[name] for name in group)) for group in groups]
+        declared = [max(c.min_width, *(minimum[name] for name in group)) for group in groups]
+        # Raised where a derived layer (an SE's round(0.25 * c)) would reach 0 first (prune/floors.py).
+        floors = unit_floors(self.arch.network, groups, s.widths, declared)
         selection = select_units(importances, c.units_per_step, floors)
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
@@ -404,7 +411,6 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
     trajectory and where the run ended; see pyns.neuralscale.prune.runfolder for the run folder. Raises RunError for
     a non-empty folder without `resume`, or a resume with other settings.
     """
-    config.validate()
     if mode not in MODES:
         raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     start = arch.widths(widths)
@@ -412,29 +418,35 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
         raise RunError(f"{arch.name} takes {arch.network.in_channels}x{arch.resolution}x{arch.resolution} "
                        f"images, the data set has {train_set.channels}x{train_set.resolution}x"
                        f"{train_set.resolution}; load it with resolution= and channels= to match")
+    # Unset units_per_step / prune_every are derived from the network and the data set here, and a run
+    # that cannot record enough points for a fit says so now, before any training (prune/defaults.py).
+    plan = plan_schedule(arch, config, start, len(train_set))
+    warn_schedule(plan)
+    config = plan.config
     out = Path(out_dir)
-    prepare_folder(out, resume)
-    data_info = dict(data) if data is not None else {"name": train_set.name}
-    data_info.setdefault("num_samples", len(train_set))
-    data_info.setdefault("num_classes", train_set.num_classes)
-    check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
-    atomic_write_text(out / ARCH_FILE, arch.source.text)
-    atomic_write_json(out / VERSIONS_FILE, versions())
+    with prepare_folder(out, resume):  # the folder is this process's until the run ends (pyns.runlock)
+        data_info = dict(data) if data is not None else {"name": train_set.name}
+        data_info.setdefault("num_samples", len(train_set))
+        data_info.setdefault("num_classes", train_set.num_classes)
+        saved_config = {**run_config(arch, data_info, config, mode, start), "schedule": plan.to_dict()}
+        check_config(out, saved_config, CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
+        atomic_write_text(out / ARCH_FILE, arch.source.text)
+        atomic_write_json(out / VERSIONS_FILE, versions())
 
-    pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
-    checkpoint = out / CHECKPOINT_FILE
-    if resume and checkpoint.exists():
-        pruner.restore(checkpoint)
-    else:
-        pruner.start_fresh()
-    if not pruner.state.done:
-        pruner.run()
-    s = pruner.state
-    cost = arch.count(s.widths)
-    summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
-               "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
-               "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
-               "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
-                       s.seconds)
+        pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
+        checkpoint = out / CHECKPOINT_FILE
+        if resume and checkpoint.exists():
+            pruner.restore(checkpoint)
+        else:
+            pruner.start_fresh()
+        if not pruner.state.done:
+            pruner.run()
+        s = pruner.state
+        cost = arch.count(s.widths)
+        summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
+                   "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
+                   "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
+                   "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
+                           s.seconds, plan)
