@@ -12,5 +12,13 @@ __version__ = "0.1.0"  # first, so modules imported below can read it during pac
 from pyns.arch import Arch, Cost, load, loads
 from pyns.errors import BudgetError, DataError, DSLError, ExportError, ProfileError, PynsError, RunError
 from pyns.export.bundle import load_model  # torch is imported only when a model is built
-__all__ = ["Arch", "Cost", "load", "loads", "load_model", "PynsError", "DSLError", "BudgetError", "ProfileError",
-           "DataError", "RunError", "ExportError", "__version__"]
+
+
+def from_torch(model, input_size=(3, 224, 224), **options) -> Arch:
+    """Import a torch CNN (torchvision, timm, your own nn.Module) as an Arch; see pyns.torch_import."""
+    from pyns.torch_import import from_torch as _from_torch  # torch.fx only when importing
+    return _from_torch(model, input_size, **options)
+
+
+__all__ = ["Arch", "Cost", "load", "loads", "load_model", "from_torch", "PynsError", "DSLError", "BudgetError",
+           "ProfileError", "DataError", "RunError", "ExportError", "__version__"]

@@ -96,6 +96,7 @@ class Arch:
         self.policy: ScalingPolicy = get_policy(policy or source.policy)
         self._cache: dict[tuple[float, int | None], tuple[ir.Network, object, list[str]]] = {}
         self._counters: dict[tuple[float, int | None], object] = {}
+        self.torch_layers = None  # set by pyns.from_torch: the source module of each counted layer
         self.network  # elaborate once now, so every error surfaces at load time
         self._default_widths = self.network.defaults()
         self._minimum = {s.name: s.minimum for s in self.network.symbols}
@@ -231,9 +232,23 @@ class Arch:
 
     # ---- building ---------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
-              resolution: int | None = None, init: str | None = None):
+              resolution: int | None = None, init: str | None = None, weights=None):
+        """A torch module at these widths. `weights=model` copies the parameters and buffers of the torch
+        module this Arch was imported from (or one with the same structure) into the default-width build."""
         from pyns.builder import build_module
-        return build_module(self.ir(depth, resolution), self.widths(widths), gates=gates, init=init)
+        full = self.widths(widths)
+        if weights is not None and (full != self.defaults or depth != 1.0):
+            raise PynsError("weights can only be loaded into the default widths at depth 1 "
+                            "(build, then prune or shrink, to get a smaller network from them)")
+        module = build_module(self.ir(depth, resolution), full, gates=gates, init=init)
+        if weights is not None:
+            from pyns.torch_import.weights import load_weights
+            load_weights(module, weights, self.torch_layers)  # None (read from text): maps by importing again
+        return module
+
+    def to_text(self) -> str:
+        """The .arch source of this architecture (`pyns.loads(arch.to_text())` gives the same Arch)."""
+        return self.source.text
 
     def __repr__(self) -> str:
         return f"Arch({self.name}, {len(self.symbols)} widths, resolution {self.resolution})"

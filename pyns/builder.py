@@ -21,21 +21,26 @@ from pyns.gate import TaylorGate
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True), "swish": nn.SiLU,
-    "silu": nn.SiLU, "hswish": nn.Hardswish, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "silu": nn.SiLU, "hswish": nn.Hardswish, "hsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+    "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU,
 }
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int, act: str, gate: str):
+    """`units` is the pruning gate on the squeezed channels (an Identity unless the squeeze width is a
+    searchable symbol of its own, as in imported networks): zeroing a squeezed channel there is removing it."""
+
+    def __init__(self, channels: int, reduced: int, act: str, gate: str, units: nn.Module | None = None):
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True)
         self.act = _ACTIVATIONS[act]()
+        self.units = units if units is not None else nn.Identity()
         self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True)
         self.gate = _ACTIVATIONS[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
-        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(s))))
+        return x * self.gate(self.conv_expand(self.units(self.act(self.conv_reduce(s)))))
 
 
 class ResidualBlock(nn.Module):
@@ -52,6 +57,59 @@ class ResidualBlock(nn.Module):
         if not self.add:
             return out
         return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class ConcatBlock(nn.Module):
+    """torch.cat of the branches' outputs along channels; an empty branch is the input itself."""
+
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b(x) for b in self.branches], 1)
+
+
+class ChannelSlice(nn.Module):
+    def __init__(self, start: int, width: int):
+        super().__init__()
+        self.start, self.width = start, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start:self.start + self.width]
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of [N, C, H, W] (channels-last inside, as ConvNeXt computes it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ChannelLinear(nn.Linear):
+    """A Linear on the channels of [N, C, H, W] at every position."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
 
 
 def _value(expr, env: Mapping[str, int]) -> int:
@@ -97,21 +155,23 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             cin, cout, groups = _value(node.in_ch, env), _value(node.out_ch, env), _value(node.groups, env)
             if cin % groups or cout % groups:
                 raise PynsError(f"{node.name}: groups {groups} does not divide widths {cin} -> {cout}")
-            conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, groups=groups, bias=node.bias)
+            conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, dilation=node.dilation,
+                             groups=groups, bias=node.bias)
             conv.pyns_layer = node  # type: ignore[attr-defined]  # lets the pruner map weights back to the IR
             modules.append(conv)
         elif isinstance(node, ir.BatchNorm):
             c = _value(node.channels, env)
-            bn = nn.BatchNorm2d(c) if node.spatial else nn.BatchNorm1d(c)
+            bn = nn.BatchNorm2d(c, eps=node.eps) if node.spatial else nn.BatchNorm1d(c, eps=node.eps)
             bn.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(bn)
         elif isinstance(node, ir.Activation):
             modules.append(_ACTIVATIONS[node.kind]())
         elif isinstance(node, ir.Pool):
             if node.kind == "max":
-                modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding))
+                modules.append(nn.MaxPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil))
             elif node.kind == "avg":
-                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding))
+                modules.append(nn.AvgPool2d(node.kernel, node.stride, node.padding, ceil_mode=node.ceil,
+                                            count_include_pad=not node.exclude_pad))
             else:
                 modules.append(nn.AdaptiveAvgPool2d(node.out_hw))
         elif isinstance(node, ir.Flatten):
@@ -123,11 +183,36 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
         elif isinstance(node, ir.Dropout):
             modules.append(nn.Dropout(node.p))
         elif isinstance(node, ir.SqueezeExcite):
-            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate)
+            reduced = node.reduced.name if isinstance(node.reduced, Sym) and node.reduced.name in searchable else None
+            units = _gate(env[reduced], reduced) if gates and reduced else None
+            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate, units)
             se.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(se)
         elif isinstance(node, ir.Residual):
             modules.append(_build_residual(node, env, gates, searchable))
+        elif isinstance(node, ir.LayerNorm):
+            ln = ChannelLayerNorm(_value(node.channels, env), eps=node.eps)
+            ln.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(ln)
+        elif isinstance(node, ir.ChannelLinear):
+            lin = ChannelLinear(_value(node.in_ch, env), _value(node.out_ch, env), bias=node.bias)
+            lin.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(lin)
+        elif isinstance(node, ir.Scale):
+            scale = LayerScale(_value(node.channels, env))
+            scale.pyns_layer = node  # type: ignore[attr-defined]
+            modules.append(scale)
+        elif isinstance(node, ir.Slice):
+            start, width, total = int(evaluate(node.start, env)), _value(node.width, env), _value(node.in_ch, env)
+            if start < 0 or start + width > total:
+                raise PynsError(f"{node.name}: channels {start}..{start + width} of {total} do not exist")
+            modules.append(ChannelSlice(start, width))
+        elif isinstance(node, ir.Shuffle):
+            if _value(node.channels, env) % node.groups:
+                raise PynsError(f"{node.name}: shuffle({node.groups}) of {_value(node.channels, env)} channels")
+            modules.append(ChannelShuffle(node.groups))
+        elif isinstance(node, ir.Concat):
+            modules.append(ConcatBlock([_build(b, env, gates, searchable) for b in node.branches]))
         following = nodes[index + 1] if index + 1 < len(nodes) else None
         symbol = _gate_symbol(node, following, searchable)
         if symbol is not None:

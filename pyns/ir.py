@@ -37,6 +37,7 @@ class Conv:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     pos: SourcePos | None = None
+    dilation: int = 1  # spreads the taps; changes the output size, not the cost per output
 
 
 @dataclass
@@ -45,12 +46,13 @@ class BatchNorm:
     channels: Expr
     spatial: bool  # BatchNorm2d after a conv, BatchNorm1d after flatten/linear
     pos: SourcePos | None = None
+    eps: float = 1e-5  # torch's default; MobileNetV3 / TF-ported nets use 1e-3
 
 
 @dataclass
 class Activation:
     name: str
-    kind: str  # relu | relu6 | swish | hswish | sigmoid | gelu
+    kind: str  # one of pyns.dsl.elaborate.ACTIVATIONS
     pos: SourcePos | None = None
 
 
@@ -65,6 +67,8 @@ class Pool:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     pos: SourcePos | None = None
+    ceil: bool = False  # ceil_mode: a last, partial window (GoogLeNet, SqueezeNet)
+    exclude_pad: bool = False  # average pooling divides by the window's in-bounds size (count_include_pad off)
 
 
 @dataclass
@@ -124,8 +128,74 @@ class Residual:
     pos: SourcePos | None = None
 
 
-Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual]
-COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite)
+@dataclass
+class Concat:
+    """`cat([branch(x) for branch in branches], dim=1)`: every branch reads the same input; an empty
+    branch passes the input itself (DenseNet). `out_ch` is the sum of the branches' widths."""
+
+    name: str
+    branches: list[list["Node"]]
+    in_ch: Expr
+    out_ch: Expr
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Slice:
+    """Channels [start, start + width) of the input (one part of a split / chunk)."""
+
+    name: str
+    start: Expr
+    width: Expr
+    in_ch: Expr
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Shuffle:
+    """ShuffleNet's channel shuffle: view as [groups, C / groups], transpose, flatten back."""
+
+    name: str
+    groups: int
+    channels: Expr
+    pos: SourcePos | None = None
+
+
+@dataclass
+class LayerNorm:
+    """LayerNorm over the channels at every position (ConvNeXt's permute -> LayerNorm(C) -> permute)."""
+
+    name: str
+    channels: Expr
+    eps: float = 1e-6
+    pos: SourcePos | None = None
+
+
+@dataclass
+class ChannelLinear:
+    """A Linear layer acting on the channels at every position (ConvNeXt's MLP): a 1x1 conv's cost,
+    in * out MACs per position, stored as a Linear weight [out, in]."""
+
+    name: str
+    in_ch: Expr
+    out_ch: Expr
+    bias: bool
+    hw: tuple[int, int]
+    pos: SourcePos | None = None
+
+
+@dataclass
+class Scale:
+    """A learned per-channel multiplier (ConvNeXt's layer scale gamma): `channels` parameters."""
+
+    name: str
+    channels: Expr
+    pos: SourcePos | None = None
+
+
+Node = Union[Conv, BatchNorm, Activation, Pool, Flatten, Linear, Dropout, SqueezeExcite, Residual, Concat, Slice,
+             Shuffle, LayerNorm, ChannelLinear, Scale]
+COUNTED = (Conv, BatchNorm, Linear, SqueezeExcite, LayerNorm, ChannelLinear, Scale)
 
 
 @dataclass
@@ -161,7 +231,10 @@ def walk(nodes: list[Node], active: Mapping[str, Number] | None = None) -> Itera
     folded; without, conditions stay symbolic for the cost-program compiler.
     """
     for node in nodes:
-        if isinstance(node, Residual):
+        if isinstance(node, Concat):
+            for branch in node.branches:
+                yield from walk(branch, active)
+        elif isinstance(node, Residual):
             yield from walk(node.body, active)
             if node.mode == "project" and node.shortcut:
                 if active is None:
@@ -190,6 +263,9 @@ def tied_groups(network: Network, widths: Mapping[str, Number]) -> list[list[str
 
     def visit(nodes: list[Node]) -> None:
         for node in nodes:
+            if isinstance(node, Concat):
+                for branch in node.branches:
+                    visit(branch)
             if not isinstance(node, Residual):
                 continue
             visit(node.body)

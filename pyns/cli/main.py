@@ -16,7 +16,10 @@ from pyns.errors import PynsError
 
 # Subcommand modules, in the order `pyns --help` lists them. A module that is missing (an optional
 # part not installed) is skipped rather than breaking the whole CLI.
-COMMANDS = ("count", "scale", "prune", "fit", "plot", "descent", "train", "sweep", "tiny", "export")
+COMMANDS = ("import", "count", "scale", "prune", "fit", "plot", "descent", "train", "sweep", "tiny", "export")
+
+
+_MODULES = {"import": "import_"}  # `import` is a Python keyword, so its module is import_.py
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"pyns.cli.{name}")
+            module = importlib.import_module(f"pyns.cli.{_MODULES.get(name, name)}")
         except ModuleNotFoundError as err:
-            if err.name == f"pyns.cli.{name}":
+            if err.name == f"pyns.cli.{_MODULES.get(name, name)}":
                 continue
             raise
         module.register(sub)

@@ -33,6 +33,15 @@ def layer_cost(layer: ir.Node) -> tuple[Expr, Expr]:
         # Two 1x1 convs with bias on a 1x1 map: C->R and R->C.
         weights = op("mul", Const(2), op("mul", layer.channels, layer.reduced))
         return op("add", op("add", weights, layer.reduced), layer.channels), weights
+    if isinstance(layer, ir.LayerNorm):
+        return op("mul", Const(2), layer.channels), Const(0)  # weight and bias per channel
+    if isinstance(layer, ir.ChannelLinear):
+        weights = op("mul", layer.in_ch, layer.out_ch)
+        params = op("add", weights, layer.out_ch) if layer.bias else weights
+        h, w = layer.hw
+        return params, op("mul", weights, Const(h * w))
+    if isinstance(layer, ir.Scale):
+        return layer.channels, Const(0)
     return Const(0), Const(0)
 
 

@@ -40,6 +40,17 @@ def count_layers(network: ir.Network, widths: Mapping[str, int]) -> list[LayerCo
         elif isinstance(layer, ir.Linear):
             i, o = int(evaluate(layer.in_features, env)), int(evaluate(layer.out_features, env))
             rows.append(LayerCost(layer.name, "linear", f"{i}->{o}", i * o + (o if layer.bias else 0), i * o))
+        elif isinstance(layer, ir.LayerNorm):
+            c = int(evaluate(layer.channels, env))
+            rows.append(LayerCost(layer.name, "layernorm", f"{c}", c + c, 0))
+        elif isinstance(layer, ir.ChannelLinear):
+            i, o = int(evaluate(layer.in_ch, env)), int(evaluate(layer.out_ch, env))
+            positions = layer.hw[0] * layer.hw[1]
+            rows.append(LayerCost(layer.name, "channel_linear", f"{i}->{o} at {layer.hw[0]}x{layer.hw[1]}",
+                                  i * o + (o if layer.bias else 0), i * o * positions))
+        elif isinstance(layer, ir.Scale):
+            c = int(evaluate(layer.channels, env))
+            rows.append(LayerCost(layer.name, "scale", f"{c}", c, 0))
         elif isinstance(layer, ir.SqueezeExcite):
             c, r = int(evaluate(layer.channels, env)), int(evaluate(layer.reduced, env))
             rows.append(LayerCost(layer.name, "se", f"{c}->{r}->{c}", c * r + r + r * c + c, 2 * c * r))

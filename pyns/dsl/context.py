@@ -12,7 +12,8 @@ from typing import Protocol
 from pyns.dsl.expr import Expr, Number
 from pyns.errors import DSLError, SourcePos
 
-ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "sigmoid", "gelu", "tanh")
+# leaky_relu is torch's default slope 0.01; hsigmoid is torch's Hardsigmoid (relu6(x + 3) / 6).
+ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "hsigmoid", "sigmoid", "gelu", "tanh", "leaky_relu")
 SHORTCUTS = ("identity", "conv", "conv_bn", "none")
 
 # Names the language defines itself, with what they mean (for "reserved name" messages).

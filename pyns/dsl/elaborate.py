@@ -25,21 +25,29 @@ from pyns.policies import ScalingPolicy, get_policy
 
 # layer -> (positional parameter names, defaults, parameters that take words)
 LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]]] = {
-    "conv": (("out", "k", "stride", "pad", "groups", "bias"),
-             {"k": 3, "stride": 1, "pad": None, "groups": 1, "bias": 0}, ()),
-    "dwconv": (("k", "stride", "pad", "bias", "mult"), {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1}, ()),
-    "bn": ((), {}, ()),
-    "maxpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
-    "avgpool": (("k", "stride", "pad"), {"k": 2, "stride": None, "pad": 0}, ()),
+    "conv": (("out", "k", "stride", "pad", "groups", "bias", "dilation"),
+             {"k": 3, "stride": 1, "pad": None, "groups": 1, "bias": 0, "dilation": 1}, ()),
+    "dwconv": (("k", "stride", "pad", "bias", "mult", "dilation"),
+               {"k": 3, "stride": 1, "pad": None, "bias": 0, "mult": 1, "dilation": 1}, ()),
+    "bn": (("eps",), {"eps": 1e-5}, ()),
+    "maxpool": (("k", "stride", "pad", "ceil"), {"k": 2, "stride": None, "pad": 0, "ceil": 0}, ()),
+    "avgpool": (("k", "stride", "pad", "ceil", "exclude_pad"),
+                {"k": 2, "stride": None, "pad": 0, "ceil": 0, "exclude_pad": 0}, ()),
     "gap": ((), {}, ()),
     "adaptive_avgpool": (("size",), {}, ()),
     "flatten": ((), {}, ()),
     "linear": (("out", "bias"), {"bias": 1}, ()),
     "dropout": (("p",), {"p": 0.5}, ()),
+    "slice": (("start", "width"), {}, ()),
+    "shuffle": (("groups",), {}, ()),
+    "layernorm": (("eps",), {"eps": 1e-6}, ()),
+    "channel_linear": (("out", "bias"), {"bias": 1}, ()),
+    "scale": ((), {}, ()),
     "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
     **{a: ((), {}, ()) for a in ACTIVATIONS},
 }
-RESIDUAL_SPEC = (("shortcut", "bias"), {"shortcut": "identity", "bias": 0}, ("shortcut",))
+# always = 1: keep the projection even where stride and widths would allow the identity (imported nets).
+RESIDUAL_SPEC = (("shortcut", "bias", "always"), {"shortcut": "identity", "bias": 0, "always": 0}, ("shortcut",))
 
 
 @dataclass
@@ -320,6 +328,8 @@ class Elaborator:
                 nodes += self.repeat(stmt, scope, state, namer)
             elif kind == "residual":
                 nodes.append(self.residual(stmt, scope, state, namer))
+            elif kind == "concat":
+                nodes.append(self.concat(stmt, scope, state, namer))
             else:
                 nodes += self.call(stmt, scope, state, namer)
         return nodes
@@ -443,10 +453,16 @@ class Elaborator:
             raise self.error(f"unknown shortcut `{mode}`; choose one of {', '.join(SHORTCUTS)}"
                              + suggest(mode, SHORTCUTS), stmt.meta)
         bias = self.static_flag(args["bias"], "bias", stmt.meta)
+        always = self.static_flag(args["always"], "always", stmt.meta)
+        if always and mode not in ("conv", "conv_bn"):
+            raise self.error("residual(always = 1) needs a projection shortcut (conv or conv_bn)", stmt.meta)
         if state.hw is None:
             raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
         in_ch, in_hw = state.ch, state.hw
-        body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data != "args"]
+        body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data not in ("args", "shortcut_block")]
+        block = next((c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "shortcut_block"), None)
+        if block is not None:
+            return self.explicit_shortcut(stmt, block, body_stmts, scope, state, namer, args)
         self.enter(stmt.meta)
         body = self.statements(body_stmts, _Scope({}, scope), state, namer)
         self.leave()
@@ -457,7 +473,7 @@ class Elaborator:
         if (in_hw[0] - 1) // stride + 1 != out_hw[0] or (in_hw[1] - 1) // stride + 1 != out_hw[1]:
             raise self.error(f"the residual body turns {in_hw[0]}x{in_hw[1]} into {out_hw[0]}x{out_hw[1]}, "
                              "which no strided 1x1 shortcut can match", stmt.meta)
-        differs = Const(1) if stride != 1 else op("ne", in_ch, out_ch)
+        differs = Const(1) if stride != 1 or always else op("ne", in_ch, out_ch)
         name = namer("residual")
         shortcut: list[ir.Node] = []
         if mode == "identity":
@@ -478,6 +494,68 @@ class Elaborator:
         self.budget.layer(stmt.meta, 1 + len(shortcut))  # the add node and its projection count as layers
         return ir.Residual(name, body, shortcut, "project" if mode.startswith("conv") else mode, in_ch, out_ch,
                            stride, differs if mode != "identity" else Const(0), self.src.pos(stmt.meta))
+
+
+def _concat(self, stmt, scope, state: State, namer: Namer) -> ir.Concat:
+    """Each branch elaborates from the same input state; their widths add up, their sizes must agree."""
+    if state.hw is None:
+        raise self.error("`concat` joins spatial feature maps; its input was already flattened", stmt.meta)
+    branches = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data == "branch"]
+    if len(branches) < 2:
+        raise self.error("`concat` needs at least two `branch { }` blocks", stmt.meta)
+    name = namer("concat")
+    in_ch, in_hw = state.ch, state.hw
+    bodies: list[list[ir.Node]] = []
+    out: Expr | None = None
+    out_hw = None
+    self.enter(stmt.meta)
+    for branch in branches:
+        inner = State(ch=in_ch, hw=in_hw, first=state.first, block_in=state.block_in)
+        body = [c for c in branch.children if isinstance(c, lark.Tree)]
+        bodies.append(self.statements(body, _Scope({}, scope), inner, namer))
+        if inner.hw is None:
+            raise self.error("a concat branch must keep a spatial output (no flatten/linear inside)", branch.meta)
+        if out_hw is not None and inner.hw != out_hw:
+            raise self.error(f"concat branches disagree on the output size: {out_hw[0]}x{out_hw[1]} and "
+                             f"{inner.hw[0]}x{inner.hw[1]}", branch.meta)
+        out_hw = inner.hw
+        out = inner.ch if out is None else self.bounded(op("add", out, inner.ch), stmt.meta)
+    self.leave()
+    state.ch, state.hw = out, out_hw
+    return ir.Concat(name, bodies, in_ch, out, self.src.pos(stmt.meta))
+
+
+Elaborator.concat = _concat
+
+
+def _explicit_shortcut(self, stmt, block, body_stmts, scope, state: State, namer: Namer, args) -> ir.Residual:
+    """`residual { body... shortcut { layers } }`: the add of the body and an explicit shortcut, always
+    applied (e.g. ResNet-D's average pool + 1x1 conv + BN)."""
+    if args["shortcut"] != RESIDUAL_SPEC[1]["shortcut"] or args["always"]:
+        raise self.error("give either `shortcut = ...` or a `shortcut { }` block, not both", stmt.meta)
+    in_ch, in_hw = state.ch, state.hw
+    self.enter(stmt.meta)
+    body = self.statements(body_stmts, _Scope({}, scope), state, namer)
+    inner = State(ch=in_ch, hw=in_hw, first=state.first, block_in=state.block_in)
+    shortcut = self.statements([c for c in block.children if isinstance(c, lark.Tree)], _Scope({}, scope),
+                               inner, namer)
+    self.leave()
+    if state.hw is None or inner.hw is None:
+        raise self.error("a residual body and its shortcut must keep a spatial output", stmt.meta)
+    if inner.hw != state.hw:
+        raise self.error(f"the shortcut gives {inner.hw[0]}x{inner.hw[1]} but the body {state.hw[0]}x{state.hw[1]}",
+                         block.meta)
+    a, b = self.at_defaults(inner.ch, block.meta), self.at_defaults(state.ch, block.meta)
+    if a != b:
+        raise self.error(f"the shortcut gives {a} channels (`{_shown(inner.ch)}`) but the body {b} "
+                         f"(`{_shown(state.ch)}`)", block.meta)
+    stride = max(1, math.ceil(in_hw[0] / state.hw[0]))
+    self.budget.layer(stmt.meta, 1)  # the add node
+    return ir.Residual(namer("residual"), body, shortcut, "project", in_ch, state.ch, stride, Const(1),
+                       self.src.pos(stmt.meta))
+
+
+Elaborator.explicit_shortcut = _explicit_shortcut
 
 
 def _header_int(values: dict[str, Number], name: str, written: dict[str, SourcePos], limit: int) -> int:

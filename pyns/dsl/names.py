@@ -60,5 +60,5 @@ def check_declarations(src: ArchSource, layer_names: Iterable[str]) -> None:
             token = node.children[0]
             if str(token) in reserved:
                 raise _refuse(str(token), "a `let` name", reserved[str(token)], src.pos(token))
-        elif node.data in ("repeat", "residual"):
+        elif node.data in ("repeat", "residual", "concat", "branch", "shortcut_block"):
             stack.extend(node.children)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pyns import ir
-from pyns.dsl.expr import Expr, Sym, evaluate
+from pyns.dsl.expr import Expr, Op, Sym, evaluate
 from pyns.errors import PynsError
 
 __all__ = ["ShrinkReport", "mask_network", "normalize_keep", "shrink_network"]
@@ -95,11 +95,36 @@ class _Planner:
         self.plan: IndexPlan = {}
         self.approximate: set[str] = set()
         self.flatten: ir.Flatten | None = None  # the last Flatten seen, for the Linear right after it
+        self.concat_sums: set[Expr] = set()  # widths that are a concat's sum of branch widths
+
+    # --- concat (torch importer): a concat's channels are its branches' channels, in order ---
+    def _concat_channels(self, expr: Expr, layer: str) -> torch.Tensor | None:
+        parts: list[Expr] = []
+
+        def split(e: Expr) -> None:
+            if isinstance(e, Op) and e.op == "add" and e in self.concat_sums:
+                split(e.args[0])
+                split(e.args[1])
+            else:
+                parts.append(e)
+
+        split(expr)
+        maps, offset, changed = [], 0, False
+        for part in parts:
+            index = self.channels(part, layer)
+            changed |= index is not None
+            if index is None:
+                index = torch.arange(int(evaluate(part, self.new_env)))
+            maps.append(index + offset)
+            offset += int(evaluate(part, self.old_env))
+        return torch.cat(maps) if changed else None
 
     def channels(self, expr: Expr, layer: str) -> torch.Tensor | None:
         """Positions to keep along a dimension of size `expr`; None = all of them."""
         if isinstance(expr, Sym) and expr.name in self.keep:
             return self.keep[expr.name]
+        if isinstance(expr, Op) and expr.op == "add" and self.concat_sums and expr in self.concat_sums:
+            return self._concat_channels(expr, layer)
         old, new = int(evaluate(expr, self.old_env)), int(evaluate(expr, self.new_env))
         if old == new:
             return None
@@ -110,7 +135,16 @@ class _Planner:
 
     def visit(self, nodes: list[ir.Node]) -> None:
         for node in nodes:
-            if isinstance(node, ir.Residual):
+            if isinstance(node, ir.Concat):  # --- concat (torch importer) ---
+                total = node.out_ch  # ((b1 + b2) + b3) ...: every partial sum is a concat prefix
+                for _ in node.branches[1:]:
+                    if not (isinstance(total, Op) and total.op == "add"):
+                        break
+                    self.concat_sums.add(total)
+                    total = total.args[0]
+                for branch in node.branches:
+                    self.visit(branch)
+            elif isinstance(node, ir.Residual):
                 self.visit(node.body)
                 self.visit(node.shortcut)
             elif isinstance(node, ir.Flatten):
@@ -122,6 +156,18 @@ class _Planner:
                 self.plan[node.name] = {name: [c] for name in ("weight", "bias", "running_mean", "running_var")}
             elif isinstance(node, ir.Linear):
                 self.linear(node)
+            elif isinstance(node, (ir.Shuffle, ir.Slice)):  # --- torch importer layers ---
+                # Removing channels moves the later ones to other shuffle groups / split parts: the
+                # shrunk network routes channels differently from the masked one.
+                width = node.channels if isinstance(node, ir.Shuffle) else node.in_ch
+                if int(evaluate(width, self.old_env)) != int(evaluate(width, self.new_env)):
+                    self.approximate.add(node.name)
+            elif isinstance(node, (ir.LayerNorm, ir.Scale)):
+                c = self.channels(node.channels, node.name)
+                self.plan[node.name] = {"weight": [c], "bias": [c], "gamma": [c]}
+            elif isinstance(node, ir.ChannelLinear):
+                out_map, in_map = self.channels(node.out_ch, node.name), self.channels(node.in_ch, node.name)
+                self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
             elif isinstance(node, ir.SqueezeExcite):
                 c = self.channels(node.channels, node.name)
                 r = self.channels(node.reduced, node.name)
@@ -229,7 +275,10 @@ def shrink_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
                 raise PynsError(f"layer `{name}` of the shrunk network has no counterpart in the old one")
             maps = planner.plan.get(name, {})
             old_tensors = dict(old_module.named_parameters()) | dict(old_module.named_buffers())
+            fresh = {f"{n}." for n, m in new_module.named_modules() if n and isinstance(m, TaylorGate)}
             for tensor_name, new_tensor in list(new_module.named_parameters()) + list(new_module.named_buffers()):
+                if any(tensor_name.startswith(prefix) for prefix in fresh):
+                    continue  # a gate inside the layer (squeeze-excite's, torch importer): fresh, like all gates
                 index_maps = maps.get(tensor_name, [])
                 value = _take(old_tensors[tensor_name], index_maps)
                 if value.shape != new_tensor.shape:
