@@ -40,6 +40,7 @@ __all__ = [
     "read_jsonl",
     "write_jsonl",
     "to_jsonable",
+    "json_text",
     "save_config",
     "load_config",
     "compare_configs",
@@ -59,8 +60,7 @@ PathLike = str | os.PathLike
 def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> None:
     """Write `obj` (made JSON-friendly by `to_jsonable`) to `path` atomically, with a trailing newline."""
     # Serialise before opening so that an unserialisable object never even creates the temporary file.
-    text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=True) + "\n"
-    atomic_write_text(path, text)
+    atomic_write_text(path, json_text(obj, indent=indent))
 
 
 def load_versioned_checkpoint(path: PathLike, kind: str, version: int, what: str) -> dict[str, Any]:
@@ -91,7 +91,9 @@ def to_jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
     if isinstance(obj, float):
-        return obj
+        # Strict JSON has no NaN or Infinity (jq, JavaScript and most parsers reject them): null says
+        # "no value" (an undefined correlation, an unmeasured time), which is what a non-finite number meant.
+        return obj if math.isfinite(obj) else None
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, enum.Enum):
@@ -112,13 +114,19 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a JSON file")
 
 
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """`obj` as strict JSON text (non-finite floats as null, see `to_jsonable`) with a trailing newline: the
+    one serialiser behind every JSON file pyns writes and every `--json` it prints."""
+    return json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
+
+
 def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
     """Append one JSON object as one line to `path` (created if missing), flushed to disk.
 
     The line is written with a single `write` call so a crash can tear at most the last line, which
     `read_jsonl` then ignores.
     """
-    line = json.dumps(to_jsonable(record), allow_nan=True) + "\n"
+    line = json_text(record, indent=None)
     target = Path(path)
     if not os.path.isdir(target.parent):
         make_folder(target.parent, shown=target)
@@ -157,7 +165,7 @@ def read_jsonl(path: PathLike, *, allow_torn_tail: bool = True) -> list[dict[str
 
 def write_jsonl(path: PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace `path` atomically with one JSON line per record (e.g. rewriting a log on resume)."""
-    text = "".join(json.dumps(to_jsonable(record), allow_nan=True) + "\n" for record in records)
+    text = "".join(json_text(record, indent=None) for record in records)
     atomic_write_text(path, text)
 
 

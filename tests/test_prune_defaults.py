@@ -128,7 +128,10 @@ def test_cli_prints_the_effective_values_and_records_them(tmp_path, capsys):
     assert main(["prune", "digits_cnn", "--data", "digits", "--out", str(out), "--warmup", "0", "--epochs", "0",
                  "--quiet", "--no-fit"]) == 0
     captured = capsys.readouterr()
-    first = captured.out.splitlines()[0]
+    # Line 1 is the run's settings (seed, threads, device, augmentation: issue 11 asks for them on the
+    # first line); the effective schedule comes right after it, before any training.
+    settings, first = captured.out.splitlines()[:2]
+    assert settings.startswith("digits_cnn on digits") and "seed 0" in settings and "augmentation" in settings
     assert first.startswith("schedule: 1 unit(s) per prune step (1% of the 128 prunable units")
     assert "Q = 6 minibatches of 256 per step (one epoch" in first
     assert "at most 0 prune steps" in captured.out

@@ -41,7 +41,7 @@ def test_shorthand_equals_explicit_solve_and_prints_every_quantity(capsys):
     _, short, _ = run(capsys, "tiny", "efficientnet_b0", "--macs", "100M")
     _, explicit, _ = run(capsys, "tiny", "solve", "efficientnet_b0", "--macs", "100M")
     assert short == explicit
-    for text in ("r = ", "GP std", "resolution", "repeats per stage", "w = ", "closed form", "widths: ",
+    for text in ("r = ", "leave-one-out error", "resolution", "repeats per stage", "w = ", "closed form", "widths: ",
                  "params: ", "MACs: "):
         assert text in short
 
@@ -151,7 +151,10 @@ def test_end_to_end_sample_fit_formula_and_plots(capsys, tmp_path, one_thread):
     code, _, err = run(capsys, *SAMPLE, "--out", folder, "--epochs", "3")
     assert code == 2 and "different settings" in err and "recipe.epochs" in err
 
-    code, out, err = run(capsys, "tiny", "fit", folder, "--json")
+    # the paper's top 20% of 12 models is 3, fewer than a formula is fitted on: refused, with the reason
+    code, _, err = run(capsys, "tiny", "fit", folder)
+    assert code == 2 and "at least 5" in err and "--fraction" in err
+    code, out, err = run(capsys, "tiny", "fit", folder, "--json", "--fraction", "0.5")
     assert code == 0, err
     report = json.loads(out)
     acc = np.array([c["final_test_acc"] for c in results])
@@ -160,7 +163,8 @@ def test_end_to_end_sample_fit_formula_and_plots(capsys, tmp_path, one_thread):
     fronts = brute_force_fronts(acc, macs)
     assert set(report["front"]) == {names[i] for i in fronts[0]}
     selected = {names.index(n) for n in report["selected"]}
-    assert len(selected) == math.ceil(0.2 * 12)
+    assert len(selected) == math.ceil(0.5 * 12)
+    assert set(report["leave_one_out"]) == {"r", "d"} and report["leave_one_out"]["r"]["n"] == 6
     taken = set()
     for front in fronts:  # whole fronts first; only the last one reached may be cut
         if len(taken) + len(front) <= len(selected):

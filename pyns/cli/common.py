@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
 from pyns.errors import PynsError
+from pyns.policies import POLICIES  # light: `import pyns` has already loaded it (numpy + lark, no torch)
 from pyns.scaling.budget import human  # noqa: F401  (re-exported for the subcommands)
 
 
@@ -17,7 +17,7 @@ def add_arch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="K=V",
                         help="override a network parameter, e.g. --set classes=100 (repeatable)")
     parser.add_argument("--variant", help="a named variant declared in the file (same as ARCH:variant)")
-    parser.add_argument("--policy", choices=("uniform", "efficientnet", "tinynet"),
+    parser.add_argument("--policy", choices=tuple(POLICIES),
                         help="scaling policy for multipliers (default: the file's own)")
 
 
@@ -29,6 +29,60 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="folder holding the data set (not needed for digits/synthetic)")
     parser.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
                         help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
+
+
+def add_augment_options(group) -> None:
+    """--augment SPEC and its shorthand --no-augment, as every training command takes them."""
+    from pyns.data.augment_spec import SPEC_HELP  # torch-free
+
+    group.add_argument("--augment", metavar="ITEMS", help=f"training augmentation: {SPEC_HELP}")
+    group.add_argument("--no-augment", action="store_true", help="no data augmentation (= --augment none)")
+
+
+def augment_setting(args: argparse.Namespace):
+    """True (the data set's default), False (none) or a parsed spec, from --augment / --no-augment; None
+    when neither is given (a resumed run keeps its own)."""
+    from pyns.data.augment_spec import parse_augment
+
+    if args.no_augment and args.augment is not None:
+        raise PynsError("give --augment or --no-augment, not both")
+    if args.no_augment:
+        return False
+    return None if args.augment is None else parse_augment(args.augment)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads torch may use (default: torch's own choice, one per core). Results "
+                             "are bit-reproducible only at the same thread count: it sets the order in which "
+                             "floats are summed")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's CPU thread count from --threads; returns the count in effect (printed with the seed)."""
+    import torch  # only in handlers of training commands
+
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise PynsError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
+
+
+def note_ignored_root(data: str, root: str | None) -> None:
+    """--root with a built-in data set is ignored; say so instead of ignoring it silently."""
+    from pyns.data.names import BUILT_IN, canonical_name
+
+    if root is not None and canonical_name(data) in BUILT_IN:
+        print(f"pyns: note: --root {root} is ignored: the {canonical_name(data)} data set is built in "
+              "(no folder is read)", file=sys.stderr)
+
+
+def print_data_notes(*datasets) -> None:
+    """What a reader had to do to a data set (e.g. unreadable images skipped), on stderr."""
+    for dataset in datasets:
+        for note in getattr(dataset, "notes", ()):
+            print(f"pyns: note: {note}", file=sys.stderr)
 
 
 def parse_number(text: str, what: str) -> float:
@@ -70,8 +124,10 @@ def arch_from_args(args: argparse.Namespace, bundle=None):
 
 
 def print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """Print `obj` as strict JSON (NaN and infinities as null): the one `--json` writer of every command."""
+    from pyns.runfiles import json_text
+
+    sys.stdout.write(json_text(obj))
 
 
 def check_out_file(path) -> None:

@@ -36,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
     arch = arch_from_args(args, bundle)
     if args.d is None:
         args.d = bundle.depth_mult if bundle is not None else 1.0
+    if args.ratio is not None and args.w is not None:
+        raise PynsError("--ratio and --w are the same option; give one of them")
+    ratio_flag = "--ratio" if args.ratio is not None else "--w"  # errors name the flag the user typed
     ratio = args.ratio if args.ratio is not None else args.w
-    for name, value in (("--ratio", ratio), ("--d", args.d), ("--r", args.r)):
+    for name, value in ((ratio_flag, ratio), ("--d", args.d), ("--r", args.r)):
         if value is not None and not 0 < value <= 100:
             raise PynsError(f"{name} must be in (0, 100], got {value}")
     widths = arch.uniform_widths(ratio) if ratio is not None else arch.defaults

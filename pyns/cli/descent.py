@@ -5,8 +5,9 @@ import argparse
 import sys
 import warnings
 
-from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
-from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.cli.common import add_arch_options, apply_threads, check_out_folder, human, parse_assignments
+from pyns.cli.run_options import (add_run_options, add_schedule_options, load_arch_and_data, run_header,
+                                  schedule_overrides)
 from pyns.errors import PynsError
 
 
@@ -32,6 +33,8 @@ def register(sub) -> None:
                         "target size); later iterations are freshly initialised")
     add_schedule_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object (every iteration) on stdout; "
+                                                       "progress lines go to stderr")
     p.set_defaults(handler=run)
 
 
@@ -48,6 +51,7 @@ def _fraction(text: str | None) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.descent import CONFIG_FILE, RUN_KIND, DescentConfig, descent
+    from pyns.data.augment_spec import describe_run_augment
     from pyns.neuralscale.prune.schedule import PruneConfig
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
@@ -70,8 +74,14 @@ def run(args: argparse.Namespace) -> int:
     config = DescentConfig(iterations=args.iterations, metric=args.target, target=target,
                            until_change=_fraction(args.until_change), prune=prune_config)
 
+    threads = apply_threads(args)
+    augment = describe_run_augment(prune_config.augment, train_set.name)
+    print(run_header(arch, train_set, seed=prune_config.seed, threads=threads, device=args.device,
+                     augment=augment), file=sys.stderr if args.json else sys.stdout, flush=True)
+
     def log(line: str) -> None:
-        print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)
+        to_stderr = args.json or line.startswith("pyns:")  # --json: stdout holds the JSON object alone
+        print(line, file=sys.stderr if to_stderr else sys.stdout, flush=True)
 
     try:
         with warnings.catch_warnings():
@@ -87,6 +97,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",
               file=sys.stderr)
         raise
+    if args.json:
+        from pyns.cli.common import print_json
+
+        print_json({"arch": arch.name, "data": train_set.name, "seed": prune_config.seed, "threads": threads,
+                    "augment": augment, "target": args.target, "stopped_early": result.stopped_early,
+                    "iterations": [{"iteration": it.iteration, "start_widths": it.start_widths,
+                                    "params": it.params, "macs": it.macs, "change": it.change,
+                                    "profile": it.profile_path, "stop_reason": it.stop_reason,
+                                    "warnings": it.warnings}
+                                   for it in result.iterations],
+                    "profile": str(result.out_dir / "profile.json"), "warnings": result.warnings})
+        return 0
     print(f"\n{arch.name}: {len(result.iterations)} descent iterations"
           + (" (stopped early: the configuration stopped moving)" if result.stopped_early else ""))
     symbols = arch.searchable

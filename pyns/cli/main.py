@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from pyns.errors import PynsError
@@ -22,6 +23,13 @@ _MODULES = {"import": "import_"}  # `import` is a Python keyword, so its module 
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes `-0.5x` or `-1M` for an unknown option ("expected one argument") because only bare
+        # numbers count as negative numbers. No pyns option starts with a digit, so any `-<digit>...` or
+        # `-.<digit>...` is a value, and the command's own check can say what is wrong with it.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
     def error(self, message: str):  # argparse's own usage errors: status 2, like ours
         self.print_usage(sys.stderr)
         self.exit(2, f"pyns: error: {message}\n")

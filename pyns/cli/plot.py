@@ -67,9 +67,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
 # Figure 2 of NeuralScale: filters per layer vs τ
 # ----------------------------------------------------------------------------------------------------
 
-FIGURE2_FILE = "figure2.png"
-
-
 def _is_prune_run(folder: Path) -> bool:
     from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
     from pyns.runfiles import load_config
@@ -81,84 +78,10 @@ def _is_prune_run(folder: Path) -> bool:
     return bool(config) and config.get("kind") == RUN_KIND and (folder / TRAJECTORY_FILE).exists()
 
 
-def _least_squares_laws(rows: list[dict], symbols: list[str]) -> dict[str, tuple[float, float]]:
-    """OLS of ln φ on (1, ln τ) per symbol: used only when the run has no readable profile.json."""
-    import numpy as np
-
-    tau = np.log([row["params"] for row in rows])
-    laws = {}
-    for symbol in symbols:
-        phi = np.log([row["widths"][symbol] for row in rows])
-        beta, intercept = np.polyfit(tau, phi, 1)
-        laws[symbol] = (float(np.exp(intercept)), float(beta))
-    return laws
-
-
 def draw_figure2(folder: Path, out: Path | None) -> list[Path]:
-    import matplotlib
+    from pyns.neuralscale.plots import plot_figure2  # matplotlib and torch: only when drawing
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from pyns.cli.fit import PROFILE_FILE
-    from pyns.neuralscale.prune.runfolder import load_run_config, read_trajectory
-    from pyns.runfiles import atomic_writer
-    from pyns.scaling.profile import Profile
-
-    config = load_run_config(folder)
-    rows = read_trajectory(folder)
-    if not rows:
-        raise RunError(f"{folder} has no trajectory rows yet; nothing to plot")
-    symbols: list[str] = list(config["searchable"])
-    recorded = [row for row in rows if row.get("recording")]
-    laws: dict[str, tuple[float, float]] = {}
-    source = ""
-    if (folder / PROFILE_FILE).exists():
-        profile = Profile.load(folder / PROFILE_FILE)
-        laws = {name: (fit.alpha, fit.beta) for name, fit in profile.fits.items()}
-        source = "profile.json"
-        if profile.fallback:
-            source = f"the profile fell back to {profile.fallback} scaling: no curves"
-    elif len(recorded) >= 2:
-        laws, source = _least_squares_laws(recorded, symbols), "least squares on the recorded rows; no profile.json"
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    colors = plt.get_cmap("viridis" if len(symbols) > 10 else "tab10")
-    tau_all = np.array([row["params"] for row in rows], dtype=float)
-    for index, symbol in enumerate(symbols):
-        color = colors(index / max(1, len(symbols) - 1)) if len(symbols) > 10 else colors(index % 10)
-        phi_all = np.array([row["widths"][symbol] for row in rows], dtype=float)
-        ax.plot(tau_all, phi_all, color=color, alpha=0.25, linewidth=1)  # before recording: faint
-        if recorded:
-            tau = np.array([row["params"] for row in recorded], dtype=float)
-            phi = np.array([row["widths"][symbol] for row in recorded], dtype=float)
-            ax.plot(tau, phi, color=color, marker=".", markersize=3, linewidth=1.2, label=symbol)
-        else:
-            ax.plot([], [], color=color, label=symbol)
-        if symbol in laws:
-            alpha, beta = laws[symbol]
-            grid = np.geomspace(tau_all.min(), tau_all.max(), 100)
-            ax.plot(grid, alpha * grid ** beta, color=color, linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters τ")
-    ax.set_ylabel("filters per layer φ")
-    title = (f"{config.get('arch', '?')} on {config.get('data', {}).get('name', '?')}: filters vs τ "
-             "(faint: before recording)")
-    if laws:
-        title += f"\n(dashed: fitted power laws, {source})"
-    elif source:
-        title += f"\n({source})"
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(symbols) > 8 else 1, loc="best")
-    fig.tight_layout()
-    path = out or folder / FIGURE2_FILE
-    with atomic_writer(path, "wb") as handle:  # a half-written PNG is never left behind
-        fig.savefig(handle, format="png", dpi=150)
-    plt.close(fig)
-    return [path]
+    return [plot_figure2(folder, out)]
 
 
 register_plotter(Plotter("prune (NeuralScale Figure 2)", _is_prune_run, draw_figure2))

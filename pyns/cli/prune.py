@@ -14,8 +14,9 @@ import sys
 import warnings
 from typing import Any
 
-from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
-from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
+from pyns.cli.common import add_arch_options, apply_threads, check_out_folder, human, parse_assignments
+from pyns.cli.run_options import (add_run_options, add_schedule_options, load_arch_and_data, run_header,
+                                  schedule_overrides)
 from pyns.errors import PynsError, RunError
 
 def register(sub) -> None:
@@ -43,6 +44,7 @@ def register(sub) -> None:
     add_schedule_options(p)
     p.add_argument("--no-fit", action="store_true", help="do not fit the profile at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the summary) on stdout")
     p.set_defaults(handler=run)
 
 
@@ -59,22 +61,24 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
     return saved
 
 
-def print_schedule(arch, config, widths, num_samples: int, prefix: str = "") -> None:
+def print_schedule(arch, config, widths, num_samples: int, prefix: str = "", file=None):
     """The effective units per step and Q (and where they came from), and the warning of a run that
     cannot record enough points for a fit: before any training."""
     from pyns.neuralscale.prune.defaults import plan_schedule
 
     plan = plan_schedule(arch, config, arch.widths(widths), num_samples)
     for line in plan.lines():
-        print(prefix + line, flush=True)
+        print(prefix + line, file=file or sys.stdout, flush=True)
     for note in plan.warnings:
         print(f"pyns: warning: {prefix}{note}", file=sys.stderr, flush=True)
+    return plan
 
 
 def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.prune.run import prune
     from pyns.neuralscale.prune.runfolder import TRAJECTORY_FILE
     from pyns.neuralscale.prune.schedule import PruneConfig
+    from pyns.data.augment_spec import describe_run_augment
 
     check_out_folder(args.out)  # before loading data and training, not after
     saved = _saved_config(args)
@@ -112,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
                            "Python; resume it from Python with the same module")
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
-    print_schedule(arch, config, widths, len(train_set))
+    threads = apply_threads(args)
+    augment = describe_run_augment(config.augment, train_set.name)
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout holds the JSON object alone
+    print(run_header(arch, train_set, seed=config.seed, threads=threads, device=args.device, augment=augment),
+          file=out, flush=True)
+    plan = print_schedule(arch, config, widths, len(train_set), file=out)
     try:
         with warnings.catch_warnings():
             from pyns.neuralscale.prune.defaults import ScheduleWarning
@@ -126,6 +135,23 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         raise
 
+    profile_path, notes = None, []
+    if not args.no_fit and result.recorded:
+        from pyns.neuralscale.prune.runfolder import fit_run
+
+        profile_path, notes = fit_run(result.run_dir)
+    if args.json:
+        from pyns.cli.common import print_json
+
+        print_json({"arch": arch.name, "data": data, "seed": config.seed, "threads": threads, "augment": augment,
+                    "mode": mode, "done": result.done, "stop_reason": result.stop_reason, "steps": result.steps,
+                    "params": result.params, "macs": result.macs, "widths": result.widths,
+                    "seconds": result.seconds, "trajectory": str(result.run_dir / TRAJECTORY_FILE),
+                    "rows": len(result.rows), "recorded": len(result.recorded),
+                    "schedule": plan.to_dict(),
+                    "profile": None if profile_path is None else str(profile_path),
+                    "warnings": list(plan.warnings) + list(notes)})
+        return 0
     state = "finished" if result.done else "stopped"
     print(f"{arch.name} on {train_set.name}: {state} after {result.steps} prune steps "
           f"({result.stop_reason or 'not finished'})")
@@ -135,12 +161,9 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.recorded)} recorded)")
     if not args.no_fit:
         if result.recorded:
-            from pyns.neuralscale.prune.runfolder import fit_run
-
-            path, notes = fit_run(result.run_dir)
             for note in notes:
                 print(f"pyns: warning: {note}", file=sys.stderr)
-            print(f"profile: {path}")
+            print(f"profile: {profile_path}")
         else:
             print("profile: not fitted (no recorded rows: recording starts once every searchable width "
                   "has lost a unit)")

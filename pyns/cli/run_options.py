@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pyns.cli.common import add_data_options, parse_assignments
+from pyns.cli.common import add_augment_options, add_data_options, augment_setting, print_data_notes, add_threads_option, note_ignored_root, parse_assignments
 from pyns.errors import DataError
 
 # CLI flag -> PruneConfig field, for the options that map one to one.
@@ -24,6 +24,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (must be new or empty)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
+    add_threads_option(p)
 
 
 def add_schedule_options(p: argparse.ArgumentParser) -> None:
@@ -48,7 +49,7 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     sched.add_argument("--skip-at-min-width", action="store_true",
                        help="when a lowest-ranked unit's width is at the minimum, skip it instead of stopping")
     sched.add_argument("--epochs", type=int, metavar="N", help="at most N pruning epochs (default: until a stop rule)")
-    sched.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    add_augment_options(sched)
     sched.add_argument("--seed", type=int, help="random seed (0)")
     sched.add_argument("--checkpoint-every", type=int, metavar="N", help="prune steps between checkpoints (1)")
 
@@ -57,8 +58,9 @@ def schedule_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The PruneConfig fields the command line sets explicitly."""
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items()
                  if getattr(args, flag) is not None}
-    if args.no_augment:
-        overrides["augment"] = False
+    augment = augment_setting(args)
+    if augment is not None:
+        overrides["augment"] = augment
     if args.skip_at_min_width:
         overrides["stop_at_min_width"] = False
     return overrides
@@ -84,12 +86,22 @@ def load_arch_and_data(args: argparse.Namespace, saved: dict[str, Any] | None, r
     from pyns.data.datasets import load_dataset
     from pyns.dsl.expr import evaluate
 
+    note_ignored_root(args.data, root)
     arch = _load_arch(args, None, saved)
     train_set = load_dataset(args.data, root, "train", resolution=arch.resolution,
                              channels=arch.network.in_channels, **data_options)
+    print_data_notes(train_set)
     arch = _load_arch(args, train_set.num_classes, saved)
     outputs = int(evaluate(arch.network.out_features, arch.defaults))
     if outputs != train_set.num_classes:
         raise DataError(f"{arch.name} has {outputs} outputs but the data set has {train_set.num_classes} "
                         f"classes; pass --set classes={train_set.num_classes}")
     return arch, train_set
+
+
+def run_header(arch, train_set, *, seed: int, threads: int, device: str, augment: str) -> str:
+    """The first line of a training command: what the run's result depends on (seed, threads, device,
+    augmentation), so that a rerun under the same conditions can be checked for bit-equality."""
+    plural = "s" if threads != 1 else ""
+    return (f"{arch.name} on {train_set.name} ({len(train_set):,} training images): seed {seed}, "
+            f"{threads} CPU thread{plural}, device {device}, augmentation {augment}")

@@ -77,6 +77,11 @@ def _budgets(args: argparse.Namespace, arch, depth: float, resolution: int | Non
     return args.params, macs, ""
 
 
+def _macs_text(macs) -> str:
+    value = getattr(macs, "value", macs)
+    return f"{value:g}x the default network" if getattr(macs, "relative", False) else f"{value:,g}"
+
+
 def run(args: argparse.Namespace) -> int:
     check_out_file(args.out)
     arch = arch_from_args(args)
@@ -94,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
     fill = not args.no_fill and not (args.width_ratio is not None and uniform)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScalingWarning)
-        result = solve_budget(arch, params, macs, method=args.method, profile=args.profile, config=config,
-                              nearest=args.nearest, depth=args.d, resolution=resolution, fill=fill)
+        try:
+            result = solve_budget(arch, params, macs, method=args.method, profile=args.profile, config=config,
+                                  nearest=args.nearest, depth=args.d, resolution=resolution, fill=fill)
+        except BudgetError as err:
+            if args.flops is None:
+                raise
+            # The solver works in MACs; say how the user's --flops became the MACs it reports.
+            raise BudgetError(f"--flops {args.flops} is a budget of MACs <= {_macs_text(macs)} "
+                              f"(FLOPs = 2 x MACs): {err}") from None
     notes = list(result.warnings)
     notes += [str(w.message) for w in caught if str(w.message) not in notes]
     if result.method == "uniform" and args.profile is None and args.method is None:

@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, add_data_options, check_out_folder, parse_assignments, print_json
+from pyns.cli.common import (add_arch_options, add_augment_options, add_data_options, augment_setting,
+                             check_out_folder, note_ignored_root, parse_assignments, print_json)
 from pyns.errors import PynsError, RunError
 
 
@@ -46,7 +47,7 @@ def register(sub) -> None:
                              "Without it such a profile is refused")
     source.add_argument("--morphnet-fraction", type=float, default=0.5, metavar="F",
                         help="take the MorphNet configuration where this fraction of units remains (0.5)")
-    recipe = p.add_argument_group("recipe of every cell (SPEC §5 defaults)")
+    recipe = p.add_argument_group("recipe of every cell (defaults: the NeuralScale paper's)")
     recipe.add_argument("--epochs", type=int, help="epochs (300; TinyImageNet 150)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")
     recipe.add_argument("--milestones", metavar="E1,E2,...", help="lr x gamma after these epochs (100,200,250)")
@@ -54,7 +55,7 @@ def register(sub) -> None:
     recipe.add_argument("--momentum", type=float, help="SGD momentum (0.5)")
     recipe.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (5e-4)")
     recipe.add_argument("--batch-size", type=int, metavar="B", help="batch size (128)")
-    recipe.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type")
     recipe.add_argument("--channels-last", action="store_true", help="NHWC memory layout (CUDA only)")
@@ -71,8 +72,10 @@ def register(sub) -> None:
                           help="Ray cluster to join (e.g. auto); default: start a local Ray instance")
     run_opts.add_argument("--ray-cpus", type=float, default=1, metavar="N", help="CPUs per cell task (1)")
     run_opts.add_argument("--ray-gpus", type=float, default=0, metavar="N", help="GPUs per cell task (0)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement of every cell "
+                                                            "(as `pyns train --no-latency`; Figure 5 stays empty)")
     p.add_argument("--json", action="store_true", help="print the table rows as JSON")
-    p.add_argument("--quiet", action="store_true", help="no per-cell lines")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-cell lines")
     p.set_defaults(handler=run)
 
 
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.train.run import ArchSpec, DataSpec
 
     check_out_folder(args.out)  # before loading data and training, not after
+    note_ignored_root(args.data, args.root)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)
     device = device_from_args(args.device)
@@ -123,13 +127,15 @@ def run(args: argparse.Namespace) -> int:
         ratios=parse_ratios(args.width_ratios), methods=methods, seeds=_seeds(args.seeds), metric=args.metric,
         profile=profile, trajectory=trajectory,
         morphnet_fraction=args.morphnet_fraction, li_epochs=args.li_epochs, li_lr=args.li_lr,
-        augment=not args.no_augment, device=None if device is None else str(device),
+        augment=True if augment_setting(args) is None else augment_setting(args),
+        device=None if device is None else str(device), latency=not args.no_latency,
         allow_fallback=args.allow_fallback)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     # Warnings are printed even with --quiet: they say what the table's numbers mean.
     warn = lambda line: print(f"pyns: warning: {line}", file=sys.stderr, flush=True)  # noqa: E731
     result = run_sweep(config, args.out, executor=args.executor, ray_address=args.ray_address,
-                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say, warn=warn)
+                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say,
+                       cell_bar=not args.quiet, warn=warn)
     if args.json:
         print_json(result.rows)
         return 0

@@ -12,12 +12,15 @@ and fit, and a first word that names none of them is taken as the ARCH of `solve
 from __future__ import annotations
 
 import argparse
-import os
 import math
+import os
+import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, arch_from_args, check_out_file, check_out_folder, human, print_json
+from pyns.cli.common import (add_arch_options, add_threads_option, apply_threads, arch_from_args, check_out_file,
+                             check_out_folder, human, note_ignored_root, parse_assignments, print_json)
 from pyns.errors import PynsError
+from pyns.tinynet.options import EXECUTOR_ALIASES  # torch-free
 
 CONVENTION = ("params = trainable parameters; MACs = multiply-accumulates of conv/linear layers at batch 1 "
               "(FLOPs = 2 x MACs)")
@@ -81,7 +84,8 @@ def register(sub) -> None:
 
 
 def _register_solve(tiny_sub) -> None:
-    from pyns.tinynet.solve import METHODS
+    # Only torch-, scipy- and scikit-learn-free names at registration: `pyns count` parses through this too.
+    from pyns.tinynet.options import METHODS
 
     p = tiny_sub.add_parser(
         "solve", help="r, d, w for a budget (the default form: pyns tiny ARCH ...)",
@@ -113,7 +117,7 @@ def _register_solve(tiny_sub) -> None:
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    from pyns.tinynet.solve import solve_tiny, write_resolved_tiny
+    from pyns.tinynet.solve import solve_tiny, write_resolved_tiny  # scipy/sklearn: only when it runs
 
     check_out_file(args.out)
     arch = arch_from_args(args)
@@ -142,12 +146,16 @@ def _print_solve(res, *, show_flops: bool) -> None:
           f"({res.base_macs:,} MACs)")
     if res.formula_source:
         print(f"formula: {res.formula_source}")
-    std = lambda s: f"  (GP std {s:.4f})" if s is not None else ""  # noqa: E731
-    print(f"r = {res.r:.4f}{std(res.r_std)}  ->  resolution {res.resolution}x{res.resolution} "
+    def loo(errors) -> str:  # the GP's leave-one-out error, not its std (near the noise floor: see formula.py)
+        if not errors or errors.get("rms") is None:
+            return ""
+        return f"  (leave-one-out error {errors['rms']:.3f} RMS, {errors['max']:.3f} max over {errors['n']} models)"
+
+    print(f"r = {res.r:.4f}{loo(res.r_loo)}  ->  resolution {res.resolution}x{res.resolution} "
           f"(default {res.base_resolution})")
     base = ", ".join(str(s.base) for s in res.stages)
     scaled = ", ".join(str(s.repeats) for s in res.stages)
-    depth_line = f"d = {res.d:.4f}{std(res.d_std)}"
+    depth_line = f"d = {res.d:.4f}{loo(res.d_loo)}"
     print(depth_line + (f"  ->  repeats per stage {scaled} (default {base})" if res.stages
                         else "  (no top-level repeat stages)"))
     width_line = f"w = {res.w:.4f}"
@@ -179,7 +187,7 @@ def _print_solve(res, *, show_flops: bool) -> None:
 
 def _register_sample(tiny_sub) -> None:
     from pyns.data.names import DATASETS
-    from pyns.tinynet.sample import DEFAULT_BAND, DEFAULT_RANGE, EXECUTORS
+    from pyns.tinynet.options import DEFAULT_BAND, DEFAULT_RANGE, EXECUTOR_ALIASES, EXECUTORS
 
     p = tiny_sub.add_parser(
         "sample", help="sample (r, d, w), train every model (for `pyns tiny fit`)",
@@ -198,30 +206,58 @@ def _register_sample(tiny_sub) -> None:
     p.add_argument("--data", required=True, choices=DATASETS, metavar="NAME",
                    help=f"data set: {', '.join(DATASETS)}")
     p.add_argument("--root", metavar="PATH", help="folder holding the data set (not needed for digits/synthetic)")
+    p.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="K=V",
+                   help="data set reader option, e.g. --data-option num_samples=4096 (repeatable)")
     p.add_argument("--epochs", type=int, default=10, metavar="E", help="epochs per model (default 10)")
     p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
     p.add_argument("--batch-size", type=int, default=128, metavar="B", help="batch size (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of training (default 0)")
     p.add_argument("--device", metavar="DEV", help="torch device, e.g. cuda:0 or cpu (default: a GPU if any)")
-    p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: one model after another here (default); ray: Ray tasks (pip install ray)")
+    p.add_argument("--executor", choices=EXECUTORS + tuple(EXECUTOR_ALIASES), default="serial",
+                   help="serial: one model after another here (default); ray: Ray tasks (pip install ray). "
+                        "The same names as `pyns sweep --executor` (`local` is the old name of serial)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--gpus-per-model", type=float, metavar="G",
                    help="GPUs each Ray task reserves (default: 1 if this machine has CUDA, else 0)")
+    add_threads_option(p)
+    p.add_argument("--quiet", action="store_true", help="no per-model lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object: every trained model")
     p.set_defaults(handler=run_sample)
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from pyns.tinynet.sample import sample_tiny
+    from pyns.tinynet.sample import sample_tiny  # torch: only when it runs
 
     check_out_folder(args.out)
     arch = arch_from_args(args)
+    note_ignored_root(args.data, args.root)
+    threads = apply_threads(args)
+    header = [f"tiny sample: seed {args.seed}, {threads} CPU thread{'s' if threads != 1 else ''}, device "
+              f"{args.device or 'auto'}, executor {EXECUTOR_ALIASES.get(args.executor, args.executor)}"]
+
+    def say(line: str) -> None:
+        if args.quiet:
+            return
+        while header:  # the settings line goes out with the first progress line, i.e. once the data loaded
+            print(header.pop(), file=sys.stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
+
+    if args.executor in EXECUTOR_ALIASES:  # said even with --quiet: the command line should be updated
+        print(f"pyns: note: --executor {args.executor} is now called {EXECUTOR_ALIASES[args.executor]} "
+              "(as in `pyns sweep`)", file=sys.stderr)
     results = sample_tiny(arch, args.out, data=args.data, root=args.root, n=args.n,
                           value_range=_pair(args.range, "--range"), band=_pair(args.budget, "--budget"),
                           seed=args.seed, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          policy=args.policy or "tinynet", executor=args.executor, ray_address=args.ray_address,
-                          gpus_per_cell=args.gpus_per_model, device=args.device)
+                          policy=args.policy or "tinynet", executor=EXECUTOR_ALIASES.get(args.executor, args.executor),
+                          ray_address=args.ray_address, gpus_per_cell=args.gpus_per_model, device=args.device,
+                          log=say, data_options=parse_assignments(args.data_options, "--data-option"))
+    if args.json:
+        print_json({"run_dir": str(args.out), "models": len(results), "threads": threads,
+                    "cells": [{**r.cell.to_dict(), "final_test_acc": r.final_test_acc,
+                               "best_test_acc": r.best_test_acc, "epochs": r.epochs, "seconds": r.seconds}
+                              for r in results]})
+        return 0
     print(f"{len(results)} models trained in {args.out}; next: pyns tiny fit {args.out}")
     return 0
 
@@ -230,7 +266,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _register_fit(tiny_sub) -> None:
-    from pyns.tinynet.fit import ACCURACIES, DEFAULT_FRACTION
+    from pyns.tinynet.options import ACCURACIES, DEFAULT_FRACTION
 
     p = tiny_sub.add_parser(
         "fit", help="fit a tiny formula on a sampling run's Pareto front",
@@ -275,8 +311,10 @@ def run_fit(args: argparse.Namespace) -> int:
         f"{k} {v['rho']:+.3f} (p {v['pvalue']:.3g})" if math.isfinite(v["rho"]) else f"{k} undefined"
         for k, v in report.spearman.items()))
     for name, params in (("r", f.r_kernel), ("d", f.d_kernel)):
+        loo = report.loo[name]
         print(f"GP c -> {name}: constant {params.constant:.4g}, length scale {params.length_scale:.4g} (in ln c), "
-              f"noise {params.noise:.3g}")
+              f"noise {params.noise:.3g}; leave-one-out error {loo['rms']:.3f} RMS, {loo['max']:.3f} max "
+              f"over {loo['n']} models")
     print(f"formula written to {report.formula_path}; use it with `pyns tiny ARCH --macs ... --formula "
           f"{report.formula_path}`")
     for path in report.figures:

@@ -3,7 +3,7 @@
 The widths come from exactly one of: `--widths k=v,...` (others default), `--ratio R` (uniform
 scaling), `--profile P` with `--params N` and/or `--macs N` (NeuralScale widths at a budget), or a budget
 alone (the uniformly scaled network that fits it); with none, the default network. Training follows
-SPEC §5 (SGD lr 0.1, momentum 0.5, weight decay 5e-4, batch 128, 300 epochs with lr x0.1 at 100/200/250;
+the NeuralScale paper's recipe (SGD lr 0.1, momentum 0.5, weight decay 5e-4, batch 128, 300 epochs with lr x0.1 at 100/200/250;
 TinyImageNet 150 epochs, x0.1 at 50/100), every number an option. Under `torchrun` the run uses
 DistributedDataParallel (pyns.train.loop) and only rank 0 prints and writes.
 
@@ -13,10 +13,13 @@ paper reports), params, MACs, latency measured the paper's way and images/s.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from pyns.cli.common import add_arch_options, add_data_options, check_out_folder, human, parse_assignments, print_json
+from pyns.cli.common import (add_arch_options, add_augment_options, add_data_options, add_threads_option,
+                             apply_threads, augment_setting, check_out_folder, human, note_ignored_root,
+                             parse_assignments, print_data_notes, print_json)
 from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
 
@@ -24,7 +27,7 @@ from pyns.errors import PynsError, RunError
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a network from scratch with the paper's recipe; report accuracy, cost, latency",
-        description="Train ARCH at the chosen widths from scratch (SPEC §5 recipe by default) and report the "
+        description="Train ARCH at the chosen widths from scratch (the NeuralScale paper's recipe by default) and report the "
                     "final and the best test accuracy (best = maximum over epochs, as the paper reports), "
                     "params, MACs, latency (batch 100, 20 warm-up, mean of 80) and images/s. Writes "
                     "checkpoints, metrics.jsonl and result.json into RUN_DIR. Runs under torchrun with DDP.")
@@ -44,7 +47,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that holds a run")
     p.add_argument("--device", default="auto",
                    help="auto (this process's GPU where there is one, else the CPU), cpu, cuda or cuda:N")
-    recipe = p.add_argument_group("recipe (SPEC §5 defaults; TinyImageNet: 150 epochs, milestones 50,100)")
+    add_threads_option(p)
+    recipe = p.add_argument_group("recipe (defaults: the NeuralScale paper's; TinyImageNet: 150 epochs, milestones 50,100)")
     recipe.add_argument("--epochs", type=int, help="epochs (300)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")
     recipe.add_argument("--milestones", metavar="E1,E2,...",
@@ -54,7 +58,7 @@ def register(sub) -> None:
     recipe.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (5e-4)")
     recipe.add_argument("--batch-size", type=int, metavar="B", help="global batch size (128), split over processes")
     recipe.add_argument("--seed", type=int, default=0, help="random seed for initialisation and data order (0)")
-    recipe.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type (auto)")
     recipe.add_argument("--channels-last", action="store_true", help="NHWC memory layout (CUDA only)")
@@ -159,17 +163,28 @@ def run(args: argparse.Namespace) -> int:
     check_out_folder(args.out)  # before loading data and training, not after
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))
+    augment = augment_setting(args)
+    augment = True if augment is None else augment
+    note_ignored_root(args.data, args.root)
     arch, train_set, test_set = arch_spec.load_for(data)
+    print_data_notes(train_set, test_set)
     widths, how = choose_widths(arch, args)
     widths = _saved_widths(args, arch, widths, how)
     recipe = recipe_from_args(args, train_set.name)
     device = device_from_args(args.device)
     main = distributed_context().is_main
-
+    threads = apply_threads(args)
     # The folder is this process's from before run.json is written to the end of training: a second
-    # `pyns train` on it stops here (RunBusy names this process) instead of mixing two runs.
+    # `pyns train` on it stops here (RunBusy names this process) instead of mixing two runs. Taken before
+    # the settings line, so that a refused run prints its error alone.
     lock = lock_folder(make_folder(args.out)) if main else None
     try:
+        if main and not args.json:
+            from pyns.cli.run_options import run_header
+            from pyns.data.augment_spec import describe_run_augment
+
+            print(run_header(arch, train_set, seed=recipe.seed, threads=threads, device=args.device,
+                             augment=describe_run_augment(augment, train_set.name)), flush=True)
         torch.manual_seed(derive_seed(recipe.seed, "train-init"))  # same initial weights on every rank
         model = arch.build(widths)
         if not args.resume:
@@ -190,12 +205,18 @@ def run(args: argparse.Namespace) -> int:
                                                                      "policy": arch.policy.name},
                                                           "data": {"name": data.name, "root": data.root,
                                                                    "options": data.options}})
-        info = {"how": how, "data": {"name": train_set.name, "root": data.root, "options": data.options,
-                                     "train_samples": len(train_set), "test_samples": len(test_set)}}
+        info = {"how": how, "threads": threads,
+                "data": {"name": train_set.name, "root": data.root, "options": data.options,
+                         "train_samples": len(train_set), "test_samples": len(test_set)}}
         try:
             record = run_training(arch, model, train_set, test_set, recipe, args.out, resume=args.resume,
-                                  overwrite=args.overwrite, device=device, augment=not args.no_augment, info=info,
+                                  overwrite=args.overwrite, device=device, augment=augment, info=info,
                                   latency=not args.no_latency, progress=not args.quiet)
+        except KeyboardInterrupt:
+            if main:
+                print(f"pyns: the last finished epoch is saved in {args.out}; continue with the same command and "
+                      "--resume", file=sys.stderr)
+            raise
         finally:
             cleanup_distributed()
     finally:

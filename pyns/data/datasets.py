@@ -47,6 +47,7 @@ class ImageDataset:
     mean: tuple[float, ...]  # per channel, [0, 1] units, of the training split
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the reader had to do, e.g. unreadable images it skipped (told to)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -104,15 +105,16 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         raise DataError(f"unknown option(s) {', '.join(unknown)} for data set {key} (known: {known}; "
                         f"every data set also takes mean= and std=)")
     options = {**defaults, **options}
-    images, labels, num_classes, class_names = READERS[key](root_path, canonical_split, resolution, channels,
-                                                            options)
+    read = READERS[key](root_path, canonical_split, resolution, channels, options)
+    images, labels, num_classes, class_names = read[:4]
+    notes = tuple(read[4]) if len(read) > 4 else ()  # a reader may add notes (ImageFolder's skipped files)
     if mean_override is not None or std_override is not None:
         if mean_override is None or std_override is None:
             raise DataError("pass both mean= and std= to override the normalisation statistics")
         mean, std = tuple(float(v) for v in mean_override), tuple(float(v) for v in std_override)
     else:
         mean, std = _split_stats(key, root_path, canonical_split, resolution, channels, options, images)
-    return ImageDataset(key, images, labels, num_classes, mean, std, tuple(class_names))
+    return ImageDataset(key, images, labels, num_classes, mean, std, tuple(class_names), notes)
 
 
 def _canonical_split(split: str) -> str:

@@ -174,6 +174,21 @@ def _decode_file(path: Path, mode: str, resolution: int | None) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
+def _readable(paths: Sequence[Path], mode: str, resolution: int | None,
+              workers: int | None) -> tuple[list[int], list[str]]:
+    """(indices of the files that decode, 'path: reason' of those that do not): the skip_unreadable pass."""
+    def check(index: int) -> str | None:
+        try:
+            _decode_file(paths[index], mode, resolution)
+        except DataError as err:
+            return str(err).removeprefix("cannot read image ")
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(32, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(check, range(len(paths))))
+    return [i for i, p in enumerate(problems) if p is None], [p for p in problems if p is not None]
+
+
 def _decode_files(paths: Sequence[Path], channels: int | None, resolution: int | None, workers: int | None,
                   what: str) -> torch.Tensor:
     """Decode many files in parallel into uint8 [N, C, H, W]; all must end up the same size."""
@@ -293,8 +308,20 @@ def _read_imagefolder(root: Path | None, split: str, resolution: int | None, cha
                             f"{options['test_fraction']})")
         paths = [paths[i] for i in chosen]
         label_array = label_array[chosen]
+    notes: list[str] = []
+    if options["skip_unreadable"]:
+        # A first pass finds the files that do not decode (a second decode of the good ones is the price
+        # of keeping the normal path strict and simple); the split is fixed before, so skipping one file
+        # never moves another between train and test.
+        keep, problems = _readable(paths, _pil_mode(channels), resolution, options["workers"])
+        if problems:
+            shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+            notes.append(f"ImageFolder {tree}: skipped {len(problems)} unreadable image(s) of {len(paths)} "
+                         f"(skip_unreadable=1): {shown}")
+            paths = [paths[i] for i in keep]
+            label_array = label_array[keep]
     images = _decode_files(paths, channels, resolution, options["workers"], f"ImageFolder {tree}")
-    return images, torch.from_numpy(label_array), len(classes), classes
+    return images, torch.from_numpy(label_array), len(classes), classes, notes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -375,7 +402,8 @@ READER_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": {},
     "cifar100": {},
     "tinyimagenet": {"workers": None},
-    "imagefolder": {"test_fraction": 0.1, "split_seed": 0, "workers": None},
+    # skip_unreadable: drop files that do not decode (and say how many) instead of stopping
+    "imagefolder": {"test_fraction": 0.1, "split_seed": 0, "workers": None, "skip_unreadable": 0},
     "digits": {"test_fraction": 0.2, "split_seed": 0},
     "synthetic": {"num_samples": 2048, "test_samples": None, "num_classes": 10, "seed": 0, "noise": 0.25},
 }

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pyns.errors import ProfileError
-from pyns.runfiles import atomic_write_text
+from pyns.runfiles import atomic_write_text, json_text
 
 FORMAT = "pyns.profile"
 VERSION = 1
@@ -81,7 +81,7 @@ class Profile:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return json_text(self.to_dict())  # strict: an undefined R² (a width that never moved) is null
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.to_json())
@@ -111,7 +111,7 @@ class Profile:
                 raise ProfileError(f"{source}: symbol `{name}` must be an object with alpha and beta")
             try:
                 alpha, beta = float(entry["alpha"]), float(entry["beta"])
-                r2 = float(entry.get("r2", math.nan))
+                r2 = float(math.nan if entry.get("r2") is None else entry["r2"])  # null: undefined R²
                 points = int(entry.get("points", data.get("points", 0)))
             except (KeyError, TypeError, ValueError):
                 raise ProfileError(f"{source}: symbol `{name}` needs numeric alpha and beta") from None

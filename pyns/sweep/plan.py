@@ -84,8 +84,9 @@ class SweepConfig:
     morphnet_fraction: float = 0.5
     li_epochs: int | None = None  # None: 40 (20 on TinyImageNet)
     li_lr: float = 0.001
-    augment: bool = True
+    augment: bool | str | dict = True  # see pyns.data.augment_spec
     device: str | None = None  # None: the GPU where there is one
+    latency: bool = True  # measure every cell's latency (the paper's way); False: Figure 5 stays empty
     # Train `neuralscale` cells from a profile that fell back to uniform scaling (they are then uniform
     # networks, marked as such in the table); by default such a profile is refused.
     allow_fallback: bool = False

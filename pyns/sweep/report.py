@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyns.runfiles import atomic_write_bytes, atomic_write_text
+from pyns.runfiles import atomic_write_text
 from pyns.scaling.budget import human
 from pyns.sweep.plan import FULL, METHODS
 from pyns.train.run import LATENCY_METHOD
 
-__all__ = ["aggregate", "write_table", "read_table_csv", "write_figures", "TABLE_MD", "TABLE_CSV", "FIGURE_PARAMS",
+__all__ = ["aggregate", "write_table", "read_table_csv", "write_figures", "sweep_figures", "TABLE_MD", "TABLE_CSV", "FIGURE_PARAMS",
            "FIGURE_LATENCY", "CSV_COLUMNS"]
 
 TABLE_MD = "table.md"
@@ -153,42 +153,56 @@ def read_table_csv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_figures(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
-    """Figure 4 (accuracy vs params) and Figure 5 (accuracy vs latency): best accuracy, mean ± std."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def sweep_figures(rows: Sequence[Mapping[str, Any]]):
+    """(Figure 4, Figure 5) as matplotlib Figures: best accuracy (mean ± std over seeds) against params and
+    against latency, one line per method."""
+    from pyns.figures import legend_outside, new_figure, plain_log_axis
 
-    out = Path(out_dir)
-    paths = []
-    for x_key, x_label, name, title in (
-        ("params", "parameters", FIGURE_PARAMS, "Figure 4: accuracy vs parameters"),
-        ("latency_ms_mean", "latency (ms per batch of 100)", FIGURE_LATENCY, "Figure 5: accuracy vs latency"),
+    figures = []
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for x_key, x_label, title in (
+        ("params", "parameters", "Figure 4: accuracy vs parameters"),
+        ("latency_ms_mean", "latency (ms per batch of 100)", "Figure 5: accuracy vs latency"),
     ):
-        # The Figure object alone (no pyplot): no global backend switch, safe inside other programs.
-        figure = Figure(figsize=(6.4, 4.8), dpi=100)
-        FigureCanvasAgg(figure)
+        figure = new_figure((7.6, 4.8))
         axes = figure.add_subplot(1, 1, 1)
-        methods = list(dict.fromkeys(r["method"] for r in rows))
+        drawn = 0
         for method in methods:
-            points = sorted((r[x_key], r) for r in rows if r["method"] == method and r[x_key] is not None
-                            and r["best_acc_mean"] is not None)
+            points = sorted(((r[x_key], r) for r in rows if r["method"] == method and r[x_key] is not None
+                             and r["best_acc_mean"] is not None), key=lambda p: p[0])
             if not points:
                 continue
             xs = [x for x, _ in points]
             ys = [100 * r["best_acc_mean"] for _, r in points]
             errors = [100 * (r["best_acc_std"] or 0.0) for _, r in points]
-            axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method)
+            if method == FULL:
+                # The full network is the uniform network at ratio 1: a hollow, larger marker drawn below
+                # the others rings uniform's point instead of hiding it.
+                axes.errorbar(xs, ys, yerr=errors, marker="s", markersize=11, markerfacecolor="none",
+                              linestyle="none", capsize=3, zorder=1, label="full (pruned by li)")
+            else:
+                axes.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method, zorder=2)
+            drawn += 1
         if x_key == "params":
             axes.set_xscale("log")
+            plain_log_axis(axes.xaxis)
         axes.set_xlabel(x_label)
         axes.set_ylabel("test accuracy (%), best over epochs")
-        axes.set_title(title)
-        axes.grid(True, alpha=0.3)
-        if methods:
-            axes.legend()
-        path = out / name
-        with io.BytesIO() as buffer:
-            figure.savefig(buffer, format="png")
-            atomic_write_bytes(path, buffer.getvalue())
-        paths.append(path)
-    return paths[0], paths[1]
+        figure.suptitle(title)  # over the axes and the legend column: neither can overlap it
+        axes.grid(True, which="both", alpha=0.3)
+        if drawn:
+            legend_outside(figure, axes, fontsize="small")
+        else:
+            axes.text(0.5, 0.5, "no latency measured (--no-latency)" if x_key != "params" else "no finished cells",
+                      ha="center", va="center", transform=axes.transAxes)
+        figures.append(figure)
+    return figures[0], figures[1]
+
+
+def write_figures(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
+    """Figure 4 (accuracy vs params) and Figure 5 (accuracy vs latency) as PNG files in `out_dir`."""
+    from pyns.figures import save_png
+
+    fig4, fig5 = sweep_figures(rows)
+    out = Path(out_dir)
+    return save_png(fig4, out / FIGURE_PARAMS), save_png(fig5, out / FIGURE_LATENCY)

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from pyns.sweep.progress import CellProgress
 from pyns.errors import BudgetError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
 from pyns.runlock import RunBusy, describe_holder, lock_folder
@@ -69,8 +70,10 @@ SWEEP_FILE = "sweep.json"
 # without changing what its finished cells mean.
 # The profile and trajectory are named by path, which may move; what they gave is checked per cell
 # (its planned widths) instead.
+# Latency is measured after training, so turning it on or off does not change a trained cell either.
 # allow_fallback only permits cells that the plan would otherwise refuse; the planned widths are checked.
-_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "allow_fallback")
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "latency",
+               "allow_fallback")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ def _cell_spec(config: SweepConfig, cell: Cell, out: Path) -> dict[str, Any]:
             "source_folder": str(out / "cells" / cell.source) if cell.source else None,
             "arch": dataclasses.asdict(config.arch), "data": dataclasses.asdict(config.data),
             "recipe": dataclasses.asdict(config.recipe), "li_epochs": config.li_epochs, "li_lr": config.li_lr,
-            "augment": config.augment, "device": config.device}
+            "augment": config.augment, "device": config.device, "latency": config.latency}
 
 
 _DATA_CACHE: dict[str, Any] = {}  # serial sweeps load the data set once, not once per cell
@@ -163,7 +166,8 @@ def _train_cell(spec: Mapping[str, Any], folder: Path, progress: bool) -> dict[s
 
     resume = (folder / CHECKPOINT_FILE).exists()
     record = run_training(arch, model, train_set, test_set, recipe, folder, resume=resume, overwrite=not resume,
-                          device=spec["device"], augment=spec["augment"], info=info, progress=progress)
+                          device=spec["device"], augment=spec["augment"], info=info, progress=progress,
+                          latency=spec.get("latency", True))
     assert record is not None  # a sweep cell runs in one process
     over = record[cell.metric] > cell.budget
     if over:
@@ -229,34 +233,30 @@ def _describe(record: Mapping[str, Any]) -> str:
     return text
 
 
-def _report(record: Mapping[str, Any], name: str, say: Callable[[str], None], counter: list[int],
-            seconds: float | None) -> None:
-    counter[0] += 1
-    state = "done before, skipped" if record["skipped"] else (f"{seconds:.1f}s" if seconds is not None else "")
-    say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)}" + (f" ({state})" if state else ""))
-
-
-def _run_serial(specs: Sequence[dict[str, Any]], say: Callable[[str], None], progress: bool,
-                counter: list[int]) -> list[dict]:
+def _run_serial(specs: Sequence[dict[str, Any]], progress: bool, tracker: CellProgress) -> list[dict]:
     records: dict[str, dict] = {}
     busy = []  # cells another process is training: waited for once everything else is done
-    for spec in specs:
+
+    def train(spec: dict[str, Any], wait: bool) -> bool:
         name = Path(spec["folder"]).name
         started = time.perf_counter()
-        record = run_cell(spec, progress=progress, wait=False)
+        tracker.started()
+        record = run_cell(spec, progress=progress, wait=wait)
         if record.get("busy"):
-            say(f"{name}: another process is training it ({record['busy']}); coming back to it at the end")
+            tracker.unstarted()
+            tracker.note(f"{name}: another process is training it ({record['busy']}); coming back to it at the end")
+            return False
+        state = "done before, skipped" if record["skipped"] else f"{time.perf_counter() - started:.1f}s"
+        tracker.finished(f"{name}: {_describe(record)} ({state})", skipped=record["skipped"])
+        records[spec["folder"]] = record
+        return True
+
+    for spec in specs:
+        if not train(spec, wait=False):
             busy.append(spec)
-            continue
-        records[spec["folder"]] = record
-        _report(record, name, say, counter, time.perf_counter() - started)
     for spec in busy:
-        name = Path(spec["folder"]).name
-        say(f"{name}: waiting for the other process to finish it")
-        started = time.perf_counter()
-        record = run_cell(spec, progress=progress, wait=True)
-        records[spec["folder"]] = record
-        _report(record, name, say, counter, time.perf_counter() - started)
+        tracker.note(f"{Path(spec['folder']).name}: waiting for the other process to finish it")
+        train(spec, wait=True)
     return [records[spec["folder"]] for spec in specs]
 
 
@@ -268,8 +268,8 @@ def _import_ray():
     return ray
 
 
-def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], address: str | None,
-             cpus: float, gpus: float, counter: list[int]) -> list[dict]:
+def _run_ray(specs: Sequence[dict[str, Any]], address: str | None, cpus: float, gpus: float,
+             tracker: CellProgress) -> list[dict]:
     ray = _import_ray()
     if not ray.is_initialized():
         ray.init(address=address) if address else ray.init()
@@ -277,6 +277,7 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
     # First without waiting on cells another sweep is training; those come back as busy and are then
     # submitted again to wait for it.
     pending = {task.remote(dict(spec), False, False): spec for spec in specs}
+    tracker.started(len(pending))  # submitted: Ray runs as many at once as its resources allow
     results: dict[str, dict] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -293,17 +294,19 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
                     raise type(cause)(f"cell {name}: {cause.message}") from None
                 raise RunError(f"cell {name} failed on Ray: {err}") from None
             if record.get("busy"):
-                say(f"{name}: another process is training it ({record['busy']}); waiting for it")
+                tracker.note(f"{name}: another process is training it ({record['busy']}); waiting for it")
                 pending[task.remote(dict(spec), False, True)] = spec
                 continue
             results[spec["folder"]] = record
-            _report(record, name, say, counter, None)
+            tracker.finished(f"{name}: {_describe(record)}" + (" (done before, skipped)" if record["skipped"] else ""),
+                             skipped=record["skipped"])
     return [results[spec["folder"]] for spec in specs]
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
               ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
-              progress: bool = False, warn: Callable[[str], None] | None = None) -> SweepResult:
+              progress: bool = False, cell_bar: bool = False,
+              warn: Callable[[str], None] | None = None) -> SweepResult:
     """Plan, train every cell not yet complete, then write the table and the figures. See the module doc.
 
     Every ScalingWarning of the plan (a fallback profile allowed by `allow_fallback`, an extrapolating
@@ -318,7 +321,9 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     out = Path(out_dir)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise RunError(f"{out} exists and is not a folder; choose another --out")
-    arch, _, _ = _load_for(config.arch, config.data)  # fails fast on a missing data set or a class mismatch
+    arch, train_set, test_set = _load_for(config.arch, config.data)  # fails fast on a missing data set
+    for note in (*train_set.notes, *test_set.notes):  # e.g. unreadable images skipped: never silent
+        say(f"note: {note}")
     cells, notes = plan_cells(arch, config)
     _check_sweep_folder(out, config)
     _check_planned(out, cells)
@@ -332,15 +337,19 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     # li cells need their full network trained: they form a second wave.
     waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
     by_folder: dict[str, dict] = {}
-    counter = [0, len(specs)]  # cells finished, cells in all
-    for wave in waves:
-        if not wave:
-            continue
-        if executor == "ray":
-            records = _run_ray(wave, say, ray_address, ray_cpus_per_cell, ray_gpus_per_cell, counter)
-        else:
-            records = _run_serial(wave, say, progress, counter)
-        by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
+    # One bar over all cells (`cell_bar`), one line per finished cell through `say`.
+    tracker = CellProgress(len(specs), 0, say, enabled=cell_bar)
+    try:
+        for wave in waves:
+            if not wave:
+                continue
+            if executor == "ray":
+                records = _run_ray(wave, ray_address, ray_cpus_per_cell, ray_gpus_per_cell, tracker)
+            else:
+                records = _run_serial(wave, progress, tracker)
+            by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
+    finally:
+        tracker.close()
     records = [by_folder[spec["folder"]] for spec in specs]
     rows = aggregate(records, config.methods, config.ratios, warnings=by_cell)
     write_table(rows, out)

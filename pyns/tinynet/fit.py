@@ -17,6 +17,7 @@ import numpy as np
 from pyns.errors import ProfileError, PynsError, RunError
 from pyns.tinynet.pareto import non_dominated_sort, pareto_top
 from pyns.runfiles import atomic_write_json, atomic_write_text, load_config
+from pyns.tinynet.options import ACCURACIES, DEFAULT_FRACTION, MIN_FIT_MODELS
 from pyns.tinynet.formula import TinyFormula, fit_formula, spearman_with_macs
 from pyns.tinynet.sample import CELLS_FILE, CONFIG_FILE, KIND, Cell, CellResult, cell_dir, read_cell_result
 
@@ -27,8 +28,6 @@ __all__ = [
 
 FIT_FILE = "fit.json"
 FORMULA_FILE = "formula.json"
-ACCURACIES = ("final", "best")
-DEFAULT_FRACTION = 0.2        # the paper's "top 20%" of the Pareto ranking
 
 
 # ---- reading a run back ------------------------------------------------------------------------------
@@ -107,12 +106,44 @@ class FitReport:
     fraction: float
     figures: list[Path] = field(default_factory=list)
 
+    @property
+    def loo(self) -> dict[str, dict[str, Any]]:
+        """Leave-one-out error of the c -> r and c -> d GPs on the selected models."""
+        return self.formula.loo_errors()
+
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "models": self.models, "fraction": self.fraction,
                 "accuracy": self.accuracy, "selected": self.selected, "front": self.front,
                 "spearman_with_macs": self.spearman, "formula": self.formula.to_dict(),
                 "formula_path": None if self.formula_path is None else str(self.formula_path),
+                "leave_one_out": self.loo, "min_models": MIN_FIT_MODELS,
                 "figures": [str(p) for p in self.figures]}
+
+
+def _classes(run: SampleRun) -> int | None:
+    """The sampled network's number of outputs (the data set's classes), from the folder's arch copy."""
+    from pyns.arch import loads
+
+    try:
+        arch = loads((run.folder / "arch.arch").read_text(encoding="utf-8"), variant=run.config.get("variant"),
+                     **run.config.get("params", {}))
+        return int(arch.network.params["classes"])
+    except (OSError, KeyError, TypeError, ValueError, PynsError):
+        return None  # no chance level known: only the equal-accuracy check applies
+
+
+def _refuse_uninformative(run: SampleRun, acc: np.ndarray) -> None:
+    """Models that all score the same (typically all at chance) rank by MACs alone: no front to fit."""
+    classes = _classes(run)
+    chance = 1.0 / classes if isinstance(classes, (int, float)) and classes > 1 else None
+    # 1.5x chance: a model that learned nothing scatters around 1/classes by a few test images.
+    at_chance = chance is not None and bool(np.all(acc <= 1.5 * chance))
+    if np.ptp(acc) == 0 or at_chance:
+        what = (f"at chance (every accuracy <= 1.5 / {classes} classes)" if at_chance
+                else f"equally accurate ({100 * acc[0]:.2f}%)")
+        raise RunError(f"the selected models of {run.folder} are all {what}: their ranking reflects MACs "
+                       "alone, so a formula fitted on them says nothing about r and d; train longer "
+                       "(--epochs) or check the data")
 
 
 def fit_sample_dir(path: str | Path, out: str | Path | None = None, *, fraction: float = DEFAULT_FRACTION,
@@ -126,6 +157,12 @@ def fit_sample_dir(path: str | Path, out: str | Path | None = None, *, fraction:
         raise RunError(f"{run.folder} has no trained models yet; run `pyns tiny sample` first")
     cols = run.arrays(accuracy)
     selected, front = select_front(cols["acc"], cols["macs"], fraction)
+    if len(selected) < MIN_FIT_MODELS:
+        raise RunError(f"the top {fraction:g} of the {len(run.results)} trained models in {run.folder} is "
+                       f"{len(selected)} model(s); a tiny formula needs at least {MIN_FIT_MODELS} (a GP's three "
+                       "hyperparameters are not determined by fewer); sample more models (--n) or select a "
+                       "larger --fraction")
+    _refuse_uninformative(run, cols["acc"][selected])
     names = [res.cell.name for res in run.results]
     spearman = spearman_with_macs(cols["r"][selected], cols["d"][selected], cols["w"][selected],
                                   cols["macs"][selected])

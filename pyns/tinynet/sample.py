@@ -19,7 +19,7 @@ Run folder (every file written atomically; a killed run resumes where it stopped
 Each cell folder is locked while its cell trains (pyns.runlock): two samplers started on one run folder
 split the cells and wait at the end for the ones the other is training; no cell is trained twice.
 
-Executors: cells run one after another in this process ("local"), or as Ray tasks ("ray"; `pip install
+Executors: cells run one after another in this process ("serial"), or as Ray tasks ("ray"; `pip install
 ray`). Ray workers write into the run folder themselves, so on a multi-machine cluster it must be on a
 file system every worker mounts at the same path.
 """
@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyns.arch import Arch, loads
 from pyns.errors import BudgetError, DSLError, PynsError, RunError
@@ -44,6 +44,7 @@ from pyns.runlock import RunBusy, folder_is_empty, lock_folder
 from pyns.safewrite import make_folder
 from pyns.tinynet.cost import CostPath, stage_repeats, with_policy
 from pyns.tinynet.formula import sample_multipliers
+from pyns.tinynet.options import DEFAULT_BAND, DEFAULT_RANGE, EXECUTOR_ALIASES, EXECUTORS
 
 __all__ = [
     "KIND", "Cell", "CellResult", "SampleJob", "EXECUTORS", "plan_cells", "short_recipe", "sample_tiny",
@@ -57,10 +58,6 @@ CELLS_FILE = "cells.json"
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
 TRAIN_DIR = "train"
-EXECUTORS = ("local", "ray")
-
-DEFAULT_RANGE = (0.35, 2.8)   # the paper's sampling box for each of r, d, w
-DEFAULT_BAND = (0.03, 1.05)   # the paper's budget band, in units of C0
 # Draws allowed per wanted model before giving up: in the paper's box about one draw in ten lands in the
 # band; a thousand covers bands a hundred times narrower before calling the settings hopeless.
 MAX_DRAWS_PER_MODEL = 1000
@@ -204,6 +201,7 @@ class SampleJob:
     root: str | None
     recipe: dict[str, Any]
     device: str | None = None
+    data_options: tuple[tuple[str, Any], ...] = ()  # reader options (--data-option), sorted (k, v) pairs
 
     def arch(self) -> Arch:
         return loads(self.arch_text, filename=self.arch_filename, variant=self.variant, policy=self.policy,
@@ -215,10 +213,11 @@ def cell_dir(run_dir: str | Path, cell: Cell) -> Path:
 
 
 @lru_cache(maxsize=4)  # consecutive cells often share a resolution; a few splits in memory at most
-def _dataset(name: str, root: str | None, split: str, resolution: int, channels: int):
+def _dataset(name: str, root: str | None, split: str, resolution: int, channels: int,
+             options: tuple[tuple[str, Any], ...] = ()):
     from pyns.data.datasets import load_dataset
 
-    return load_dataset(name, root, split, resolution=resolution, channels=channels)
+    return load_dataset(name, root, split, resolution=resolution, channels=channels, **dict(options))
 
 
 def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False, wait: bool = True) -> CellResult | None:
@@ -263,8 +262,8 @@ def _train_cell(job: SampleJob, cell: Cell, folder: Path, progress: bool) -> Cel
         raise RunError(f"cell {cell.name}: the built model has {built:,} parameters, the plan says "
                        f"{cell.params:,}; was the .arch file changed?")
     channels = arch.network.in_channels
-    train_set = _dataset(job.data, job.root, "train", cell.resolution, channels)
-    test_set = _dataset(job.data, job.root, "test", cell.resolution, channels)
+    train_set = _dataset(job.data, job.root, "train", cell.resolution, channels, job.data_options)
+    test_set = _dataset(job.data, job.root, "test", cell.resolution, channels, job.data_options)
     recipe = TrainRecipe(**{**job.recipe, "milestones": tuple(job.recipe["milestones"])})
     device = torch.device(job.device) if job.device else None
     train_loader, test_loader = make_loaders(train_set, test_set, recipe, device=device)
@@ -288,7 +287,8 @@ def read_cell_result(folder: Path, cell: Cell) -> CellResult | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return CellResult(Cell.from_dict(data), float(data["final_test_acc"]), float(data["best_test_acc"]),
-                          int(data["epochs"]), float(data.get("seconds", math.nan)))
+                          int(data["epochs"]),
+                          math.nan if data.get("seconds") is None else float(data["seconds"]))  # null: unmeasured
     except (ValueError, KeyError, TypeError) as err:
         raise RunError(f"{path} is damaged ({type(err).__name__}: {err}); delete it to retrain the cell") from None
 
@@ -320,7 +320,7 @@ def _require_ray():
         import ray
     except ImportError:
         raise PynsError("--executor ray needs Ray, which is not installed: pip install ray "
-                        "(or pip install 'pyns[ray]'), or use --executor local") from None
+                        "(or pip install 'pyns[ray]'), or use --executor serial") from None
     return ray
 
 
@@ -358,11 +358,13 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool) -> Arch:
+def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool,
+                 options: Mapping[str, Any] | None = None) -> Arch:
     """Give the classifier as many outputs as the data set has classes, unless `classes` was set explicitly."""
     from pyns.data.datasets import load_dataset
 
-    test = load_dataset(data, root, "test", resolution=arch.resolution, channels=arch.network.in_channels)
+    test = load_dataset(data, root, "test", resolution=arch.resolution, channels=arch.network.in_channels,
+                        **dict(options or {}))
     if "classes" in arch.network.params and not explicit and arch.network.params["classes"] != test.num_classes:
         arch = Arch(arch.source, variant=arch.variant, policy=arch.policy.name,
                     params={**arch.params, "classes": test.num_classes})
@@ -372,22 +374,27 @@ def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool) -> Arc
 def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path | None = None, n: int = 100,
                 value_range: Sequence[float] = DEFAULT_RANGE, band: Sequence[float] = DEFAULT_BAND,
                 seed: int = 0, epochs: int = 10, lr: float = 0.1, batch_size: int = 128,
-                policy: str | None = "tinynet", executor: str = "local", ray_address: str | None = None,
+                policy: str | None = "tinynet", executor: str = "serial", ray_address: str | None = None,
                 gpus_per_cell: float | None = None, device: str | None = None,
-                log: Callable[[str], None] | None = None) -> list[CellResult]:
+                log: Callable[[str], None] | None = None,
+                data_options: Mapping[str, Any] | None = None) -> list[CellResult]:
     """Plan, train and record `n` sampled models in `out_dir` (see the module doc); returns every finished
     cell (including those done by an earlier, interrupted run). `policy=None` keeps the arch's own.
 
     The classifier is sized to the data set's classes unless the Arch was loaded with `classes=...`.
     """
+    log = log or (lambda line: print(line, file=sys.stderr))
+    if executor in EXECUTOR_ALIASES:
+        log(f"pyns: note: executor `{executor}` is now called `{EXECUTOR_ALIASES[executor]}` (as in `pyns sweep`)")
+        executor = EXECUTOR_ALIASES[executor]
     if executor not in EXECUTORS:
         raise PynsError(f"unknown executor `{executor}`; choose one of {', '.join(EXECUTORS)}")
     if executor == "ray":
         _require_ray()  # before any work, not after planning and loading data
-    log = log or (lambda line: print(line, file=sys.stderr))
     root_text = None if root is None else str(root)
     arch = with_policy(arch, policy) if policy else arch
-    arch = _fit_classes(arch, data, root_text, explicit="classes" in arch.params)
+    options = dict(data_options or {})
+    arch = _fit_classes(arch, data, root_text, explicit="classes" in arch.params, options=options)
     recipe = short_recipe(epochs, lr=lr, batch_size=batch_size, seed=seed)
     base = arch.count()
     folder = Path(out_dir)
@@ -399,6 +406,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         "root": root_text, "recipe": dataclasses.asdict(recipe),
         "base": {"macs": base.macs, "params": base.params, "resolution": arch.resolution},
     }
+    if options:  # only when given, so runs started before the option existed still resume
+        config["data_options"] = options
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise RunError(f"{folder} exists and is not a folder")
     if folder.is_dir() and not folder_is_empty(folder) and load_config(folder, CONFIG_FILE) is None:
@@ -417,7 +426,8 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
 
     job = SampleJob(run_dir=str(folder), arch_text=arch.source.text, arch_filename=arch.source.filename,
                     variant=arch.variant, policy=arch.policy.name, params=dict(arch.params), data=data,
-                    root=root_text, recipe=dataclasses.asdict(recipe), device=device)
+                    root=root_text, recipe=dataclasses.asdict(recipe), device=device,
+                    data_options=tuple(sorted(options.items())))
 
     def report(result: CellResult) -> None:
         results[result.cell.index] = result

@@ -46,6 +46,7 @@ from pyns.tinynet.baselines import (
 )
 from pyns.tinynet.cost import CostPath, Stage, record_repeats, stage_repeats, with_policy
 from pyns.tinynet.formula import TinyFormula, load_default_formula
+from pyns.tinynet.options import METHODS
 
 __all__ = [
     "METHODS", "DEFAULT_POLICY", "B_MINUS_MACS", "Stage", "TinyResult", "solve_tiny", "resolve_macs_budget",
@@ -53,7 +54,6 @@ __all__ = [
     "resolved_tiny_text", "write_resolved_tiny",
 ]
 
-METHODS = ("tiny", "giant", "r", "d", "w")
 DEFAULT_POLICY = {"tiny": "tinynet", "r": "tinynet", "d": "tinynet", "w": "tinynet", "giant": "efficientnet_round"}
 # MACs budgets of the TinyNet paper's EfficientNet-B^-k ("about 200M, 100M, 50M, 25M FLOPs", §4.1; its FLOPs
 # count multiply-accumulates, B0 = 387M): 2^-k of B0's cost, rounded as the paper states them.
@@ -82,8 +82,10 @@ class TinyResult:
     params: int
     macs: int
     closed_form_w: float | None = None  # the paper's sqrt(c / (r² d)) (tiny method)
-    r_std: float | None = None          # GP predictive standard deviations (tiny method)
-    d_std: float | None = None
+    r_std: float | None = None          # GP predictive standard deviations (tiny method); near the noise
+    d_std: float | None = None          # floor at the formula's own points, so the CLI shows r_loo/d_loo
+    r_loo: dict | None = None           # leave-one-out error of the c -> r GP: {"rms", "max", "n"} (tiny)
+    d_loo: dict | None = None
     w_range: tuple[float, float | None] | None = None  # every w in [lo, hi) gives these widths, hi no
     #                                                    longer fits (tiny and w methods); w = lo
     phi: float | None = None            # giant method
@@ -124,6 +126,7 @@ class TinyResult:
             "params": self.params, "macs": self.macs, "flops": self.flops, "c_achieved": self.achieved_c,
             "within_budget": self.within_budget,
             "closed_form_w": self.closed_form_w, "r_std": self.r_std, "d_std": self.d_std,
+            "r_loo": self.r_loo, "d_loo": self.d_loo,
             "w_range": None if self.w_range is None else list(self.w_range), "phi": self.phi,
             "formula": self.formula_source, "notes": list(self.notes),
         }
@@ -181,6 +184,7 @@ def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
                           f"and d = {d:.4g}{where}: {err}") from None
     return dict(r=r, d=d, w=float(result.scalar), resolution=resolution, widths=result.widths,
                 params=result.params, macs=result.macs, r_std=r_std, d_std=d_std, w_range=w_range,
+                r_loo=formula.loo_errors()["r"], d_loo=formula.loo_errors()["d"],
                 closed_form_w=float(TinyFormula.closed_form_w(c, r, d)), notes=notes)
 
 

@@ -338,7 +338,9 @@ def _train(
                 _commit_epoch(out, *pending)
                 saved_epoch = pending[1].epoch
             if ctx.is_main:
-                log.warning("interrupted: epoch %d is saved in %s; continue with resume=True", saved_epoch, out)
+                # Said in both vocabularies: this runs under `pyns train` and under the Python API alike.
+                log.warning("interrupted: epoch %d is saved in %s; continue with the same command and --resume "
+                            "(Python: resume=True)", saved_epoch, out)
             raise
         finally:
             runner.close()

@@ -93,7 +93,7 @@ def _params_of(model: torch.nn.Module) -> int:
 
 def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_dir: str | Path, *,
                  resume: bool = False, overwrite: bool = False, device: str | torch.device | None = None,
-                 augment: bool = True, info: Mapping[str, Any] | None = None, latency: bool = True,
+                 augment: bool | str | dict = True, info: Mapping[str, Any] | None = None, latency: bool = True,
                  progress: bool = False) -> dict[str, Any] | None:
     """Train `model` (built from `arch`) with `recipe` and write `out_dir/result.json`; returns its content.
 
@@ -103,7 +103,7 @@ def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_
     `info`; `complete: true` marks it finished. Under torchrun only rank 0 measures and writes; the
     other ranks return None. `device=None` picks the GPU of this process where there is one.
     """
-    from pyns.data.augment import default_augment
+    from pyns.data.augment_spec import describe_run_augment, resolve_augment
     from pyns.train.latency import measure_latency
     from pyns.train.distributed import distributed_context
     from pyns.train.loop import make_loaders, train
@@ -115,7 +115,7 @@ def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_
         raise RunError(f"the built {arch.name} has {params:,} parameters but the cost engine counts "
                        f"{counted.params:,}; this is a pyns bug, please report it")
     train_loader, test_loader = make_loaders(train_set, test_set, recipe, device=device,
-                                             augment=default_augment(train_set.name) if augment else None)
+                                             augment=resolve_augment(augment, train_set.name))
     result = train(model, train_loader, test_loader, recipe, out_dir=out_dir, resume=resume, overwrite=overwrite,
                    progress=progress)
     if not distributed_context().is_main:
@@ -127,6 +127,7 @@ def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_
         "params_note": "trainable parameters of the built module (BN weights and biases included)",
         "macs": counted.macs,
         "macs_note": "multiply-accumulates of conv and linear layers for one image (FLOPs = 2 x MACs)",
+        "augment": describe_run_augment(augment, train_set.name),
         **dict(info or {}),
         **result.to_dict(),
     }

@@ -148,7 +148,8 @@ class _Pruner:
     def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
                  widths: Mapping[str, int], progress: bool,
                  callback: Callable[[PruneState, Any], None] | None, start_weights=None):
-        from pyns.data.augment import BatchLoader, default_augment
+        from pyns.data.augment import BatchLoader
+        from pyns.data.augment_spec import resolve_augment
 
         self.arch, self.config, self.mode, self.device, self.out = arch, config, mode, device, out
         self.callback = callback
@@ -157,7 +158,7 @@ class _Pruner:
         if not self.searchable:
             raise RunError(f"{arch.name} has no searchable widths: there is nothing to prune")
         self.initial = dict(widths)
-        augment = default_augment(train_set.name) if config.augment else None
+        augment = resolve_augment(config.augment, train_set.name)
         self.loader = BatchLoader(train_set, config.batch_size, train=True, augment=augment, device=device,
                                   seed=config.seed)
         if len(self.loader) == 0:

@@ -67,7 +67,9 @@ class PruneConfig:
     # stops the run ("a layer would drop below 1"); False skips that unit and ranks on.
     stop_at_min_width: bool = True
     max_epochs: int | None = None  # cap on pruning epochs after the warm-up (None: until a stop rule)
-    augment: bool = True  # the data set's standard augmentation (pyns.data.augment.default_augment)
+    # True: the data set's standard augmentation (pyns.data.augment.default_augment); False: none; or a
+    # `--augment` spec such as "crop,flip,rotate=20" / its parsed dict (pyns.data.augment_spec)
+    augment: bool | str | dict = True
     seed: int = 0
     checkpoint_every: int = 1  # prune steps between checkpoints (epoch ends of the warm-up always save)
 
