@@ -16,7 +16,7 @@ from pyns.cli.main import main
 from pyns.data.datasets import load_dataset
 from pyns.errors import RunError
 from pyns.neuralscale.prune import run as prune_run
-from pyns.neuralscale.prune.importance import group_importance, select_units
+from pyns.neuralscale.prune.importance import TaylorCollector, select_units
 from pyns.neuralscale.prune.run import prune
 from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
 from pyns.neuralscale.prune.schedule import (
@@ -74,27 +74,43 @@ def test_equal_importances_break_by_group_then_position():
     assert select_units(importances, 3).removed == {0: [1, 2], 1: [0]}
 
 
-def test_tied_group_importance_is_the_sum_over_all_its_gates():
-    """ResNet18's stem, b1b and b2b meet in identity adds: one group, whose unit importance is the sum
-    of mean importance (importance / batches) over every gate of the three symbols."""
+def test_class_importance_is_the_square_of_the_summed_gate_gradients():
+    """ResNet18's stem, b1b and b2b meet in identity adds: one class, whose channel's score is the square
+    of the sum of dE/dz over every gate of the three symbols, per minibatch, averaged over minibatches
+    (the first-order change of removing the channel at all its gates at once). The oracle takes dE/dz of
+    every gate with autograd."""
     arch = load("resnet18")
-    model = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    model = arch.build(arch.uniform_widths(1 / 16), gates=True, resolution=16)
     groups = [tuple(g) for g in ir.tied_groups(model.ir, model.widths)]
     tied = next(g for g in groups if "stem" in g)
     assert set(tied) == {"stem", "b1b", "b2b"}
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(6, 3, 16, 16, generator=generator), torch.randint(0, 10, (6,), generator=generator))
+               for _ in range(3)]
+    gates = [g for g in model.gates() if g.symbol in tied]
     expected = torch.zeros(4, dtype=torch.float64)
-    for index, gate in enumerate(model.gates()):
-        values = torch.arange(gate.num_channels, dtype=torch.float64) * (index + 1) + 0.5
-        gate.importance.copy_(values)
-        gate.batches.fill_(index + 2)
-        if gate.symbol in tied:
-            expected += values / (index + 2)
-    importances = group_importance(model, groups)
-    torch.testing.assert_close(importances[groups.index(tied)], expected)
-    # A masked network reads its live channels at their start indices.
-    kept = {s: [0, 2, 3] if s in tied else list(range(model.widths[s])) for s in arch.searchable}
-    masked = group_importance(model, groups, kept)
-    torch.testing.assert_close(masked[groups.index(tied)], expected[[0, 2, 3]])
+    per_gate_rule = torch.zeros(4, dtype=torch.float64)  # the previous rule: sum over gates of mean g^2
+    for x, y in batches:
+        for gate in gates:
+            gate.z.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [gate.z for gate in gates])
+        for gate in gates:
+            gate.z.requires_grad_(False)
+        summed = sum(g.to(torch.float64) for g in grads)
+        expected += summed ** 2 / len(batches)
+        per_gate_rule += sum(g.to(torch.float64) ** 2 for g in grads) / len(batches)
+    collector = TaylorCollector(model, groups)
+    for x, y in batches:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        collector.end_minibatch()
+    torch.testing.assert_close(collector.importance(groups.index(tied)), expected, rtol=1e-4, atol=1e-12)
+    assert not torch.allclose(expected, per_gate_rule, rtol=1e-2)  # the two rules differ on this net
+    # A single-gate class is the paper's (dE/dz)^2 exactly.
+    lone = next(g for g in groups if len(g) == 1)
+    assert len([g for g in model.gates() if g.symbol == lone[0]]) == 1
+    collector.detach()
+    assert all(g.taylor_sum is None for g in model.gates())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,32 +137,26 @@ def test_recording_and_target_rules():
     initial = {"a": 4, "b": 4, "fixed": 3}
     assert not recording_started(initial, {"a": 3, "b": 4, "fixed": 3}, ["a", "b"])
     assert recording_started(initial, {"a": 3, "b": 1, "fixed": 3}, ["a", "b"])
+    # A width at its floor from the start can never lose a unit: it must not hold recording back.
+    assert recording_started(initial, {"a": 3, "b": 4, "fixed": 3}, ["a", "b"], exempt={"b"})
     assert target_units(PruneConfig(), 100) == 95  # 0.95 * 100 must not round up to 96
     assert target_units(PruneConfig(stop_fraction=0.7), 16) == 12
 
 
-class _ScriptedImportance:
-    """At prune step k (1-based) group (k-1) mod 4 has importances 0.1, 0.2, ...; group g otherwise has
+def _scripted_importance(self, index):
+    """At prune step k (1-based) class (k-1) mod 4 has importances 0.1, 0.2, ...; class g otherwise has
     100 + 10 g + position. Replaces the gate-measured importances so the rules can be checked by hand."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, model, groups, kept=None):
-        self.calls += 1
-        low = (self.calls - 1) % len(groups)
-        out = []
-        for g, group in enumerate(groups):
-            width = model.widths[group[0]]
-            base = 0.1 * torch.arange(1, width + 1, dtype=torch.float64)
-            out.append(base if g == low else 100.0 + 10 * g + torch.arange(width, dtype=torch.float64))
-        return out
+    low = self.state.step % len(self.net.symbol_classes)
+    width = len(self.state.kept[self.net.classes[index][0]])
+    base = 0.1 * torch.arange(1, width + 1, dtype=torch.float64)
+    return base if index == low else 100.0 + 10 * index + torch.arange(width, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("stop_at_min_width", [True, False])
 def test_recording_starts_and_runs_stop_as_the_rules_say(tmp_path, digits, arch, monkeypatch,
                                                         stop_at_min_width):
-    monkeypatch.setattr(prune_run, "group_importance", _ScriptedImportance())
+    monkeypatch.setattr(prune_run._Pruner, "_importance", _scripted_importance)
+    # 24 filters (c1 and c4 are produced by two layers each: 2*4 + 4 + 4 + 2*4); 0.7 of them is 17.
     config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=1, units_per_step=2, augment=False,
                          stop_fraction=0.7, stop_at_min_width=stop_at_min_width)
     result = prune(arch, digits, config, tmp_path / "run", widths={"c1": 4, "c2": 4, "c3": 4, "c4": 4})
@@ -158,9 +168,12 @@ def test_recording_starts_and_runs_stop_as_the_rules_say(tmp_path, digits, arch,
         # Step 5: c1's second-lowest unit would leave it empty: the run stops without that step.
         assert len(result.rows) == 4 and result.stop_reason == STOP_MIN_WIDTH
     else:
-        # Step 5 skips c1's blocked unit and takes c2's cheapest; step 6 reaches 12 = ceil(0.7 * 16) units.
+        # Step 5 skips c1's blocked unit and takes c2's cheapest; step 6 removes the 17th filter
+        # (filters left: 12, 9, 6; units left: 8, 6, 4).
         assert widths[4:] == [(1, 1, 2, 2), (1, 1, 1, 1)]
-        assert result.stop_reason == STOP_FRACTION_REACHED and result.rows[-1]["units"] == 4
+        assert [row["filters"] for row in result.rows[3:]] == [12, 9, 6]
+        assert [row["prunable_units"] for row in result.rows[3:]] == [8, 6, 4]
+        assert result.stop_reason == STOP_FRACTION_REACHED
     assert all(row["params"] == arch.count(row["widths"]).params for row in result.rows)
 
 
@@ -175,10 +188,11 @@ def test_epoch_limit_stops_before_pruning(tmp_path, digits, arch):
 # ----------------------------------------------------------------------------------------------------
 
 # 1438 training digits at batch 128: 12 minibatches per epoch; one warm-up epoch, then a prune step every
-# 4 minibatches (16, 20, 24, ... 36) removing 2 of the 24 units until 12 are gone (6 steps). Step 3 falls
-# on the last minibatch of an epoch, the case where a resumed run must move on to the next epoch itself.
+# 4 minibatches (16, 20, 24, ...) removing 2 of the 24 units until half of the 36 filters are gone (c1 and
+# c4 are produced by two layers each: 2*6 + 6 + 6 + 2*6). Step 3 falls on the last minibatch of an
+# epoch, the case where a resumed run must move on to the next epoch itself.
 _RUN = {"warmup_epochs": 1, "batch_size": 128, "prune_every": 4, "units_per_step": 2, "stop_fraction": 0.5,
-        "stop_at_min_width": False, "seed": 3}
+        "stop_at_min_width": False, "seed": 3, "checkpoint_interval_s": 0}
 _START = {"c1": 6, "c2": 6, "c3": 6, "c4": 6}
 
 
@@ -211,11 +225,18 @@ def reference_run(tmp_path_factory, digits, arch):
 
 def test_tau_is_the_shrunk_modules_parameter_count_at_every_step(reference_run):
     result, module_params = reference_run
-    assert result.stop_reason == STOP_FRACTION_REACHED and len(result.rows) == 6
-    assert [row["minibatch"] for row in result.rows] == [16, 20, 24, 28, 32, 36]
-    assert [row["epoch"] for row in result.rows] == [1, 1, 1, 2, 2, 2]
+    steps = len(result.rows)
+    assert result.stop_reason == STOP_FRACTION_REACHED and steps >= 5
+    assert [row["minibatch"] for row in result.rows] == [16 + 4 * k for k in range(steps)]
+    assert [row["epoch"] for row in result.rows] == [(15 + 4 * k) // 12 for k in range(steps)]
     assert [row["params"] for row in result.rows] == module_params
-    assert module_params == sorted(module_params, reverse=True) and len(set(module_params)) == 6
+    assert module_params == sorted(module_params, reverse=True) and len(set(module_params)) == steps
+    # Filters, by hand: c1 (stem conv, block 1's second conv) and c4 (block 2's conv, its projection)
+    # have two producing layers each. The run stops at the first row with 18 of the 36 removed.
+    filters = [2 * w["c1"] + w["c2"] + w["c3"] + 2 * w["c4"] for w in (row["widths"] for row in result.rows)]
+    assert [row["filters"] for row in result.rows] == filters
+    assert filters[-1] <= 18 < min(filters[:-1])
+    assert [row["prunable_units"] for row in result.rows] == [24 - 2 * (k + 1) for k in range(steps)]
     on_disk = read_jsonl(result.run_dir / TRAJECTORY_FILE)
     assert on_disk == result.rows
     for name in ("config.json", "arch.arch", "versions.json", "summary.json", CHECKPOINT_FILE):
@@ -274,7 +295,7 @@ def test_tied_widths_shrink_together_in_a_real_run(tmp_path):
     for row in result.rows:
         w = row["widths"]
         assert w["stem"] == w["b1b"] == w["b2b"] and w["b3b"] == w["b4b"]
-    assert result.rows[-1]["units"] == result.rows[0]["units"] - 18
+    assert result.rows[-1]["prunable_units"] == result.rows[0]["prunable_units"] - 18
 
 
 def test_run_folder_rules(tmp_path, digits, arch, reference_run):

@@ -12,11 +12,11 @@ Modules: schedule (PruneConfig and the rules), importance (group importances, gl
 (rebuild smaller, copy surviving state; mask counterpart), run (the loop, resume), runfolder (the run
 folder's files, reading a run back), progress (the progress bar).
 """
-from pyns.neuralscale.prune.importance import Selection, group_importance, select_units
+from pyns.neuralscale.prune.importance import Selection, TaylorCollector, select_units
 from pyns.neuralscale.prune.run import PruneResult, PruneState, prune
 from pyns.neuralscale.prune.runfolder import load_run_arch, load_run_config, read_trajectory
 from pyns.neuralscale.prune.schedule import PruneConfig, lr_at, recording_started, target_units
-from pyns.neuralscale.prune.shrink import ShrinkReport, mask_network, shrink_network
+from pyns.neuralscale.prune.shrink import ShrinkReport, derived_keep, mask_network, shrink_network
 
 __all__ = [
            "PruneConfig",
@@ -24,7 +24,8 @@ __all__ = [
            "PruneState",
            "Selection",
            "ShrinkReport",
-           "group_importance",
+           "TaylorCollector",
+           "derived_keep",
            "load_run_arch",
            "load_run_config",
            "lr_at",
