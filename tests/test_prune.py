@@ -384,3 +384,140 @@ def test_per_group_minimum_widths_block_their_own_group_only():
     selection = select_units(importances, 4, [2, 1])
     assert selection.removed == {0: [0], 1: [0]} and selection.blocked  # group 0 stops at 2 units
     assert select_units(importances, 4, 1).removed == {0: [0, 1], 1: [0]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Issue 11: recording, pinned shortcuts, derived widths in a run; checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_a_width_at_its_floor_from_the_start_does_not_hold_recording_back(tmp_path, digits):
+    """c2 starts at its declared minimum: it can never lose a unit, so recording starts once the other
+    widths have each lost one (it used to wait for c2 forever, and the run recorded nothing), and its
+    units are not ranked at all (a blocked unit would otherwise stop the run at once)."""
+    from pyns.arch import loads
+    from pyns.resources import archs_dir
+
+    text = (archs_dir() / "digits_cnn.arch").read_text().replace("c2 = 32", "c2 = 32 [min = 4]")
+    arch = loads(text)
+    config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=2, units_per_step=2, augment=False,
+                         stop_fraction=0.6, seed=1)
+    result = prune(arch, digits, config, tmp_path / "run", widths={"c1": 6, "c2": 4, "c3": 6, "c4": 6})
+    assert all(row["widths"]["c2"] == 4 for row in result.rows)
+    assert result.recorded
+    for row in result.rows:
+        w = row["widths"]
+        assert row["recording"] == (all(w[s] < 6 for s in ("c1", "c3", "c4")) or row["step"] > result.recorded[0]["step"])
+
+
+def test_a_run_that_records_nothing_is_an_error_that_says_why(tmp_path, digits, arch, monkeypatch):
+    monkeypatch.setattr(prune_run._Pruner, "_importance", _scripted_importance)
+    # 3 of the 24 filters: step 1 takes two c1 units (4 filters) and ends the run before c2..c4 lost any.
+    config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=1, units_per_step=2, augment=False,
+                         stop_fraction=0.1)
+    with pytest.raises(RunError, match=r"stopped \(stop_fraction reached\) after 1 prune step\(s\) without "
+                                       r"recording a row.*c2, c3, c4 never lost one"):
+        prune(arch, digits, config, tmp_path / "run", widths={"c1": 4, "c2": 4, "c3": 4, "c4": 4})
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["recorded_rows"] == 0
+
+
+def test_a_projection_stays_when_widths_become_equal_mid_run(tmp_path, monkeypatch):
+    """ResNet18 started with stem 8 != b1b 4: block 1 projects. Pruning the stem down to 4 and below
+    keeps the projection (the masked reference's architecture): the stem stays its own class, b1b and
+    b2b lose nothing, τ is the trained module's parameter count and the unit count stays true."""
+    arch = load("resnet18")
+
+    def stem_lowest(self, index):
+        width = len(self.state.kept[self.net.classes[index][0]])
+        low = "stem" in self.net.classes[index]
+        return (0.0 if low else 100.0 + index) + 0.1 * torch.arange(width, dtype=torch.float64)
+
+    monkeypatch.setattr(prune_run._Pruner, "_importance", stem_lowest)
+    data = load_dataset("synthetic", split="train", num_samples=64, num_classes=10, seed=1)
+    start = {**arch.uniform_widths(1 / 16), "stem": 8}
+    seen = []
+
+    def check(state, model):
+        has_projection = any("shortcut" in name for name, _ in model.named_modules() if name.startswith("layers.2."))
+        seen.append((has_projection, sum(p.numel() for p in model.parameters())))
+
+    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=32, prune_every=1, units_per_step=2,
+                         stop_at_min_width=False, augment=False)
+    result = prune(arch, data, config, tmp_path / "run", widths=start, callback=check)
+    assert [row["widths"]["stem"] for row in result.rows] == [6, 4, 2, 1]
+    assert all(row["widths"]["b1b"] == row["widths"]["b2b"] == 4 for row in result.rows)
+    assert all(has for has, _ in seen)
+    assert [row["params"] for row in result.rows] == [n for _, n in seen]
+    # At stem = 4 the unpinned network would add the identity instead: fewer parameters than trained.
+    assert arch.count(result.rows[1]["widths"]).params < result.rows[1]["params"]
+    # Units: stem 8 + {b1b, b2b} 4 + b1a 4 + b2a 4 + 3 x 8 + 3 x 16 + 3 x 32 = 188 at the start, two fewer
+    # per step (step 4 takes the stem's last-but-one unit and the next lowest elsewhere). Had the stem
+    # merged with b1b and b2b, the stem's units would have counted once for all three.
+    assert [row["prunable_units"] for row in result.rows] == [186, 184, 182, 180]
+
+
+def test_checkpoints_follow_the_time_interval(tmp_path, digits, arch, monkeypatch, reference_run):
+    reference, _ = reference_run
+    saved = []
+    original = prune_run._Pruner.checkpoint
+
+    def counting(self):
+        saved.append(self.state.minibatches)
+        original(self)
+
+    monkeypatch.setattr(prune_run._Pruner, "checkpoint", counting)
+    prune(arch, digits, PruneConfig(**{**_RUN, "checkpoint_interval_s": 3600}), tmp_path / "slow", widths=_START)
+    assert saved == [reference.rows[-1]["minibatch"]]  # only the end
+    saved.clear()
+    prune(arch, digits, PruneConfig(**_RUN), tmp_path / "every", widths=_START)  # interval 0
+    assert saved == [12] + [row["minibatch"] for row in reference.rows]  # warm-up end, each step, the end
+
+
+def test_ctrl_c_checkpoints_mid_interval_and_resume_is_exact(tmp_path, digits, arch, reference_run):
+    """A Ctrl-C two minibatches after a prune step: the loop finishes the minibatch, checkpoints (with the
+    half-collected importance sums) and stops; the resumed run's trajectory is the uninterrupted one."""
+    import os
+    import signal
+
+    reference, _ = reference_run
+    out = tmp_path / "run"
+    config = PruneConfig(**{**_RUN, "checkpoint_interval_s": 3600})
+
+    def interrupt(state, model):
+        if state.minibatches == 22:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(arch, digits, config, out, widths=_START, callback=interrupt)
+    saved = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    assert saved["state"]["minibatches"] == 22 and saved["state"]["since_prune"] == 2
+    assert saved["collector"]["batches"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = prune(arch, digits, config, out, widths=_START, resume=True)
+    assert _rows_without_time(resumed.rows) == _rows_without_time(reference.rows)
+
+
+def test_masked_run_with_derived_widths_removes_the_same_channels(tmp_path):
+    """digits_effnet's expansions and SE widths follow the block widths: in both modes they keep their
+    own most important channels, and the masked run masks exactly what the shrinking run removes."""
+    arch = load("digits_effnet")
+    data = load_dataset("digits", split="train", resolution=16, channels=1)
+    config = PruneConfig(warmup_epochs=0, max_epochs=1, batch_size=128, prune_every=3, units_per_step=3,
+                         stop_at_min_width=False, augment=False, seed=2)
+    kept = {}
+
+    def record(mode):
+        def callback(state, model):
+            if state.since_prune == 0:
+                kept.setdefault(mode, []).append({k: list(v) for k, v in state.kept.items()})
+        return callback
+
+    shrunk = prune(arch, data, config, tmp_path / "shrink", callback=record("shrink"))
+    masked = prune(arch, data, config, tmp_path / "masked", mode="masked", callback=record("masked"))
+    assert len(shrunk.rows) == len(masked.rows) >= 3
+    assert [r["widths"] for r in masked.rows] == [r["widths"] for r in shrunk.rows]
+    assert kept["masked"] == kept["shrink"]
+    derived = [k for k in kept["shrink"][-1] if "." in k]
+    assert derived and any(kept["shrink"][-1][k] != list(range(len(kept["shrink"][-1][k]))) for k in derived)
+    for a, b in zip(masked.rows, shrunk.rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

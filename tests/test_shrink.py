@@ -6,14 +6,17 @@ with random BN statistics and affine parameters so that a wrong channel mapping 
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pyns import ir
 from pyns.arch import load, loads
+from pyns.builder import build_module
 from pyns.errors import PynsError
 from pyns.channels import channel_map, pin_shortcuts
+from pyns.cost.program import compile_program
 from pyns.neuralscale.prune.shrink import derived_keep, mask_network, normalize_keep, shrink_network
 
 FLATNET = """
@@ -78,10 +81,10 @@ def _case(name: str):
 
 def _no_dropout(model: nn.Module) -> None:
     """Dropout draws a mask per element, so a network with fewer channels draws another mask: compare
-    train-mode BatchNorm with dropout off (eval) in both networks."""
+    train-mode BatchNorm and SGD steps with dropout off (p = 0) in both networks."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
-            module.eval()
+            module.p = 0.0
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "vgg11", "resnet18", "flatnet", "mobilenetv2", "efficientnet_b0",
@@ -108,10 +111,10 @@ def test_shrunk_network_computes_what_the_masked_network_computes(name):
     with torch.no_grad():
         torch.testing.assert_close(small(x), full(x), rtol=1e-5, atol=1e-5)
         # Training mode normalises with batch statistics, channel by channel: still the same function.
-        full.train()
-        small.train()
         _no_dropout(full)
         _no_dropout(small)
+        full.train()
+        small.train()
         torch.testing.assert_close(small(x), full(x), rtol=1e-4, atol=1e-4)
 
 
@@ -189,6 +192,7 @@ def test_training_continues_identically_after_shrinking(name):
     _sgd_step(full, optimizer, *batches[0])
     keep = _random_keep(full, generator)
     small, small_optimizer, _ = shrink_network(full, keep, optimizer)
+    _no_dropout(small)
     mask_network(full, keep)
     for x, y in batches[1:]:
         _sgd_step(full, optimizer, x, y)
@@ -251,3 +255,53 @@ def test_keep_sets_are_checked():
     with pytest.raises(PynsError, match="not a searchable width"):
         normalize_keep(model, {"nope": [0]})
     assert normalize_keep(model, {"b1a": [3, 0, 1, 2]}) == {}  # everything kept: nothing to do
+
+
+def test_pinned_shortcuts_keep_the_projection_and_the_masked_function():
+    """The pruner's network pins its shortcuts at the start widths (pyns.channels.pin_shortcuts): when
+    the stem becomes as narrow as b1b, block 1 keeps its projection, the classes do not merge, the cost
+    engine counts the projection, and the shrunk network is still the masked one."""
+    from pyns.builder import build_module
+
+    arch = load("resnet18")
+    widths = arch.widths({**arch.uniform_widths(1 / 16), "stem": 16, "b1b": 8, "b2b": 8})
+    network = pin_shortcuts(arch.network, widths)
+    full = build_module(network, widths, gates=True)
+    generator = torch.Generator().manual_seed(9)
+    _randomise(full, generator)
+    keep = {"stem": list(range(0, 16, 2))}
+    small, _, report = shrink_network(full, keep)
+    assert report.exact and small.widths["stem"] == small.widths["b1b"] == 8
+    assert any("shortcut" in name for name, _ in small.named_modules() if name.startswith("layers.2."))
+    before, after = channel_map(full.ir, full.widths), channel_map(small.ir, small.widths)
+    assert after.classes == before.classes and ("stem",) in after.classes
+    program, _ = compile_program(network)
+    vec = np.array([float(small.widths[s]) for s in network.symbol_names])
+    assert int(program.evaluate(vec)[0]) == sum(p.numel() for p in small.parameters())
+    assert arch.count(small.widths).params < sum(p.numel() for p in small.parameters())  # unpinned: no projection
+    mask_network(full, keep)
+    x = torch.randn(2, 3, 32, 32, generator=generator)
+    full.eval()
+    small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), full(x), rtol=1e-5, atol=1e-5)
+
+
+def test_shrinking_initialises_nothing_and_draws_no_random_numbers(monkeypatch):
+    """The new network is built on the meta device and filled from the old one: no init scheme runs
+    (it used to be most of a prune step) and the RNG stream is untouched."""
+    import pyns.builder as builder
+
+    arch = load("vgg11")
+    full = arch.build(arch.uniform_widths(1 / 16), gates=True)
+    keep = _random_keep(full, torch.Generator().manual_seed(1))
+
+    def refuse(module):
+        raise AssertionError("shrink_network initialised a module")
+
+    monkeypatch.setitem(builder.INITS, "neuralscale", refuse)
+    state = torch.random.get_rng_state()
+    small, _, _ = shrink_network(full, keep)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not any(t.is_meta for t in list(small.parameters()) + list(small.buffers()))
+    assert all(torch.equal(g.z, torch.ones_like(g.z)) and g.importance.abs().sum() == 0 for g in small.gates())
