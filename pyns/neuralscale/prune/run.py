@@ -20,9 +20,10 @@ without recording a row is an error that says why.
 
 The run folder (config.json, trajectory.jsonl, checkpoint.pt, ...; crash-safe: every file is written
 atomically or appended one line at a time) is described in pyns.neuralscale.prune.runfolder. The
-checkpoint is written at most every `checkpoint_interval_s` seconds (after a prune step or at the end of
-a warm-up epoch), always at the end, and on Ctrl-C (the first Ctrl-C finishes the minibatch, saves and
-stops; a second stops at once).
+checkpoint is written at the start, at most every `checkpoint_interval_s` seconds (after a prune step or
+at the end of a warm-up epoch), always at the end, and on Ctrl-C (the first Ctrl-C finishes the
+minibatch, saves and stops; a second stops at once; a KeyboardInterrupt raised by `callback` counts as
+a first Ctrl-C).
 
 Resuming (`resume=True`) reloads checkpoint.pt, rewrites trajectory.jsonl from the rows it holds (so a
 row appended after the last checkpoint is dropped and recomputed) and continues; on the same machine and
@@ -251,6 +252,7 @@ class _Pruner:
                                 total_units=self.net.units(self.initial))
         self.rows = []
         write_jsonl(self.out / TRAJECTORY_FILE, [])
+        self.checkpoint()  # a run folder always holds a checkpoint to resume from
 
     def restore(self, path: Path) -> None:
         payload = load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
@@ -357,7 +359,10 @@ class _Pruner:
                             # The loss only every 10 minibatches: reading it synchronises with the device.
                             self._show(1, float(loss.item()) if s.minibatches % 10 == 0 else None)
                         if self.callback is not None:
-                            self.callback(s, self.model)
+                            try:
+                                self.callback(s, self.model)
+                            except KeyboardInterrupt:  # at a consistent point, as a deferred Ctrl-C
+                                interrupt.requested = True
                         if interrupt.requested:
                             s.seconds = time.perf_counter() - started
                             self.checkpoint()

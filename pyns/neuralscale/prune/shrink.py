@@ -39,7 +39,10 @@ from pyns.channels import ChannelMap, channel_map
 from pyns.dsl.expr import evaluate, to_source
 from pyns.errors import PynsError
 
-__all__ = ["ApproximateShrinkWarning", "ShrinkReport", "derived_keep", "mask_network", "normalize_keep", "shrink_network", "top_positions"]
+__all__ = [
+    "ApproximateShrinkWarning", "ShrinkReport", "derived_keep", "mask_network", "normalize_keep", "shrink_network",
+    "top_positions",
+]
 
 IndexPlan = dict[str, dict[str, list[torch.Tensor | None]]]  # layer -> tensor name -> index per dim
 
