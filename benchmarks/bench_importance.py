@@ -3,9 +3,10 @@
 Channels joined by identity adds (ResNet18's stem / b1b / b2b, ...) pass through several gates. Two rules
 score such a channel from the gates' per-minibatch dE/dz:
 
-- summed (pyns' rule, pyns.neuralscale.prune.importance): mean over minibatches of (sum over gates of g)^2,
-  the first-order estimate of removing the channel at every gate at once, squared;
-- per-gate (pyns' earlier rule): sum over gates of mean over minibatches of g^2.
+- per-gate (pyns' default, pyns.neuralscale.prune.importance): sum over gates of mean over minibatches
+  of g^2;
+- summed: mean over minibatches of (sum over gates of g)^2, the first-order estimate of removing the
+  channel at every gate at once, squared.
 
 The oracle is the paper's eq. (1) itself: for each channel, zero it at every gate of its class and
 measure the loss change on each minibatch, (E - E|channel removed)^2 averaged over the minibatches. The
@@ -63,17 +64,16 @@ def main() -> None:
     gates = gates_by_symbol(model)
     tied = [c for c in classes if sum(len(gates.get(s, [])) for s in c) > 1]
     batches = [batch for _, batch in zip(range(args.q), loader)]
-    for gate in model.gates():
-        gate.reset_importance()
-        gate.accumulate = True  # the per-gate rule's sums, collected in the same backward passes
-    collector = TaylorCollector(model, tied)
+    # Both rules from the same backward passes.
+    collectors = {rule: TaylorCollector(model, tied, rule) for rule in ("summed", "per-gate")}
     for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-        collector.end_minibatch()
-    summed = torch.cat([collector.importance(i) for i in range(len(tied))])
-    per_gate = torch.cat([sum(g.mean_importance() for s in c for g in gates.get(s, [])) for c in tied])
-    collector.detach()
+        for collector in collectors.values():
+            collector.end_minibatch()
+    scores = {rule: torch.cat([c.importance(i) for i in range(len(tied))]) for rule, c in collectors.items()}
+    for collector in collectors.values():
+        collector.detach()
 
     oracle = []
     with torch.no_grad():
@@ -95,7 +95,7 @@ def main() -> None:
     truth = lowest(oracle_t)
     print(f"{arch.name} at width ratio {args.ratio}, {args.epochs} epochs on digits, Q = {args.q}: "
           f"{len(oracle)} tied channels in {len(tied)} classes ({', '.join('/'.join(c) for c in tied)})")
-    for name, values in (("summed (sum g)^2", summed), ("per-gate sum g^2", per_gate)):
+    for name, values in (("summed (sum g)^2", scores["summed"]), ("per-gate sum g^2", scores["per-gate"])):
         rho = spearmanr(values.numpy(), oracle_t.numpy()).statistic
         print(f"  {name:<18} Spearman vs oracle {rho:.3f}; {len(lowest(values) & truth)} of the oracle's "
               f"{args.k} least important also among its {args.k} least important")

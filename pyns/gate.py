@@ -202,9 +202,11 @@ class TaylorGate(nn.Module):
     `importance` (float64 [C], sum of squared per-minibatch dE/dz) and `batches` (int64 scalar,
     minibatches summed into `importance`). Input [N, C, *spatial] in any float dtype, NCHW or
     channels_last. Set `accumulate = False` to stop collecting (the gradient still flows).
-    `taylor_sum` (not a buffer; None by default) is a float64 [C] tensor the backward adds each
-    minibatch's dE/dz into, shared by the gates whose channels are removed together (the pruner's
-    pyns.neuralscale.prune.importance.TaylorCollector).
+    Two attributes (not buffers; None by default) let the pruner's
+    pyns.neuralscale.prune.importance.TaylorCollector pool gates whose channels are removed together:
+    `taylor_sum`, a float64 [C] tensor the backward adds each minibatch's dE/dz into, and
+    `taylor_squares`, one it adds (dE/dz)^2 into instead of `importance` (the fused kernel's own
+    accumulation, into a tensor shared by the class's gates).
     """
 
     def __init__(self, num_channels: int, accumulate: bool = True, device: torch.device | str | None = None):
@@ -217,15 +219,19 @@ class TaylorGate(nn.Module):
         self.register_buffer("importance", torch.zeros(num_channels, dtype=torch.float64, device=device))
         self.register_buffer("batches", torch.zeros((), dtype=torch.int64, device=device))
         self.taylor_sum: torch.Tensor | None = None
+        self.taylor_squares: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise PynsError(f"The gate expects an input [N, C, ...] with C = {self.num_channels} "
                             f"channels, got shape {tuple(x.shape)}.")
         if torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad):
-            collect = self.accumulate
-            return GateFunction.apply(x, self.z, self.importance if collect else None,
-                                      self.batches if collect else None, self.taylor_sum)
+            if self.taylor_squares is not None:
+                squares, batches = self.taylor_squares, None  # the collector counts minibatches itself
+            else:
+                squares = self.importance if self.accumulate else None
+                batches = self.batches if self.accumulate else None
+            return GateFunction.apply(x, self.z, squares, batches, self.taylor_sum)
         return x * self.z.to(x.dtype).view(_channel_shape(x))
 
     def reset_importance(self) -> None:

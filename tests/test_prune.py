@@ -74,11 +74,12 @@ def test_equal_importances_break_by_group_then_position():
     assert select_units(importances, 3).removed == {0: [1, 2], 1: [0]}
 
 
-def test_class_importance_is_the_square_of_the_summed_gate_gradients():
-    """ResNet18's stem, b1b and b2b meet in identity adds: one class, whose channel's score is the square
-    of the sum of dE/dz over every gate of the three symbols, per minibatch, averaged over minibatches
-    (the first-order change of removing the channel at all its gates at once). The oracle takes dE/dz of
-    every gate with autograd."""
+def test_class_importance_rules_against_autograd():
+    """ResNet18's stem, b1b and b2b meet in identity adds: one class of gates. Per-gate (the default):
+    the channel's score is the sum over the class's gates of their squared dE/dz, averaged over
+    minibatches; summed: the square of the sum of dE/dz over the gates (the first-order change of
+    removing the channel at all its gates at once), averaged. The oracle takes dE/dz of every gate with
+    autograd."""
     arch = load("resnet18")
     model = arch.build(arch.uniform_widths(1 / 16), gates=True, resolution=16)
     groups = [tuple(g) for g in ir.tied_groups(model.ir, model.widths)]
@@ -100,17 +101,23 @@ def test_class_importance_is_the_square_of_the_summed_gate_gradients():
         summed = sum(g.to(torch.float64) for g in grads)
         expected += summed ** 2 / len(batches)
         per_gate_rule += sum(g.to(torch.float64) ** 2 for g in grads) / len(batches)
-    collector = TaylorCollector(model, groups)
+    summed = TaylorCollector(model, groups, "summed")
+    per_gate = TaylorCollector(model, groups)
+    assert per_gate.rule == "per-gate"
     for x, y in batches:
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        collector.end_minibatch()
-    torch.testing.assert_close(collector.importance(groups.index(tied)), expected, rtol=1e-4, atol=1e-12)
+        summed.end_minibatch()
+        per_gate.end_minibatch()
+    index = groups.index(tied)
+    torch.testing.assert_close(summed.importance(index), expected, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(per_gate.importance(index), per_gate_rule, rtol=1e-4, atol=1e-12)
     assert not torch.allclose(expected, per_gate_rule, rtol=1e-2)  # the two rules differ on this net
-    # A single-gate class is the paper's (dE/dz)^2 exactly.
-    lone = next(g for g in groups if len(g) == 1)
-    assert len([g for g in model.gates() if g.symbol == lone[0]]) == 1
-    collector.detach()
-    assert all(g.taylor_sum is None for g in model.gates())
+    # A single-gate class: both rules are the paper's (dE/dz)^2.
+    lone = groups.index(next(g for g in groups if len(g) == 1))
+    torch.testing.assert_close(summed.importance(lone), per_gate.importance(lone), rtol=1e-6, atol=1e-15)
+    summed.detach()
+    per_gate.detach()
+    assert all(g.taylor_sum is None and g.taylor_squares is None for g in model.gates())
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def normalize_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
     new_env = _new_env(model, cmap, out)
     for members in cmap.classes:
         symbols = [m for m in members if cmap.spaces[m].symbol is not None]
-        listed = symbols if symbols else [m for m in members if m in out]
+        listed = symbols + [m for m in members if m in out and m not in symbols]
         sets = [out.get(m) for m in listed]
         first = sets[0] if sets else None
         if any((s is None) != (first is None) or (s is not None and not torch.equal(s, first)) for s in sets):
