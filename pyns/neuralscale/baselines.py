@@ -49,7 +49,7 @@ __all__ = [
     "li_finetune_recipe",
 ]
 
-# SPEC §5: "prune until 50% of units remain, then scale that configuration uniformly".
+# SPEC §5: "prune until 50% of units remain, then scale that configuration uniformly"; units are filters.
 MORPHNET_FRACTION = 0.5
 # SPEC §5 / Li et al.: fine-tune the pruned network 40 epochs (20 on TinyImageNet) at lr 0.001.
 LI_FINETUNE_EPOCHS = 40
@@ -156,7 +156,7 @@ def morphnet_point(arch, rows: Sequence[Mapping[str, Any]], *, start_widths: Map
 def morphnet_baseline(arch, trajectory: str | Path | Sequence[Mapping[str, Any]], params=None, macs=None, *,
                       start_widths: Mapping[str, int] | None = None, fraction: float = MORPHNET_FRACTION,
                       depth: float = 1.0, resolution: int | None = None) -> tuple[ScaleResult, MorphNetPoint]:
-    """The MorphNet (Taylor-FO) configuration taken at `fraction` of the units, scaled to the budget."""
+    """The MorphNet (Taylor-FO) configuration taken at `fraction` of the filters, scaled to the budget."""
     if isinstance(trajectory, (str, Path)):
         rows, recorded_start = read_trajectory_source(trajectory)
         start_widths = start_widths if start_widths is not None else recorded_start

@@ -8,9 +8,10 @@
     train = load_dataset("cifar10", "~/data", "train")
     result = prune(arch, train, PruneConfig(), "runs/vgg11")   # trajectory in runs/vgg11/trajectory.jsonl
 
-Modules: schedule (PruneConfig and the rules), importance (group importances, global ranking), shrink
-(rebuild smaller, copy surviving state; mask counterpart), run (the loop, resume), runfolder (the run
-folder's files, reading a run back), progress (the progress bar).
+Modules: schedule (PruneConfig and the rules), importance (Taylor importance of channel classes, global
+ranking), shrink (rebuild smaller, copy surviving state, derived widths' survivors; mask counterpart),
+structure (the network a run prunes: shortcuts pinned, filters and units), run (the loop, resume),
+runfolder (the run folder's files, reading a run back), progress (the progress bar).
 """
 from pyns.neuralscale.prune.importance import Selection, TaylorCollector, select_units
 from pyns.neuralscale.prune.run import PruneResult, PruneState, prune
