@@ -485,7 +485,11 @@ class _Pruner:
                     self.progress.write(f"warning: {message}")
                     self._warned_approximate = True
         else:
-            mask_network(self.model, keep_positions)
+            # The masked network is still the start network: name every space that has lost channels
+            # so far (a derived width that shrank at an earlier step must keep its mask now too).
+            kept = self.state.kept
+            mask_network(self.model, {space: kept[space] for space in kept
+                                      if len(kept[space]) < self.net.width(space, self.initial)})
         self._attach_collector()
         return note
 
