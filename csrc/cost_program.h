@@ -2,8 +2,12 @@
 // width vector, every layer's parameter count and multiply-accumulates. Compiled in Python from the IR
 // (pyns/cost/program.py); evaluated here with no allocation per call.
 //
-// Registers: [constants | inputs (width symbols) | temporaries]. Doubles represent every integer a real
-// network produces exactly (< 2^53), and let make_divisible/round see the same fractional values as Python.
+// Registers: [constants | inputs (width symbols) | temporaries]. Doubles let make_divisible/round see the
+// same fractional values as Python, and represent every integer below 2^53 exactly. Exactness is checked,
+// not assumed: after a run every register must be finite and below kExactLimit in magnitude (then every
+// sum, product and quotient of integers along the way was exact, since a double result is exact whenever
+// the true integer result is below 2^53), and the per-layer counts are summed in int64 with overflow
+// checks. A run that fails either check is an error, never a rounded or wrapped total.
 #pragma once
 
 #include <cmath>
@@ -19,6 +23,24 @@ enum Op : int32_t {
 };
 
 constexpr int kSlots = 6;  // op, dst, a, b, c, d
+// 2^53: the doubles hold every integer below it exactly (and not every one above).
+constexpr double kExactLimit = 9007199254740992.0;
+
+// What a run can go wrong with; kOk when the totals are exact.
+enum CostStatus : int { kOk = 0, kInexact = 1, kOverflow = 2 };
+
+inline const char* cost_status_message(int status) {
+  return status == kInexact
+             ? "cost overflow: with these widths an intermediate count of the cost formulas reaches 2^53 "
+               "(about 9.0e15), beyond which pyns cannot count exactly; use smaller widths"
+             : "cost overflow: the total params or MACs exceed 2^63 - 1; use smaller widths";
+}
+
+// A width the program may read: a whole number in [0, 2^53). NaN fails every comparison; the range test
+// comes first, so the conversion to int64 is defined (and cheaper than a call to floor()).
+inline bool valid_width(double w) {
+  return w >= 0.0 && w < kExactLimit && w == static_cast<double>(static_cast<int64_t>(w));
+}
 
 inline double py_mod(double a, double b) {
   double r = std::fmod(a, b);
@@ -48,15 +70,32 @@ struct CostProgram {
   void validate() const {
     if (code.size() % kSlots) throw std::invalid_argument("cost program: code length is not a multiple of 6");
     if (layer_params.size() != layer_macs.size()) throw std::invalid_argument("cost program: output mismatch");
+    if (n_inputs < 0 || n_registers < 0) throw std::invalid_argument("cost program: negative sizes");
+    if (static_cast<int64_t>(input_base()) + n_inputs > n_registers)
+      throw std::invalid_argument("cost program: too few registers");
     auto in_range = [&](int32_t r) { return r >= 0 && r < n_registers; };
+    // Every register an instruction reads or a layer reports holds a defined value: a constant, an input
+    // or the result of an earlier instruction (so a run never reads what a previous run left behind).
+    std::vector<char> defined(static_cast<size_t>(n_registers), 0);
+    for (int32_t r = 0; r < input_base() + n_inputs; ++r) defined[r] = 1;
     for (size_t i = 0; i < code.size(); i += kSlots) {
       if (code[i] < ADD || code[i] > NE) throw std::invalid_argument("cost program: bad opcode");
       for (int s = 1; s < kSlots; ++s)
         if (!in_range(code[i + s])) throw std::invalid_argument("cost program: register out of range");
+      for (int s = 2; s < kSlots; ++s)
+        if (!defined[code[i + s]]) throw std::invalid_argument("cost program: reads an undefined register");
+      if (code[i + 1] < input_base() + n_inputs)
+        throw std::invalid_argument("cost program: writes a constant or input register");
+      defined[code[i + 1]] = 1;
     }
-    for (auto r : layer_params) if (!in_range(r)) throw std::invalid_argument("cost program: bad output");
-    for (auto r : layer_macs) if (!in_range(r)) throw std::invalid_argument("cost program: bad output");
-    if (input_base() + n_inputs > n_registers) throw std::invalid_argument("cost program: too few registers");
+    for (char d : defined)
+      if (!d) throw std::invalid_argument("cost program: a register is never written");
+    for (auto r : layer_params)
+      if (!in_range(r) || !defined[r]) throw std::invalid_argument("cost program: bad output register");
+    for (auto r : layer_macs)
+      if (!in_range(r) || !defined[r]) throw std::invalid_argument("cost program: bad output register");
+    for (double c : constants)
+      if (!std::isfinite(c)) throw std::invalid_argument("cost program: non-finite constant");
   }
 
   // Runs the code; `regs` must hold n_registers doubles. Inputs are read from `inputs[0..n_inputs)`.
@@ -90,14 +129,41 @@ struct CostProgram {
     }
   }
 
-  void totals(const double* regs, double& params, double& macs) const {
-    double p = 0.0, m = 0.0;
-    for (size_t i = 0; i < layer_params.size(); ++i) {
-      p += regs[layer_params[i]];
-      m += regs[layer_macs[i]];
+  // Every register finite and below 2^53 in magnitude (NaN fails the comparison too). A branch-free
+  // `ok & (...)` loop: the fastest form measured (2x a counting one).
+  bool exact(const double* regs) const {
+    bool ok = true;
+    const int32_t n = n_registers;
+    for (int32_t i = 0; i < n; ++i) ok = ok & (std::fabs(regs[i]) < kExactLimit);
+    return ok;
+  }
+
+  // Exact int64 totals of a run; returns a CostStatus. Every layer count is a whole number (products
+  // and sums of whole channel counts: the compiler's formulas round every fractional width), so
+  // truncation is exact. After exact() each count is below 2^53, so fewer than 1024 of them cannot
+  // overflow an int64 sum (1024 * 2^53 = 2^63); longer programs take an overflow-checked loop.
+  int totals(const double* regs, int64_t& params, int64_t& macs) const {
+    if (!exact(regs)) return kInexact;
+    const size_t n = layer_params.size();
+    const int32_t* lp = layer_params.data();
+    const int32_t* lm = layer_macs.data();
+    int64_t p = 0, m = 0;
+    if (n < 1024) {
+      for (size_t i = 0; i < n; ++i) {
+        p += static_cast<int64_t>(regs[lp[i]]);
+        m += static_cast<int64_t>(regs[lm[i]]);
+      }
+    } else {
+      bool overflow = false;
+      for (size_t i = 0; i < n; ++i) {
+        overflow |= __builtin_add_overflow(p, static_cast<int64_t>(regs[lp[i]]), &p);
+        overflow |= __builtin_add_overflow(m, static_cast<int64_t>(regs[lm[i]]), &m);
+      }
+      if (overflow) return kOverflow;
     }
     params = p;
     macs = m;
+    return kOk;
   }
 };
 

@@ -15,6 +15,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -326,12 +327,28 @@ void check_arguments(uintptr_t grad, uintptr_t x, uintptr_t z, uintptr_t g, int6
                                 std::to_string(layout));
   if (dtype < kFloat32 || dtype > kFloat16)
     throw std::invalid_argument("gate backward: dtype code must be 0..3, got " + std::to_string(dtype));
+  // N * C * HW elements must be addressable: no int64 overflow in any index the kernels form.
+  if (n > 0 && (c > INT64_MAX / n || hw > INT64_MAX / (n * c)))
+    throw std::invalid_argument("gate backward: N * C * HW overflows 64 bits");
+}
+
+// The pointers a kernel dereferences must not be null, and the count must be a size.
+void check_buffers(uintptr_t src, uintptr_t dst, int64_t count, const char* what) {
+  if (count < 0) throw std::invalid_argument(std::string(what) + ": count must be >= 0, got " + std::to_string(count));
+  if (count > 0 && (!src || !dst)) throw std::invalid_argument(std::string(what) + ": a pointer is null");
+}
+
+// A thread request the OpenMP runtime can honour (0 = its default).
+void check_threads(int threads) {
+  if (threads < 0 || threads > 1024)
+    throw std::invalid_argument("gate backward: threads must be in [0, 1024], got " + std::to_string(threads));
 }
 
 void gate_backward_cpu(uintptr_t grad, uintptr_t x, uintptr_t z, uintptr_t grad_in, uintptr_t g,
                        uintptr_t importance, uintptr_t batches, int64_t n, int64_t c, int64_t hw,
                        int layout, int dtype, int threads) {
   check_arguments(grad, x, z, g, n, c, hw, layout, dtype);
+  check_threads(threads);
   py::gil_scoped_release no_gil;
   switch (dtype) {
     case kFloat32:
@@ -352,6 +369,9 @@ void gate_backward_cpu(uintptr_t grad, uintptr_t x, uintptr_t z, uintptr_t grad_
 // Round-trips float32 values through the half-precision stores above; lets the tests check the
 // conversions bit for bit against torch's.
 void round_trip_cpu(uintptr_t src, uintptr_t dst, int64_t count, int dtype) {
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    throw std::invalid_argument("round trip: dtype code must be 2 (bfloat16) or 3 (float16)");
+  check_buffers(src, dst, count, "round trip");
   const auto* in = reinterpret_cast<const float*>(src);
   auto* out = reinterpret_cast<uint16_t*>(dst);
   if (dtype == kBFloat16) {
@@ -364,6 +384,9 @@ void round_trip_cpu(uintptr_t src, uintptr_t dst, int64_t count, int dtype) {
 }
 
 void widen_cpu(uintptr_t src, uintptr_t dst, int64_t count, int dtype) {
+  if (dtype != kBFloat16 && dtype != kFloat16)
+    throw std::invalid_argument("widen: dtype code must be 2 (bfloat16) or 3 (float16)");
+  check_buffers(src, dst, count, "widen");
   const auto* in = reinterpret_cast<const uint16_t*>(src);
   auto* out = reinterpret_cast<float*>(dst);
   if (dtype == kBFloat16) {

@@ -26,6 +26,10 @@
 
 #include "cost_program.h"
 
+#ifdef PYNS_WITH_OPENMP
+#include <omp.h>
+#endif
+
 namespace py = pybind11;
 using pyns::CostProgram;
 
@@ -73,31 +77,37 @@ double first_true(double lo, double hi, Pred pred) {
 struct Answer {
   int32_t status = OK;
   double t = 0.0;
-  double params = 0.0, macs = 0.0;
+  int64_t params = 0, macs = 0;
   int32_t evaluations = 0;  // cost-program runs (bisection) or table rows scanned
 };
 
 // Relative closeness of a configuration to the budgets (only finite budgets count). Feasible: the
 // smallest relative slack (the binding metric's); infeasible: the largest relative overshoot.
-double slack(double p, double m, double bp, double bm) {
+// Costs are exact int64; they are compared with the (double) budgets exactly, in long double (64-bit
+// significand on x86-64, so every int64 and every double converts without rounding), as Python compares
+// an int with a float. Relative slacks are formed in double, as the Python oracle forms them.
+double slack(int64_t p, int64_t m, double bp, double bm) {
   double d = kInf;
-  if (std::isfinite(bp)) d = std::min(d, (bp - p) / bp);
-  if (std::isfinite(bm)) d = std::min(d, (bm - m) / bm);
+  if (std::isfinite(bp)) d = std::min(d, (bp - static_cast<double>(p)) / bp);
+  if (std::isfinite(bm)) d = std::min(d, (bm - static_cast<double>(m)) / bm);
   return d;
 }
 
-double overshoot(double p, double m, double bp, double bm) {
+double overshoot(int64_t p, int64_t m, double bp, double bm) {
   double d = 0.0;
-  if (std::isfinite(bp)) d = std::max(d, (p - bp) / bp);
-  if (std::isfinite(bm)) d = std::max(d, (m - bm) / bm);
+  if (std::isfinite(bp)) d = std::max(d, (static_cast<double>(p) - bp) / bp);
+  if (std::isfinite(bm)) d = std::max(d, (static_cast<double>(m) - bm) / bm);
   return d;
 }
 
-bool fits(double p, double m, double bp, double bm) { return p <= bp && m <= bm; }
+bool le(int64_t cost, double budget) { return static_cast<long double>(cost) <= static_cast<long double>(budget); }
+bool lt(int64_t cost, double budget) { return static_cast<long double>(cost) < static_cast<long double>(budget); }
+
+bool fits(int64_t p, int64_t m, double bp, double bm) { return le(p, bp) && le(m, bm); }
 
 // Every finite budget lies strictly above what the family's largest network costs.
-bool above_all(double pmax, double mmax, double bp, double bm) {
-  return (!std::isfinite(bp) || pmax < bp) && (!std::isfinite(bm) || mmax < bm);
+bool above_all(int64_t pmax, int64_t mmax, double bp, double bm) {
+  return (!std::isfinite(bp) || lt(pmax, bp)) && (!std::isfinite(bm) || lt(mmax, bm));
 }
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -121,8 +131,53 @@ class Family {
     for (size_t l = 0; l < n_; ++l) {
       if (rounding_[l] < FIXED || rounding_[l] > MAKE_DIV8) throw py::value_error("family: bad rounding code");
       if (!std::isfinite(a_[l]) || !std::isfinite(b_[l])) throw py::value_error("family: non-finite a or b");
+      if (!pyns::valid_width(min_[l]) || !pyns::valid_width(floor_[l]))
+        throw py::value_error("family: minimum and floor widths must be whole numbers >= 0");
+      if (rounding_[l] == FIXED && !pyns::valid_width(a_[l]))
+        throw py::value_error("family: a fixed width must be a whole number >= 0");
     }
     certified_ = certify();
+  }
+
+  // ---- the fill (pyns/scaling/solve.py; its Python oracle is pyns.scaling.oracle.py_fill) -------------
+  // After the family solve, steps of `step_l` channels are added to symbols while every budget holds. A
+  // move adds one step to every member of a tied group: symbols joined by an identity add (always equal)
+  // or by a shortcut that exists only while their widths differ (`pairs`, grouped while equal), so the
+  // group's cost is counted once and no tie is broken. The cost of a move is its exact cost increase
+  // relative to the budget: the largest of Δparams / budget and Δmacs / budget over the given budgets.
+  // Mode 0 (uniform, from-config: the method ranks symbols by cost alone): rounds; each round orders the
+  //   groups whose move fits cheapest first (ties: smallest symbol index) and walks that order once,
+  //   adding one step to each group whose move still fits, until a round adds nothing.
+  // Mode 1 (profile): one move at a time, the fitting move with the largest weight per unit of cost, the
+  //   weight being Σ over the group of φ'_l(t) = a_l b_l t^(b_l - 1), the rate at which the family
+  //   itself grows each width (ties: smallest symbol index); a move that costs nothing comes first.
+  // Symbols with a fixed width or a zero weight never move; no width passes its cap.
+  void configure_fill(int32_t mode, const DoubleArray& cap, const DoubleArray& step, const IntArray& pairs) {
+    if (mode != 0 && mode != 1) throw py::value_error("fill: mode must be 0 (uniform) or 1 (profile)");
+    if (static_cast<size_t>(cap.size()) != n_ || static_cast<size_t>(step.size()) != n_)
+      throw py::value_error("fill: expected " + std::to_string(n_) + " caps and steps");
+    if (pairs.size() % 2) throw py::value_error("fill: pairs must be index pairs");
+    std::vector<int32_t> pr(pairs.data(), pairs.data() + pairs.size());
+    for (int32_t v : pr)
+      if (v < 0 || static_cast<size_t>(v) >= n_) throw py::value_error("fill: pair index out of range");
+    for (py::ssize_t l = 0; l < cap.size(); ++l)
+      if (!pyns::valid_width(cap.data()[l]) || !pyns::valid_width(step.data()[l]) || step.data()[l] < 1)
+        throw py::value_error("fill: caps must be whole numbers >= 0 and steps whole numbers >= 1");
+    fill_mode_ = mode;
+    cap_.assign(cap.data(), cap.data() + n_);
+    step_.assign(step.data(), step.data() + n_);
+    pairs_ = std::move(pr);
+    fill_ready_ = true;
+  }
+
+  bool fill_ready() const { return fill_ready_; }
+
+  // Fills `w` (a configuration costing p, m at scalar t) in place; returns the number of moves made.
+  int32_t fill(double* w, double t, int64_t& p, int64_t& m, double bp, double bm) const {
+    if (!fill_ready_) throw std::logic_error("fill: configure_fill was not called");
+    if (!fits(p, m, bp, bm)) return 0;  // a `nearest` answer over the budget: nothing to fill
+    FillState st(*this, w, t, p, m, bp, bm);
+    return fill_mode_ == 0 ? st.rounds() : st.greedy();
   }
 
   size_t size() const { return n_; }
@@ -149,9 +204,10 @@ class Family {
     for (size_t l = 0; l < n_; ++l) out[l] = width(l, t);
   }
 
-  void cost(const double* w, double* regs, double& p, double& m) const {
+  void cost(const double* w, double* regs, int64_t& p, int64_t& m) const {
     program_.run(w, regs);
-    program_.totals(regs, p, m);
+    const int status = program_.totals(regs, p, m);
+    if (status != pyns::kOk) throw std::overflow_error(pyns::cost_status_message(status));
   }
 
   // The smallest t' in (t, t_hi] where symbol l's width differs from its width at t; inf if none.
@@ -164,6 +220,12 @@ class Family {
   }
 
   Answer solve(double bp, double bm, bool nearest, double* w_out) {
+    if (!certified_) ensure_table();
+    return solve_const(bp, bm, nearest, w_out);
+  }
+
+  // Thread-safe: reads the family only (an uncertified family's table must exist already).
+  Answer solve_const(double bp, double bm, bool nearest, double* w_out) const {
     if (!certified_) return solve_table(bp, bm, nearest, w_out);
     return solve_bisect(bp, bm, nearest, w_out);
   }
@@ -171,18 +233,18 @@ class Family {
   // (t, widths, params, macs) of every configuration of the family, in increasing t.
   const std::vector<double>& table_t() { ensure_table(); return tab_t_; }
   const std::vector<double>& table_w() { ensure_table(); return tab_w_; }
-  const std::vector<double>& table_p() { ensure_table(); return tab_p_; }
-  const std::vector<double>& table_m() { ensure_table(); return tab_m_; }
+  const std::vector<int64_t>& table_p() { ensure_table(); return tab_p_; }
+  const std::vector<int64_t>& table_m() { ensure_table(); return tab_m_; }
 
   // (params_min, macs_min, params_max, macs_max) over the family.
-  std::vector<double> cost_range() {
+  std::vector<int64_t> cost_range() {
     if (!certified_) {
       ensure_table();
       return {*std::min_element(tab_p_.begin(), tab_p_.end()), *std::min_element(tab_m_.begin(), tab_m_.end()),
               *std::max_element(tab_p_.begin(), tab_p_.end()), *std::max_element(tab_m_.begin(), tab_m_.end())};
     }
     std::vector<double> w(n_), regs(program_.n_registers);
-    double p0, m0, p1, m1;
+    int64_t p0, m0, p1, m1;
     widths(t_lo_, w.data());
     cost(w.data(), regs.data(), p0, m0);
     widths(t_hi_, w.data());
@@ -197,7 +259,7 @@ class Family {
     double t = t_lo_;
     while (true) {
       widths(t, w.data());
-      double p, m;
+      int64_t p, m;
       cost(w.data(), regs.data(), p, m);
       tab_t_.push_back(t);
       tab_w_.insert(tab_w_.end(), w.begin(), w.end());
@@ -223,10 +285,10 @@ class Family {
  private:
   // Bisection over the bits of t between t_lo (fits) and t_hi (does not): the invariant is
   // fits(config(a)) and !fits(config(c)); configurations equal to an end's are not re-costed.
-  Answer solve_bisect(double bp, double bm, bool nearest, double* w_out) {
+  Answer solve_bisect(double bp, double bm, bool nearest, double* w_out) const {
     Answer ans;
     std::vector<double> wa(n_), wc(n_), wm(n_), regs(program_.n_registers);
-    double pa, ma, pc, mc;
+    int64_t pa, ma, pc, mc;
     widths(t_lo_, wa.data());
     cost(wa.data(), regs.data(), pa, ma);
     widths(t_hi_, wc.data());
@@ -244,7 +306,7 @@ class Family {
         widths(from_bits(mid), wm.data());
         if (wm == wa) { a = mid; continue; }
         if (wm == wc) { c = mid; continue; }
-        double pm, mm;
+        int64_t pm, mm;
         cost(wm.data(), regs.data(), pm, mm);
         ++ans.evaluations;
         if (fits(pm, mm, bp, bm)) { a = mid; wa.swap(wm); pa = pm; ma = mm; }
@@ -303,15 +365,16 @@ class Family {
     return first_true(t_in, t_hi_, changed);
   }
 
-  Answer solve_table(double bp, double bm, bool nearest, double* w_out) {
-    ensure_table();
+  Answer solve_table(double bp, double bm, bool nearest, double* w_out) const {
+    if (!has_table_) throw std::logic_error("solve_table: the table was not built");
     Answer ans;
     const size_t rows = tab_t_.size();
     ans.evaluations = static_cast<int32_t>(std::min<size_t>(rows, std::numeric_limits<int32_t>::max()));
     size_t best_fit = rows, best_over = rows;
-    double fit_d = kInf, over_d = kInf, pmax = 0.0, mmax = 0.0;
+    double fit_d = kInf, over_d = kInf;
+    int64_t pmax = 0, mmax = 0;
     for (size_t i = 0; i < rows; ++i) {  // ties among fitting rows: the larger t wins
-      const double p = tab_p_[i], m = tab_m_[i];
+      const int64_t p = tab_p_[i], m = tab_m_[i];
       pmax = std::max(pmax, p);
       mmax = std::max(mmax, m);
       if (fits(p, m, bp, bm)) {
@@ -423,6 +486,130 @@ class Family {
     return false;
   }
 
+  // The fill's working state for one configuration (see configure_fill).
+  struct FillState {
+    const Family& f;
+    double* w;
+    int64_t &p, &m;
+    double bp, bm;
+    size_t n;
+    std::vector<double> weight, trial, regs;
+    std::vector<size_t> parent;
+    std::vector<std::vector<size_t>> groups;  // movable groups, in order of their smallest member
+
+    FillState(const Family& family, double* widths, double t, int64_t& params, int64_t& macs, double bp_,
+              double bm_)
+        : f(family), w(widths), p(params), m(macs), bp(bp_), bm(bm_), n(family.n_), weight(n),
+          trial(widths, widths + n), regs(family.program_.n_registers), parent(n) {
+      for (size_t l = 0; l < n; ++l) {
+        const bool moves = f.rounding_[l] != FIXED && f.b_[l] != 0.0;
+        weight[l] = !moves ? 0.0 : f.fill_mode_ == 0 ? 1.0 : f.a_[l] * f.b_[l] * std::pow(t, f.b_[l] - 1.0);
+      }
+    }
+
+    size_t find(size_t x) {
+      while (parent[x] != x) x = parent[x] = parent[parent[x]];
+      return x;
+    }
+
+    void make_groups() {
+      for (size_t l = 0; l < n; ++l) parent[l] = l;
+      for (size_t k = 0; k < f.pairs_.size(); k += 2) {
+        const size_t i = f.pairs_[k], j = f.pairs_[k + 1];
+        if (w[i] != w[j]) continue;
+        const size_t ri = find(i), rj = find(j);
+        if (ri != rj) parent[std::max(ri, rj)] = std::min(ri, rj);  // the root is the smallest index
+      }
+      groups.clear();
+      for (size_t g = 0; g < n; ++g) {
+        if (find(g) != g) continue;
+        std::vector<size_t> members;
+        bool movable = true;
+        for (size_t l = g; l < n; ++l)
+          if (find(l) == g) {
+            members.push_back(l);
+            movable &= weight[l] > 0.0;
+          }
+        if (movable) groups.push_back(std::move(members));
+      }
+    }
+
+    double group_weight(const std::vector<size_t>& members) const {
+      double total = 0.0;
+      for (size_t l : members) total += weight[l];
+      return total;
+    }
+
+    // Whether one step on the group fits its caps and the budget; its new cost and relative cost.
+    bool try_move(const std::vector<size_t>& members, int64_t& tp, int64_t& tm, double& relative) {
+      for (size_t l : members)
+        if (!(w[l] + f.step_[l] <= f.cap_[l])) return false;
+      for (size_t l : members) trial[l] = w[l] + f.step_[l];
+      f.cost(trial.data(), regs.data(), tp, tm);
+      for (size_t l : members) trial[l] = w[l];
+      if (!fits(tp, tm, bp, bm)) return false;
+      relative = -kInf;
+      if (std::isfinite(bp)) relative = std::max(relative, static_cast<double>(tp - p) / bp);
+      if (std::isfinite(bm)) relative = std::max(relative, static_cast<double>(tm - m) / bm);
+      return true;
+    }
+
+    void apply(const std::vector<size_t>& members, int64_t tp, int64_t tm) {
+      for (size_t l : members) trial[l] = w[l] = w[l] + f.step_[l];
+      p = tp;
+      m = tm;
+    }
+
+    int32_t greedy() {
+      int32_t moves = 0;
+      while (true) {
+        make_groups();
+        const std::vector<size_t>* best = nullptr;
+        double best_priority = -kInf;
+        int64_t best_p = 0, best_m = 0;
+        for (const auto& members : groups) {
+          int64_t tp, tm;
+          double relative;
+          if (!try_move(members, tp, tm, relative)) continue;
+          const double priority = relative > 0.0 ? group_weight(members) / relative : kInf;
+          if (priority > best_priority) {
+            best = &members;
+            best_priority = priority;
+            best_p = tp;
+            best_m = tm;
+          }
+        }
+        if (!best) return moves;
+        apply(*best, best_p, best_m);
+        ++moves;
+      }
+    }
+
+    int32_t rounds() {
+      int32_t moves = 0;
+      std::vector<std::pair<double, size_t>> order;
+      while (true) {
+        make_groups();
+        order.clear();
+        for (size_t i = 0; i < groups.size(); ++i) {
+          int64_t tp, tm;
+          double relative;
+          if (try_move(groups[i], tp, tm, relative)) order.emplace_back(relative, i);
+        }
+        if (order.empty()) return moves;
+        std::stable_sort(order.begin(), order.end(),
+                         [](const auto& x, const auto& y) { return x.first < y.first; });
+        for (const auto& entry : order) {
+          int64_t tp, tm;
+          double relative;
+          if (!try_move(groups[entry.second], tp, tm, relative)) continue;
+          apply(groups[entry.second], tp, tm);
+          ++moves;
+        }
+      }
+    }
+  };
+
   CostProgram program_;
   size_t n_;
   double t_lo_, t_hi_;
@@ -430,10 +617,38 @@ class Family {
   std::vector<int32_t> rounding_;
   bool certified_ = false;
   bool has_table_ = false;
-  std::vector<double> tab_t_, tab_w_, tab_p_, tab_m_;
+  bool fill_ready_ = false;
+  int32_t fill_mode_ = 0;
+  std::vector<double> cap_, step_;
+  std::vector<int32_t> pairs_;
+  std::vector<double> tab_t_, tab_w_;
+  std::vector<int64_t> tab_p_, tab_m_;
 };
 
 double budget_value(double b) { return std::isnan(b) ? kInf : b; }  // NaN = no budget in this metric
+
+// NaN (no budget) or a positive number; +inf is accepted as "no budget" too.
+void check_budget(double b, const char* what) {
+  if (!(std::isnan(b) || b > 0.0))
+    throw py::value_error(std::string("the ") + what + " budget must be positive (or NaN for none)");
+}
+
+// Budgets handed to one thread at a time: large enough to amortise the scheduling, small enough that
+// a mix of cheap (bisection) and dear (fill) solves still balances.
+constexpr int kChunk = 16;
+// More threads than this is a mistake, not a machine.
+constexpr int kMaxThreads = 1024;
+
+int thread_count(int requested, py::ssize_t n) {
+#ifdef PYNS_WITH_OPENMP
+  const int want = requested > 0 ? requested : omp_get_max_threads();
+  // Below a few chunks per thread a parallel region costs more than it saves.
+  return static_cast<int>(std::max<py::ssize_t>(1, std::min<py::ssize_t>(want, n / (2 * kChunk))));
+#else
+  (void)requested; (void)n;
+  return 1;
+#endif
+}
 
 template <class T>
 py::array_t<T> to_array(const std::vector<T>& v) {
@@ -482,48 +697,120 @@ void register_solver(py::module_& m) {
             return py::make_tuple(to_array(t), widths, to_array(f.table_p()), to_array(f.table_m()));
           },
           "Every configuration of the family: (t[n], widths[n, L], params[n], macs[n]), t increasing.")
+      .def("configure_fill", &Family::configure_fill, py::arg("mode"), py::arg("cap"), py::arg("step"),
+           py::arg("pairs"),
+           "Set up the fill: mode 0 (uniform: cheapest first) or 1 (profile: largest φ'(t) per relative "
+           "cost); cap[L] and step[L] per symbol; pairs[k, 2] symbol indices tied while equal.")
+      .def(
+          "fill",
+          [](const Family& f, const DoubleArray& widths, double t, int64_t params, int64_t macs, double bp,
+             double bm) {
+            if (widths.ndim() != 1 || static_cast<size_t>(widths.size()) != f.size())
+              throw py::value_error("fill expects " + std::to_string(f.size()) + " widths");
+            check_budget(bp, "params");
+            check_budget(bm, "MACs");
+            py::array_t<double> w(static_cast<py::ssize_t>(f.size()));
+            std::copy(widths.data(), widths.data() + f.size(), w.mutable_data());
+            for (size_t l = 0; l < f.size(); ++l)
+              if (!pyns::valid_width(w.data()[l])) throw py::value_error("fill: widths must be whole numbers >= 0");
+            const int32_t moves = f.fill(w.mutable_data(), t, params, macs, budget_value(bp), budget_value(bm));
+            return py::make_tuple(w, params, macs, moves);
+          },
+          py::arg("widths"), py::arg("t"), py::arg("params"), py::arg("macs"), py::arg("budget_params"),
+          py::arg("budget_macs"), "Fill a configuration: (widths, params, macs, moves).")
       .def(
           "solve",
-          [](Family& f, double bp, double bm, bool nearest) {
+          [](Family& f, double bp, double bm, bool nearest, bool fill) -> py::tuple {
+            check_budget(bp, "params");
+            check_budget(bm, "MACs");
+            if (fill && !f.fill_ready()) throw py::value_error("solve: fill=True needs configure_fill first");
             py::array_t<double> w(static_cast<py::ssize_t>(f.size()));
             Answer ans = f.solve(budget_value(bp), budget_value(bm), nearest, w.mutable_data());
-            return py::make_tuple(ans.status, ans.t, static_cast<int64_t>(std::llround(ans.params)),
-                                  static_cast<int64_t>(std::llround(ans.macs)), w, ans.evaluations);
+            if (!fill) return py::make_tuple(ans.status, ans.t, ans.params, ans.macs, w, ans.evaluations);
+            py::array_t<double> fw(static_cast<py::ssize_t>(f.size()));
+            std::copy(w.data(), w.data() + f.size(), fw.mutable_data());
+            int64_t fp = ans.params, fm = ans.macs;
+            int32_t moves = 0;
+            if (ans.status == OK) moves = f.fill(fw.mutable_data(), ans.t, fp, fm, budget_value(bp), budget_value(bm));
+            return py::make_tuple(ans.status, ans.t, ans.params, ans.macs, w, ans.evaluations, fp, fm, fw, moves);
           },
-          py::arg("params"), py::arg("macs"), py::arg("nearest") = false,
-          "(status, t, params, macs, widths, evaluations); a NaN budget means unconstrained; status 0 ok, "
-          "1 below the smallest network, 2 above the largest.")
+          py::arg("params"), py::arg("macs"), py::arg("nearest") = false, py::arg("fill") = false,
+          "(status, t, params, macs, widths, evaluations), and with fill=True also (filled params, filled "
+          "macs, filled widths, moves); a NaN budget means unconstrained; status 0 ok, 1 below the "
+          "smallest network, 2 above the largest.")
       .def(
           "solve_batch",
-          [](Family& f, const DoubleArray& bp, const DoubleArray& bm, bool nearest) {
+          [](Family& f, const DoubleArray& bp, const DoubleArray& bm, bool nearest, bool fill, int threads) -> py::tuple {
             if (bp.ndim() != 1 || bm.ndim() != 1 || bp.size() != bm.size())
               throw py::value_error("solve_batch expects two 1-D budget arrays of equal length");
+            if (fill && !f.fill_ready()) throw py::value_error("solve_batch: fill=True needs configure_fill first");
+            if (threads < 0 || threads > kMaxThreads)
+              throw py::value_error("solve_batch: threads must be in [0, " + std::to_string(kMaxThreads) + "]");
             const py::ssize_t n = bp.size();
             const auto L = static_cast<py::ssize_t>(f.size());
-            if (!f.certified()) f.ensure_table();  // built once, with the GIL held
+            const double* bpp = bp.data();
+            const double* bmp = bm.data();
+            for (py::ssize_t i = 0; i < n; ++i) {
+              check_budget(bpp[i], "params");
+              check_budget(bmp[i], "MACs");
+            }
+            if (!f.certified()) f.ensure_table();  // built once, with the GIL held, before any thread reads it
             py::array_t<int32_t> status(n);
             py::array_t<double> t(n), widths({n, L});
             py::array_t<int64_t> params(n), macs(n);
+            py::array_t<double> fwidths(std::vector<py::ssize_t>{fill ? n : 0, L});
+            py::array_t<int64_t> fparams(fill ? n : 0), fmacs(fill ? n : 0);
+            py::array_t<int32_t> moves(fill ? n : 0);
             auto* st = status.mutable_data();
             auto* tp = t.mutable_data();
             auto* wp = widths.mutable_data();
             auto* pp = params.mutable_data();
             auto* mp = macs.mutable_data();
-            const double* bpp = bp.data();
-            const double* bmp = bm.data();
+            auto* fwp = fwidths.mutable_data();
+            auto* fpp = fparams.mutable_data();
+            auto* fmp = fmacs.mutable_data();
+            auto* mvp = moves.mutable_data();
+            std::string error;
             {
               py::gil_scoped_release release;
+              const Family& cf = f;  // const from here: every solve only reads the family
+              const int team = thread_count(threads, n);
+              (void)team;
+#ifdef PYNS_WITH_OPENMP
+#pragma omp parallel for schedule(dynamic, kChunk) num_threads(team)
+#endif
               for (py::ssize_t i = 0; i < n; ++i) {
-                Answer ans = f.solve(budget_value(bpp[i]), budget_value(bmp[i]), nearest, wp + i * L);
-                if (ans.status != OK) std::fill(wp + i * L, wp + (i + 1) * L, 0.0);
-                st[i] = ans.status;
-                tp[i] = ans.t;
-                pp[i] = std::llround(ans.params);
-                mp[i] = std::llround(ans.macs);
+                try {  // an exception must not leave an OpenMP region: record it, raise after
+                  Answer ans = cf.solve_const(budget_value(bpp[i]), budget_value(bmp[i]), nearest, wp + i * L);
+                  if (ans.status != OK) std::fill(wp + i * L, wp + (i + 1) * L, 0.0);
+                  st[i] = ans.status;
+                  tp[i] = ans.t;
+                  pp[i] = ans.params;
+                  mp[i] = ans.macs;
+                  if (fill) {
+                    std::copy(wp + i * L, wp + (i + 1) * L, fwp + i * L);
+                    int64_t fp = ans.params, fm = ans.macs;
+                    mvp[i] = ans.status == OK
+                                 ? cf.fill(fwp + i * L, ans.t, fp, fm, budget_value(bpp[i]), budget_value(bmp[i]))
+                                 : 0;
+                    fpp[i] = fp;
+                    fmp[i] = fm;
+                  }
+                } catch (const std::exception& err) {
+#ifdef PYNS_WITH_OPENMP
+#pragma omp critical(pyns_solve_batch_error)
+#endif
+                  if (error.empty()) error = err.what();
+                }
               }
             }
-            return py::make_tuple(status, t, params, macs, widths);
+            if (!error.empty()) throw std::overflow_error(error);
+            if (!fill) return py::make_tuple(status, t, params, macs, widths);
+            return py::make_tuple(status, t, params, macs, widths, fparams, fmacs, fwidths, moves);
           },
-          py::arg("params"), py::arg("macs"), py::arg("nearest") = false,
-          "Many budgets at once: (status[n], t[n], params[n], macs[n], widths[n, L]).");
+          py::arg("params"), py::arg("macs"), py::arg("nearest") = false, py::arg("fill") = false,
+          py::arg("threads") = 1,
+          "Many budgets at once: (status[n], t[n], params[n], macs[n], widths[n, L]), and with fill=True "
+          "also (filled params[n], filled macs[n], filled widths[n, L], moves[n]). threads: OpenMP threads "
+          "(0: all available); results do not depend on it.");
 }

@@ -5,7 +5,6 @@ An Arch holds the declarations (parsed once) and caches one IR + compiled cost p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping
@@ -16,24 +15,57 @@ from pyns import ir
 from pyns.cost import oracle
 from pyns.cost.program import compile_program
 from pyns.dsl.declarations import ArchSource, collect, suggest
+from pyns.dsl.expr import Sym
 from pyns.dsl.elaborate import Settings, elaborate
+from pyns.dsl.source import read as read_source
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
+from pyns.ties import check_identity_adds, identity_adds
 
 
-@dataclass
 class Cost:
-    params: int
-    macs: int
-    widths: dict[str, int]
-    resolution: int
-    depth_mult: float
-    layers: list[oracle.LayerCost] = field(default_factory=list)
+    """Exact totals of one network. `widths` (every symbol) is assembled on first access: a count on the
+    fast path only keeps the arch's defaults and the caller's overrides."""
+
+    __slots__ = ("params", "macs", "resolution", "depth_mult", "layers", "_widths", "_defaults", "_given")
+
+    def __init__(self, params: int, macs: int, widths: dict[str, int], resolution: int, depth_mult: float,
+                 layers: list[oracle.LayerCost] | None = None):
+        self.params, self.macs, self.resolution, self.depth_mult = params, macs, resolution, depth_mult
+        self.layers = layers if layers is not None else []
+        self._widths, self._defaults, self._given = widths, None, None
+
+    @classmethod
+    def _lazy(cls, params: int, macs: int, defaults: dict[str, int], given, resolution: int) -> "Cost":
+        cost = object.__new__(cls)
+        cost.params, cost.macs, cost.resolution, cost.depth_mult, cost.layers = params, macs, resolution, 1.0, []
+        # a copy: the caller may change its dict after counting
+        cost._widths, cost._defaults, cost._given = None, defaults, None if given is None else dict(given)
+        return cost
+
+    @property
+    def widths(self) -> dict[str, int]:
+        if self._widths is None:
+            full = dict(self._defaults)
+            if self._given:
+                full.update({k: int(v) for k, v in self._given.items()})
+            self._widths = full
+        return self._widths
 
     @property
     def flops(self) -> int:
         return 2 * self.macs
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return (self.params, self.macs, self.widths, self.resolution, self.depth_mult, self.layers) == (
+            other.params, other.macs, other.widths, other.resolution, other.depth_mult, other.layers)
+
+    def __repr__(self) -> str:
+        return (f"Cost(params={self.params}, macs={self.macs}, widths={self.widths}, resolution={self.resolution}, "
+                f"depth_mult={self.depth_mult})")
 
 
 def resolve_arch_path(name_or_path: str | Path) -> tuple[Path, str | None]:
@@ -63,7 +95,11 @@ class Arch:
         self.params = dict(params or {})
         self.policy: ScalingPolicy = get_policy(policy or source.policy)
         self._cache: dict[tuple[float, int | None], tuple[ir.Network, object, list[str]]] = {}
+        self._counters: dict[tuple[float, int | None], object] = {}
         self.network  # elaborate once now, so every error surfaces at load time
+        self._default_widths = self.network.defaults()
+        self._minimum = {s.name: s.minimum for s in self.network.symbols}
+        self._counter = self._make_counter(1.0, None)
 
     # ---- IR and programs --------------------------------------------------------------------
     def _settings(self, depth: float, resolution: int | None) -> Settings:
@@ -77,6 +113,22 @@ class Arch:
             program, names = compile_program(network)
             self._cache[key] = (network, program, names)
         return self._cache[key]
+
+    def _make_counter(self, depth: float, resolution: int | None):
+        """The C++ fast path of count() for one (depth, resolution), or None when it cannot check every
+        identity add itself (an add between width expressions rather than two symbols)."""
+        from pyns import _core
+
+        network, program, _ = self.compiled(depth, resolution)
+        names = network.symbol_names
+        ties = []
+        for node in identity_adds(network):
+            if not (isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)):
+                return None
+            ties.append((names.index(node.in_ch.name), names.index(node.out_ch.name)))
+        return _core.Counter(program, list(names), np.array([s.default for s in network.symbols], np.float64),
+                             np.array([s.minimum for s in network.symbols], np.float64),
+                             np.array(ties, dtype=np.int32).reshape(-1))
 
     def ir(self, depth: float = 1.0, resolution: int | None = None) -> ir.Network:
         return self.compiled(depth, resolution)[0]
@@ -99,25 +151,31 @@ class Arch:
 
     @property
     def defaults(self) -> dict[str, int]:
-        return self.network.defaults()
+        return dict(self._default_widths)
 
     @property
     def resolution(self) -> int:
         return self.network.resolution
 
     # ---- widths -----------------------------------------------------------------------------
-    def widths(self, widths: Mapping[str, int] | None = None) -> dict[str, int]:
-        """Complete a partial width assignment with defaults; reject unknown or non-positive widths."""
+    def widths(self, widths: Mapping[str, int] | None = None, *, network: ir.Network | None = None) -> dict[str, int]:
+        """Complete a partial width assignment with defaults; reject unknown or non-positive widths, and
+        widths joined by an identity add that differ (a DSLError at the residual in the .arch file)."""
         full = self.defaults
-        minimum = {s.name: s.minimum for s in self.symbols}
+        minimum = self._minimum
         for key, value in (widths or {}).items():
             if key not in full:
                 raise PynsError(f"{self.name} has no width symbol `{key}`" + suggest(key, full)
                                 + f" (symbols: {', '.join(full)})")
-            if int(value) != value or value < minimum[key]:
+            try:
+                whole = int(value) == value
+            except (TypeError, ValueError, OverflowError):  # NaN, inf, strings
+                whole = False
+            if not whole or value < minimum[key]:
                 raise PynsError(f"width `{key}` must be a whole number >= {minimum[key]}"
                                 + (" (its declared minimum)" if minimum[key] > 1 else "") + f", got {value}")
             full[key] = int(value)
+        check_identity_adds(network or self.network, full)
         return full
 
     def uniform_widths(self, ratio: float) -> dict[str, int]:
@@ -134,10 +192,21 @@ class Arch:
     # ---- counting ---------------------------------------------------------------------------
     def count(self, widths: Mapping[str, int] | None = None, *, depth: float = 1.0,
               resolution: int | None = None, per_layer: bool = False) -> Cost:
-        network, program, names = self.compiled(depth, resolution)
-        full = self.widths(widths)
+        """Exact params and MACs. Per-layer rows (the pure-Python oracle) only with per_layer=True."""
+        if depth == 1.0 and resolution is None and not per_layer and self._counter is not None:
+            try:  # the fast path: one C++ call reads the dict; anything unusual goes the long way
+                params, macs = self._counter.count(widths)
+            except (ValueError, OverflowError):
+                pass
+            else:
+                return Cost._lazy(params, macs, self._default_widths, widths, self.network.resolution)
+        network, program, _ = self.compiled(depth, resolution)
+        full = self.widths(widths, network=network)
         vec = np.array([full[s] for s in network.symbol_names], dtype=np.float64)
-        params, macs = program.evaluate(vec)
+        try:
+            params, macs = program.evaluate(vec)
+        except (ValueError, OverflowError) as err:
+            raise PynsError(str(err)) from None
         layers = oracle.count_layers(network, full) if per_layer else []
         return Cost(int(params), int(macs), full, network.resolution, depth, layers)
 
@@ -145,15 +214,20 @@ class Arch:
                     resolution: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Totals for many width vectors at once: `widths` is [batch, len(symbols)] in symbol order."""
         _, program, _ = self.compiled(depth, resolution)
-        return program.evaluate_batch(np.asarray(widths, dtype=np.float64))
+        try:
+            return program.evaluate_batch(np.asarray(widths, dtype=np.float64))
+        except (ValueError, OverflowError) as err:
+            raise PynsError(str(err)) from None
 
     # ---- scaling ----------------------------------------------------------------------------
     def scale(self, params=None, macs=None, *, profile=None, method=None, nearest=False, depth=1.0,
-              resolution=None, config=None):
-        """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): see pyns.scaling.solve."""
+              resolution=None, config=None, fill=True):
+        """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): the largest network of the
+        method's family within budget, then filled with single channels (fill=False: the family
+        solution); both are in the result. See pyns.scaling.solve."""
         from pyns.scaling.solve import solve_budget
         return solve_budget(self, params, macs, profile=profile, method=method, config=config,
-                            nearest=nearest, depth=depth, resolution=resolution)
+                            nearest=nearest, depth=depth, resolution=resolution, fill=fill)
 
     # ---- building ---------------------------------------------------------------------------
     def build(self, widths: Mapping[str, int] | None = None, *, gates: bool = False, depth: float = 1.0,
@@ -169,12 +243,8 @@ def load(name_or_path: str | Path, *, variant: str | None = None, policy: str | 
          **params: float) -> Arch:
     """Load a shipped architecture by name (`vgg11`, `resnet18:tinyimagenet`) or an .arch file path."""
     path, named_variant = resolve_arch_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PynsError(f"cannot read {path}: {err}") from None
     display = str(path) if not str(path).startswith(str(archs_dir())) else f"{path.stem}.arch"
-    source = collect(text, display)
+    source = collect(read_source(path, display), display)
     return Arch(source, variant=variant or named_variant, policy=policy, params=params)
 
 

@@ -23,8 +23,40 @@ class SourcePos:
         head = f"{self.file}:{self.line}:{self.column}"
         if not self.source_line:
             return head
-        caret = " " * (max(self.column, 1) - 1) + "^"
-        return f"{head}\n    {self.source_line.rstrip()}\n    {caret}"
+        shown, at = _excerpt(self.source_line.rstrip(), max(self.column, 1) - 1)
+        # Tabs stay tabs under the caret, so it lines up however the terminal expands them.
+        caret = "".join("\t" if ch == "\t" else " " for ch in shown[:at]) + "^"
+        return f"{head}\n    {shown}\n    {caret}"
+
+
+# A source line is echoed whole up to this many characters (a wide editor line); longer ones (a generated
+# file, a megabyte expression) are cut to a window around the caret so one error cannot flood a terminal.
+SHOWN_LINE_CHARS = 200
+_ELLIPSIS = "..."
+
+
+def _excerpt(line: str, at: int) -> tuple[str, int]:
+    """`line` cut to about SHOWN_LINE_CHARS around index `at`, and the caret's index in the cut text."""
+    if len(line) <= SHOWN_LINE_CHARS:
+        return line, at
+    at = min(at, len(line))
+    half = SHOWN_LINE_CHARS // 2
+    start = max(0, min(at - half, len(line) - SHOWN_LINE_CHARS))
+    end = min(len(line), start + SHOWN_LINE_CHARS)
+    shown = line[start:end]
+    if start > 0:
+        shown, at = _ELLIPSIS + shown, at - start + len(_ELLIPSIS)
+    if end < len(line):
+        shown += _ELLIPSIS
+    return shown, at
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """`text` for a message: whole when short, else its head and tail around an ellipsis."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - len(_ELLIPSIS)) // 2
+    return text[:keep] + _ELLIPSIS + text[-keep:]
 
 
 class PynsError(Exception):
@@ -64,3 +96,11 @@ class DataError(PynsError):
 
 class RunError(PynsError):
     """A run folder that cannot be used (wrong contents, config mismatch on resume, ...)."""
+
+
+class ExportError(PynsError):
+    """A model bundle, weights file or export that cannot be read, or written faithfully."""
+
+
+class OutputError(RunError):
+    """An output path that cannot be written (a file in the way, a read-only mount, a device, ...)."""

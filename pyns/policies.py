@@ -4,6 +4,10 @@
 - `efficientnet`: widths make_divisible(c * w, 8), depth ceil(n * d), stem and head scale with w.
 - `tinynet`: widths make_divisible(c * w, 8), depth max(1, round(n * d)) (Python round), stem fixed,
   head max(c, make_divisible(c * w, 8)) — the released TinyNets (timm `_gen_tinynet`).
+- `efficientnet_round`: EfficientNet's widths (stem and head scale with w) with TinyNet's depth rounding
+  max(1, round(n * d)). The TinyNet paper's EfficientNet-B^-1..B^-4 baselines are built this way (with
+  `ceil` the depth never shrinks at d = 1/1.2, and their Table 3 params cannot be reached; see
+  pyns.tinynet.solve.efficientnet_b_minus).
 Resolution is int(base * r) under every policy.
 """
 from __future__ import annotations
@@ -49,6 +53,8 @@ POLICIES: dict[str, ScalingPolicy] = {
     "uniform": ScalingPolicy("uniform", "round", "int", fix_stem=False, head_floor=False),
     "efficientnet": ScalingPolicy("efficientnet", "ceil", "make_divisible", fix_stem=False, head_floor=False),
     "tinynet": ScalingPolicy("tinynet", "round", "make_divisible", fix_stem=True, head_floor=True),
+    "efficientnet_round": ScalingPolicy("efficientnet_round", "round", "make_divisible", fix_stem=False,
+                                        head_floor=False),
 }
 
 

@@ -3,9 +3,8 @@
 Every long-running pyns command (train, prune, descent, tiny) keeps its state in a run folder that may be
 interrupted at any moment (Ctrl-C, a killed job, a full disk). The rules these helpers enforce:
 
-- a file is either the old complete version or the new complete version, never a mix: writes go to a
-  temporary file in the same folder, are fsynced, then `os.replace`d over the target (atomic on POSIX and
-  Windows when source and target are on the same file system, hence "same folder");
+- a file is either the old complete version or the new complete version, never a mix (pyns.safewrite:
+  temporary file in the same folder, fsync, `os.replace`; devices, FIFOs and symlinks are never replaced);
 - a JSONL log tolerates a torn last line (the process died mid-append) when read back;
 - a run folder remembers the configuration it was started with, and resuming with a different one is
   refused with a message that lists what differs;
@@ -22,13 +21,14 @@ import json
 import math
 import os
 import random
-import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from pyns.errors import RunError
+from pyns.errors import OutputError, RunError
+# The one atomic writer lives in pyns.safewrite (it also guards devices, FIFOs and symlinks); these
+# names are re-exported because every run-folder module imports them from here.
+from pyns.safewrite import atomic_torch_save, atomic_write_bytes, atomic_write_text, atomic_writer, make_folder
 
 __all__ = [
     "atomic_writer",
@@ -52,67 +52,8 @@ PathLike = str | os.PathLike
 
 
 # ----------------------------------------------------------------------------------------------------
-# Atomic writes
+# JSON conversion and JSONL logs
 # ----------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk (POSIX only)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (e.g. certain network mounts) refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_writer(path: PathLike, mode: str = "wb", *, encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on clean exit it replaces `path`, on any exception it vanishes.
-
-    `mode` is "wb" or "w" (text, UTF-8 unless `encoding` says otherwise). KeyboardInterrupt counts as an
-    exception: an interrupted write leaves the previous version of `path` (or nothing) in place.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_writer supports modes 'w' and 'wb', not {mode!r}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Our own unique name instead of tempfile.mkstemp: mkstemp creates the file 0600, which would
-    # silently make checkpoints unreadable to a group; os.open with 0o666 lets the umask decide as usual.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        text_encoding = (encoding or "utf-8") if mode == "w" else None
-        with os.fdopen(fd, mode, encoding=text_encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_writer(path, "wb") as handle:
-        handle.write(data)
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `path` atomically."""
-    with atomic_writer(path, "w") as handle:
-        handle.write(text)
 
 
 def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> None:
@@ -120,19 +61,6 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> No
     # Serialise before opening so that an unserialisable object never even creates the temporary file.
     text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=True) + "\n"
     atomic_write_text(path, text)
-
-
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """`torch.save(obj, path)` atomically: an interrupted save keeps the previous file intact."""
-    import torch
-
-    with atomic_writer(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
-# ----------------------------------------------------------------------------------------------------
-# JSON conversion and JSONL logs
-# ----------------------------------------------------------------------------------------------------
 
 
 def load_versioned_checkpoint(path: PathLike, kind: str, version: int, what: str) -> dict[str, Any]:
@@ -192,11 +120,15 @@ def append_jsonl(path: PathLike, record: Mapping[str, Any]) -> None:
     """
     line = json.dumps(to_jsonable(record), allow_nan=True) + "\n"
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    if not os.path.isdir(target.parent):
+        make_folder(target.parent, shown=target)
+    try:
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise OutputError(f"cannot append to {target}: {err.strerror or err}") from None
 
 
 def read_jsonl(path: PathLike, *, allow_torn_tail: bool = True) -> list[dict[str, Any]]:

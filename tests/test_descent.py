@@ -10,7 +10,7 @@ from pyns.data.datasets import load_dataset
 from pyns.neuralscale.descent import DescentConfig, configuration_change, descent, read_summary
 from pyns.errors import RunError
 from pyns.neuralscale.prune.schedule import PruneConfig
-from pyns.scaling.profile import Profile
+from pyns.scaling.profile import Profile, ScalingWarning
 from pyns.scaling.solve import solve_budget
 
 # Short Algorithm 1 on digits: enough prune steps that every width loses a unit and >= 6 rows record.
@@ -116,3 +116,43 @@ def test_descent_then_sweep_end_to_end_on_digits(tmp_path, capsys):
         budget = arch.count(arch.uniform_widths(result["ratio"])).params
         assert result["params"] <= budget  # every method meets the ratio's budget
     assert (sweep_dir / "table.md").read_text().count("|") > 10
+
+
+# Too coarse to fit: 30 units per step on digits_cnn's 128 record at most 5 points, so every profile falls
+# back to uniform (issue 15: the returned result must say so, and the API must warn as the CLI prints).
+COARSE = dict(warmup_epochs=0, max_epochs=3, prune_every=4, units_per_step=30, batch_size=64,
+              stop_at_min_width=False, augment=False)
+
+
+def test_descent_result_carries_its_warnings_and_the_api_emits_them(tmp_path, digits):
+    arch = load("digits_cnn")
+    logged: list[str] = []
+    with pytest.warns(ScalingWarning) as emitted:
+        result = descent(arch, digits, DescentConfig(iterations=2, prune=PruneConfig(**COARSE)), tmp_path / "run",
+                         log=logged.append)
+    assert result.profile.fallback == "uniform"
+    texts = result.warnings
+    assert any(t.startswith("iteration 0: this pruning run will record at most") for t in texts)  # before it
+    assert any(t.startswith("iteration 0: only") and "falls back to uniform" in t for t in texts)
+    assert any(t.startswith("iteration 1: the profile has too few points") for t in texts)  # uniform start
+    assert set(texts) <= {str(w.message) for w in emitted}  # each one also a Python warning
+    assert {f"pyns: warning: {t}" for t in texts} <= set(logged)  # and a log line (what the CLI prints)
+    assert result.iterations[1].warnings and result.iterations[1].warnings == [
+        t.split(": ", 1)[1] for t in texts if t.startswith("iteration 1:")]
+    # resumed: the finished iterations' warnings come back from summary.jsonl
+    with pytest.warns(ScalingWarning):
+        again = descent(arch, digits, DescentConfig(iterations=2, prune=PruneConfig(**COARSE)), tmp_path / "run",
+                        resume=True)
+    assert again.warnings == texts
+
+
+def test_descent_cli_prints_every_warning_once(tmp_path, capsys):
+    argv = ["descent", "digits_cnn", "--data", "digits", "--out", str(tmp_path / "run"), "--iterations", "2",
+            "--warmup", "0", "--epochs", "3", "--every", "4", "--units", "30", "--batch-size", "64",
+            "--skip-at-min-width", "--no-augment", "--quiet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("pyns: warning: iteration")]
+    assert any("falls back to uniform" in line for line in lines)
+    assert len(lines) == len(set(lines))  # the log's copy only, not Python's warning as well
+    assert "uniform fallback" in captured.out and "warning(s), printed above" in captured.out

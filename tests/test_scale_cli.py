@@ -32,8 +32,10 @@ def test_params_058M_is_within_one_percent_under(capsys):
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0].startswith("no --profile given: using the uniform method")
-    assert any(line.split() == ["c1", "64", "->", "16"] for line in lines)
+    assert any(line.split() == ["c1", "64", "->", "16", "(16)"] for line in lines)  # filled (family)
     assert "params: 579,786" in text and "gap:    -0.037% in params (under budget)" in text
+    assert "family: params 579,786, MACs 9,880,832, gap -0.037% in params; m = 0.25" in text
+    assert "fill:   +0 channels in 0 moves (no single channel fits in what is left)" in text
     out = run_json(capsys, "vgg11", "--params", "0.58M")
     assert 0.99 * 580_000 <= out["params"] <= 580_000
 
@@ -54,7 +56,8 @@ def test_both_budgets_must_hold(capsys):
     out = run_json(capsys, "efficientnet_b0", "--params", "3M", "--macs", "300M")
     assert out["params"] <= 3_000_000 and out["macs"] <= 300_000_000
     only_params = run_json(capsys, "efficientnet_b0", "--params", "3M")
-    assert out["params"] <= only_params["params"]
+    assert out["family"]["params"] <= only_params["family"]["params"]  # a second budget never helps the family
+    assert out["params"] >= out["family"]["params"] and out["macs"] >= out["family"]["macs"]
 
 
 def test_nearest_may_go_over(capsys):
@@ -62,7 +65,7 @@ def test_nearest_may_go_over(capsys):
     table = exhaustive_table(a, family_spec(a, "uniform"))
     lo, hi = table.params[200], table.params[201]
     budget = int(hi - (hi - lo) / 20)
-    assert run_json(capsys, "vgg11", "--params", str(budget))["params"] == lo
+    assert run_json(capsys, "vgg11", "--params", str(budget))["family"]["params"] == lo
     out = run_json(capsys, "vgg11", "--params", str(budget), "--nearest")
     assert out["params"] == hi and out["gap_percent"] > 0 and not out["feasible"]
 
@@ -90,12 +93,12 @@ def test_profile_and_from_config_methods(tmp_path, capsys):
     table = exhaustive_table(a, spec)
     _, row = exhaustive_solve(table, 1_000_000, None)
     assert out["method"] == "profile" and out["scalar_name"] == "tau"
-    assert [out["widths"][s] for s in spec.symbols] == table.widths[row].tolist()
+    assert [out["family"]["widths"][s] for s in spec.symbols] == table.widths[row].tolist()
     out = run_json(capsys, "vgg11", "--params", "1M", "--config", "c1=10,c2=20,c3=40", "--config", "c8=200")
     assert out["method"] == "from-config" and out["params"] <= 1_000_000
-    m = out["scalar"]
-    assert out["widths"]["c1"] == int(10 * m) and out["widths"]["c8"] == int(200 * m)
-    assert out["widths"]["c5"] == int(512 * m)  # not in --config: scaled from its default
+    m, family = out["scalar"], out["family"]["widths"]
+    assert family["c1"] == int(10 * m) and family["c8"] == int(200 * m)
+    assert family["c5"] == int(512 * m)  # not in --config: scaled from its default
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -208,3 +208,73 @@ def test_li_cells_prune_the_trained_full_network_and_fine_tune_it(tmp_path, digi
     summed = sum(w.abs().sum(dim=(1, 2, 3)) for w in producers)
     expected = sorted(torch.argsort(summed, descending=True)[: li["widths"]["c1"]].tolist())
     assert li["li"]["keep"]["c1"] == expected
+
+
+def _fallback_profile(tmp_path) -> str:
+    """What `pyns fit` writes for a run with 5 recorded points: no fits, fallback uniform."""
+    path = tmp_path / "fallback.json"
+    path.write_text(json.dumps({"format": "pyns.profile", "version": 1, "metric": "params", "points": 5,
+                                "tau_range": [2e3, 3e4], "fallback": "uniform", "symbols": {}}))
+    return str(path)
+
+
+def test_a_fallback_profile_gives_no_neuralscale_cell_unless_allowed(tmp_path, digits):
+    from pyns.errors import ProfileError
+    from pyns.sweep.plan import FALLBACK_NOTE, sweep_warnings
+
+    config = SweepConfig(ArchSpec("digits_cnn"), DataSpec("digits"), TrainRecipe(epochs=1), [0.5],
+                         ["uniform", "neuralscale"], [0], profile=_fallback_profile(tmp_path))
+    with pytest.raises(ProfileError, match="falls back to uniform scaling .* neuralscale label") as err:
+        plan_cells(digits, config)
+    assert "--allow-fallback" in str(err.value)
+    config.allow_fallback = True
+    cells, _ = plan_cells(digits, config)
+    neural = next(c for c in cells if c.method == "neuralscale")
+    assert neural.widths == digits.uniform_widths(0.5)  # what the cell really is
+    assert neural.how["warnings"] == [neural.how["fallback"]] == [FALLBACK_NOTE.format(points=5)]
+    assert sweep_warnings(cells) == {("neuralscale", 0.5): neural.how["warnings"]}
+
+
+def test_extrapolation_warnings_are_kept_per_cell(tmp_path, digits):
+    from pyns.sweep.plan import sweep_warnings
+
+    symbols = {s: {"alpha": a, "beta": 0.5} for s, a in zip(digits.searchable, (0.05, 0.3, 0.1, 0.4))}
+    path = tmp_path / "narrow.json"  # fitted on τ in [10, 20]: every sweep budget (~10^4) extrapolates
+    path.write_text(json.dumps({"format": "pyns.profile", "version": 1, "metric": "params", "points": 8,
+                                "tau_range": [10, 20], "symbols": symbols}))
+    config = SweepConfig(ArchSpec("digits_cnn"), DataSpec("digits"), TrainRecipe(epochs=1), [0.5, 1.0],
+                         ["neuralscale"], [0], profile=str(path))
+    cells, _ = plan_cells(digits, config)
+    found = sweep_warnings(cells)
+    assert set(found) == {("neuralscale", 0.5), ("neuralscale", 1.0)}
+    assert all("extrapolates the profile" in texts[0] for texts in found.values())
+
+
+def test_table_footnotes_every_warning(tmp_path):
+    from pyns.sweep.report import write_table
+
+    record = {"ratio": 0.5, "method": "neuralscale", "budget": {"metric": "params", "value": 100}, "params": 90,
+              "macs": 900, "best_test_acc": 0.9, "final_test_acc": 0.8, "latency_ms": None}
+    rows = aggregate([record, {**record, "method": "uniform"}], ["uniform", "neuralscale"], [0.5],
+                     warnings={("neuralscale", 0.5): ["first note", "second note"]})
+    md, path = write_table(rows, tmp_path)
+    text = md.read_text()
+    body = _markdown_rows(text)
+    assert [(r[1], r[-1]) for r in body] == [("uniform", ""), ("neuralscale", "[1] [2]")]
+    assert "[1] first note" in text and "[2] second note" in text
+    back = read_table_csv(path)
+    assert [r["warnings"] for r in back] == [[], ["first note", "second note"]]
+
+
+def test_cli_allow_fallback_prints_the_warning_even_when_quiet(tmp_path, capsys, digits):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "digits_cnn", "--data", "digits", "--width-ratios", "0.5", "--methods", "neuralscale",
+            "--seeds", "1", "--epochs", "1", "--batch-size", "64", "--profile", _fallback_profile(tmp_path),
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    assert "--allow-fallback" in capsys.readouterr().err and not (out / "cells").exists()
+    assert main([*argv, "--allow-fallback"]) == 0
+    captured = capsys.readouterr()
+    assert "pyns: warning: neuralscale at ratio 0.5: uniform fallback" in captured.err
+    table = (out / "table.md").read_text()
+    assert "| neuralscale |" in table and "| [1] |" in table and "[1] uniform fallback" in table

@@ -16,7 +16,7 @@ from conftest import FIXTURES
 from pyns.arch import load, loads
 from pyns.errors import BudgetError, ProfileError
 from pyns.policies import scale_resolution
-from pyns.tinynet.solve import giant_cost, resolved_tiny_text, solve_tiny
+from pyns.tinynet.solve import B_MINUS_MACS, efficientnet_b_minus, giant_cost, resolved_tiny_text, solve_tiny
 from pyns.tinynet.baselines import giant_multipliers
 from pyns.tinynet.cost import CostPath, stage_repeats
 from pyns.tinynet.formula import RELEASED_TINYNETS, TinyFormula, load_default_formula
@@ -96,17 +96,45 @@ def test_flops_budget_is_twice_macs(b0):
 # ---- baselines ---------------------------------------------------------------------------------------
 
 
-def test_giant_formula_hits_efficientnet_b_minus_k():
-    """Budget = the MACs of EfficientNet-B-k (φ = -k): the solve returns that network, φ >= -k."""
+def test_giant_solve_at_the_cost_of_phi_minus_k_returns_that_network():
+    """Budget = the MACs of the compound-scaled network at φ = -k: the solve returns it, φ >= -k."""
     arch = load("efficientnet_b0")
     for k in range(1, 5):
         params, macs, widths, resolution = giant_cost(arch, -k)
         res = solve_tiny(arch, macs, method="giant")
-        assert res.policy == "efficientnet" and res.phi >= -k - 1e-9
+        assert res.policy == "efficientnet_round" and res.phi >= -k - 1e-9
         assert (res.macs, res.params, res.resolution, res.widths) == (macs, params, resolution, widths)
         r, d, w = giant_multipliers(res.phi)
         assert (res.r, res.d, res.w) == (r, d, w)
         assert giant_cost(arch, res.phi + 1e-9)[1] > macs  # φ is the largest that fits
+
+
+# The TinyNet paper's Table 3 (params, FLOPs; its FLOPs are MACs: B0 is listed at 387M, pyns counts 385.8M).
+TABLE3_B_MINUS = {1: (3.6e6, 201e6), 2: (3.0e6, 98e6), 3: (2.0e6, 51e6), 4: (1.3e6, 24e6)}
+
+
+def test_efficientnet_b_minus_k_reproduces_the_papers_table_3():
+    """B^-k = the giant method at 200M/100M/50M/25M MACs with depth round(n d): within 3% of the paper's
+    params (Table 3 gives two significant digits, +-0.05M = 1.4-3.8%) and 3.5% of its MACs (its counter
+    reads B0 0.3% higher than pyns' 385.8M)."""
+    for k, (params, macs) in TABLE3_B_MINUS.items():
+        res = efficientnet_b_minus(k)
+        assert res.macs <= B_MINUS_MACS[k] and res.policy == "efficientnet_round"
+        assert res.params == pytest.approx(params, rel=0.03), k
+        assert res.macs == pytest.approx(macs, rel=0.035), k
+
+
+def test_phi_minus_k_is_not_the_papers_b_minus_k():
+    """Why the old label ("EfficientNet-B-k is phi = -k") was wrong: φ = -k misses the paper's MACs by 22-62%
+    under depth round and 50-110% under EfficientNet's ceil (at φ = -1 ceil keeps every repeat count)."""
+    b0 = load("efficientnet_b0")
+    for k, (_, macs) in TABLE3_B_MINUS.items():
+        assert giant_cost(b0, -k)[1] > 1.2 * macs
+        assert giant_cost(b0, -k, policy="efficientnet")[1] > 1.45 * macs
+    assert [s.repeats for s in stage_repeats(load("efficientnet_b0", policy="efficientnet"), 1 / 1.2)] == \
+        [s.base for s in stage_repeats(b0, 1.0)]
+    with pytest.raises(BudgetError, match="k = 1..4"):
+        efficientnet_b_minus(5)
 
 
 def test_giant_hand_computed_multipliers():
@@ -148,7 +176,7 @@ def test_width_only_matches_the_uniform_solve(b0):
 def test_every_method_meets_the_budget_and_rejects_impossible_ones(b0, method):
     res = solve_tiny(b0, "0.5x", method=method)  # depth alone cannot go below 0.45x
     assert res.macs <= 0.5 * B0_MACS
-    assert res.policy == ("efficientnet" if method == "giant" else "tinynet")
+    assert res.policy == ("efficientnet_round" if method == "giant" else "tinynet")
     arch = load("efficientnet_b0", policy=res.policy)
     assert arch.count(res.widths, depth=res.d, resolution=res.resolution).macs == res.macs
     with pytest.raises(BudgetError, match="budget|network"):
@@ -213,3 +241,13 @@ def test_plan_keeps_draws_in_the_band_and_grows_as_a_prefix():
         assert 0.03 * c0 <= cell.macs <= 1.05 * c0 and cell.c == cell.macs / c0
     with pytest.raises(BudgetError, match="fell in the budget band"):
         plan_cells(arch, 2, (2.7, 2.8), (0.03, 0.05), seed=0)
+
+
+def test_cli_labels_phi_for_what_it_is(capsys):
+    from pyns.cli.main import main
+
+    assert main(["tiny", "efficientnet_b0", "--macs", "200M", "--method", "giant"]) == 0
+    out = capsys.readouterr().out
+    assert "policy efficientnet_round" in out and "is phi = -k" not in out
+    assert "EfficientNet-B^-1..B^-4 are this method at 200M, 100M, 50M, 25M MACs, not phi = -k" in out
+    assert "params: 3,583,046" in out  # efficientnet_b_minus(1), within 0.5% of Table 3's 3.6M

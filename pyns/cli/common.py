@@ -55,13 +55,36 @@ def parse_assignments(items: list[str], what: str) -> dict[str, float]:
     return out
 
 
-def arch_from_args(args: argparse.Namespace):
-    from pyns.arch import load
+def arch_from_args(args: argparse.Namespace, bundle=None):
+    """The Arch that ARCH names: a shipped name or .arch file, or a .pyns bundle (its concrete .arch text;
+    pass `bundle` when the caller has opened it already)."""
+    from pyns.arch import load, loads
+    from pyns.export.bundle import is_bundle, open_bundle
 
     params = parse_assignments(args.sets, "--set")
+    if bundle is None and is_bundle(args.arch):
+        bundle = open_bundle(args.arch)
+    if bundle is not None:
+        return loads(bundle.arch_text, filename=bundle.where, variant=args.variant, policy=args.policy, **params)
     return load(args.arch, variant=args.variant, policy=args.policy, **params)
 
 
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def check_out_file(path) -> None:
+    """Refuse an output file that cannot be written, before any work (OutputError: exit 2, one line)."""
+    from pyns.safewrite import check_writable_file
+
+    if path is not None:
+        check_writable_file(path)
+
+
+def check_out_folder(path) -> None:
+    """Refuse a run folder that cannot be created or written, before loading data or training."""
+    from pyns.safewrite import check_writable_folder
+
+    if path is not None:
+        check_writable_folder(path)

@@ -4,24 +4,23 @@ from __future__ import annotations
 import argparse
 
 from pyns.cli.common import add_arch_options, arch_from_args, human, parse_assignments, print_json
+from pyns.cost import COST_CONVENTION as CONVENTION
 from pyns.errors import PynsError
 from pyns.policies import scale_resolution
-
-CONVENTION = ("params = trainable parameters; MACs = multiply-accumulates of conv/linear layers at batch 1 "
-              "(FLOPs = 2 x MACs)")
 
 
 def register(sub) -> None:
     p = sub.add_parser("count", help="exact params / MACs, per layer",
                        description="Count the exact parameters and multiply-accumulates of an architecture, "
-                                   "per layer and in total. " + CONVENTION + ".")
+                                   "per layer and in total. " + CONVENTION + ". ARCH may also be a .pyns "
+                                   "bundle (`pyns export`): its manifest is printed too.")
     add_arch_options(p)
     p.add_argument("--widths", action="append", default=[], metavar="K=V,...",
                    help="set width symbols, e.g. --widths c1=32,c2=64 (others keep their defaults)")
     p.add_argument("--ratio", type=float, metavar="R",
                    help="scale every searchable width uniformly by R (under the policy)")
     p.add_argument("--w", type=float, metavar="W", help="width multiplier (same as --ratio)")
-    p.add_argument("--d", type=float, default=1.0, metavar="D", help="depth multiplier on every repeat count")
+    p.add_argument("--d", type=float, metavar="D", help="depth multiplier on every repeat count (1; a bundle's own)")
     p.add_argument("--r", type=float, metavar="R", help="resolution multiplier: int(resolution * R)")
     p.add_argument("--resolution", type=int, metavar="N", help="input resolution in pixels (overrides --r)")
     p.add_argument("--flops", action="store_true", help="also display FLOPs (= 2 x MACs)")
@@ -31,7 +30,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    arch = arch_from_args(args)
+    from pyns.export.bundle import is_bundle, open_bundle
+
+    bundle = open_bundle(args.arch) if is_bundle(args.arch) else None
+    arch = arch_from_args(args, bundle)
+    if args.d is None:
+        args.d = bundle.depth_mult if bundle is not None else 1.0
     ratio = args.ratio if args.ratio is not None else args.w
     for name, value in (("--ratio", ratio), ("--d", args.d), ("--r", args.r)):
         if value is not None and not 0 < value <= 100:
@@ -41,15 +45,20 @@ def run(args: argparse.Namespace) -> int:
     resolution = args.resolution
     if resolution is None and args.r is not None:
         resolution = scale_resolution(arch.ir().params.get("resolution", arch.resolution), args.r)
-    cost = arch.count(widths, depth=args.d, resolution=resolution, per_layer=True)
+    cost = arch.count(widths, depth=args.d, resolution=resolution, per_layer=args.json or not args.no_layers)
     if args.json:
         print_json({
             "arch": arch.name, "policy": arch.policy.name, "params": cost.params, "macs": cost.macs,
             "flops": cost.flops, "resolution": cost.resolution, "depth_mult": args.d,
             "widths": cost.widths, "searchable": arch.searchable, "convention": CONVENTION,
             "layers": [vars(r) for r in cost.layers],
+            **({"bundle": bundle.manifest} if bundle is not None else {}),
         })
         return 0
+    if bundle is not None:
+        from pyns.cli.export import manifest_lines
+
+        print("\n".join(manifest_lines(bundle.manifest, str(args.arch))))
     print(f"{arch.name}  resolution {cost.resolution}x{cost.resolution}  policy {arch.policy.name}"
           + (f"  depth x{args.d}" if args.d != 1.0 else ""))
     if not args.no_layers:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
 from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
 from pyns.errors import PynsError
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.runfiles import load_config
     from pyns.scaling.budget import parse_budget
 
+    check_out_folder(args.out)  # before loading data and training, not after
     saved = load_config(args.out, CONFIG_FILE) if args.resume else None
     if saved is not None and saved.get("kind") != RUN_KIND:
         raise PynsError(f"{args.out} holds a run of another kind ({saved.get('kind')!r}), not a descent run")
@@ -69,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if line.startswith("pyns:") else sys.stdout, flush=True)
 
     try:
-        result = descent(arch, train_set, config, args.out, device=args.device, resume=args.resume,
-                         progress=not args.quiet, log=log)
+        with warnings.catch_warnings():
+            from pyns.scaling.profile import ScalingWarning
+
+            # `log` prints every warning as it happens (`pyns: warning: iteration N: ...`); Python's
+            # own copy of it would only repeat it.
+            warnings.simplefilter("ignore", ScalingWarning)
+            result = descent(arch, train_set, config, args.out, device=args.device, resume=args.resume,
+                             progress=not args.quiet, log=log)
     except KeyboardInterrupt:
         print(f"pyns: progress is saved in {args.out}; continue with the same command and --resume",
               file=sys.stderr)
@@ -86,5 +94,9 @@ def run(args: argparse.Namespace) -> int:
                                                  for it in result.iterations))
     print(f"{'change':<{name_w}}  " + "  ".join(f"{'-' if it.change is None else f'{100 * it.change:.1f}%':>6}"
                                               for it in result.iterations))
-    print(f"profile: {result.out_dir / 'profile.json'}")
+    print(f"profile: {result.out_dir / 'profile.json'}"
+          + (" (a uniform fallback: too few recorded points to fit power laws)" if result.profile.fallback else ""))
+    if result.warnings:
+        print(f"{len(result.warnings)} warning(s), printed above as `pyns: warning:` and kept per iteration in "
+              f"{result.out_dir / 'summary.jsonl'}")
     return 0

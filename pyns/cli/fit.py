@@ -25,8 +25,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pyns.cli.common import check_out_file
     from pyns.neuralscale.prune.runfolder import fit_run  # torch: only when the command runs
 
+    run_dir = Path(args.run_dir)
+    check_out_file(args.out if args.out is not None else run_dir / PROFILE_FILE if os.path.isdir(run_dir) else None)
     path, notes = fit_run(args.run_dir, args.out, metric=args.metric)
     for note in notes:
         print(f"pyns: warning: {note}", file=sys.stderr)

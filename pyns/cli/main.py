@@ -15,7 +15,7 @@ from pyns.errors import PynsError
 
 # Subcommand modules, in the order `pyns --help` lists them. A module that is missing (an optional
 # part not installed) is skipped rather than breaking the whole CLI.
-COMMANDS = ("count", "scale", "prune", "fit", "plot", "descent", "train", "sweep", "tiny")
+COMMANDS = ("count", "scale", "prune", "fit", "plot", "descent", "train", "sweep", "tiny", "export")
 
 
 class _Parser(argparse.ArgumentParser):

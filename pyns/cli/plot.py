@@ -8,6 +8,7 @@ kinds (architecture descent, TinyNet sampling) register their own entries with `
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyns.cli.common import check_out_file, check_out_folder
+
+    if args.out is not None and os.path.isdir(args.out):
+        check_out_folder(args.out)  # a tiny sample's figures may go into a folder
+    else:
+        check_out_file(args.out)
     for path in plot_run(args.run_dir, args.out):
         print(f"figure: {path}")
     return 0

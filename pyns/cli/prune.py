@@ -1,16 +1,20 @@
 """`pyns prune ARCH --data NAME --out RUN_DIR`: NeuralScale's iterative Taylor-FO pruning (Algorithm 1).
 
 Pre-trains, prunes with physical shrinking, writes the trajectory into RUN_DIR, then fits the scaling
-profile (RUN_DIR/profile.json) and prints its path. Every SPEC §5 number is an option with the paper's
-default (TinyImageNet gets its batch 100 and Q = 100 unless told otherwise).
+profile (RUN_DIR/profile.json) and prints its path. Every number of the paper's Algorithm 1 is an option
+with the paper's default (TinyImageNet gets its batch 100 and Q = 100 unless told otherwise), except units
+per step and Q, which unset are derived from the network and the data set (pyns.neuralscale.prune.defaults).
+The effective values are printed before training starts, with a warning when the run cannot record the
+points a profile fit needs.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
-from pyns.cli.common import add_arch_options, human, parse_assignments
+from pyns.cli.common import add_arch_options, check_out_folder, human, parse_assignments
 from pyns.cli.run_options import add_run_options, add_schedule_options, load_arch_and_data, schedule_overrides
 from pyns.errors import PynsError, RunError
 
@@ -47,11 +51,24 @@ def _saved_config(args: argparse.Namespace) -> dict[str, Any] | None:
     return saved
 
 
+def print_schedule(arch, config, widths, num_samples: int, prefix: str = "") -> None:
+    """The effective units per step and Q (and where they came from), and the warning of a run that
+    cannot record enough points for a fit: before any training."""
+    from pyns.neuralscale.prune.defaults import plan_schedule
+
+    plan = plan_schedule(arch, config, arch.widths(widths), num_samples)
+    for line in plan.lines():
+        print(prefix + line, flush=True)
+    for note in plan.warnings:
+        print(f"pyns: warning: {prefix}{note}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from pyns.neuralscale.prune.run import prune
     from pyns.neuralscale.prune.runfolder import TRAJECTORY_FILE
     from pyns.neuralscale.prune.schedule import PruneConfig
 
+    check_out_folder(args.out)  # before loading data and training, not after
     saved = _saved_config(args)
     saved_data = (saved or {}).get("data", {})
     data_options = parse_assignments(args.data_options, "--data-option")
@@ -63,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = schedule_overrides(args)
     if saved is not None:
         # Resuming: what the command line leaves out is what the run was started with; what it states
-        # is compared with the saved config (a difference is refused by `prune`).
-        config = PruneConfig.from_dict({**saved.get("prune", {}), **overrides})
+        # is compared with the saved config (a difference is refused by `prune`). Derived values are
+        # derived again (to the same numbers), so config.json keeps saying where they came from.
+        rederive = {name: None for name in saved.get("schedule", {}).get("derived", {})}
+        config = PruneConfig.from_dict({**saved.get("prune", {}), **rederive, **overrides})
     else:
         config = PruneConfig.for_dataset(args.data, **overrides)
 
@@ -78,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
     mode = args.mode or (saved or {}).get("mode", "shrink")
     data = {"name": train_set.name, "root": root, "options": data_options, "num_samples": len(train_set),
             "num_classes": train_set.num_classes}
+    print_schedule(arch, config, widths, len(train_set))
     try:
-        result = prune(arch, train_set, config, args.out, mode=mode, device=args.device,
-                       resume=args.resume, widths=widths, data=data, progress=not args.quiet)
+        with warnings.catch_warnings():
+            from pyns.neuralscale.prune.defaults import ScheduleWarning
+
+            warnings.simplefilter("ignore", ScheduleWarning)  # printed above, before training
+            result = prune(arch, train_set, config, args.out, mode=mode, device=args.device,
+                           resume=args.resume, widths=widths, data=data, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"pyns: the last checkpoint is in {args.out}; continue with the same command and --resume",
               file=sys.stderr)

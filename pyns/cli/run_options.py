@@ -28,7 +28,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def add_schedule_options(p: argparse.ArgumentParser) -> None:
     """Every Algorithm 1 number as an option (unset = the paper's default)."""
-    sched = p.add_argument_group("schedule (SPEC §5 defaults)")
+    sched = p.add_argument_group("schedule (the paper's defaults; units and Q derived when unset)")
     sched.add_argument("--warmup", type=int, metavar="P", help="pre-training epochs (10)")
     sched.add_argument("--warmup-lr", type=float, metavar="LR", help="pre-training learning rate (0.1)")
     sched.add_argument("--lr", type=float, metavar="LR", help="learning rate when pruning starts (0.01)")
@@ -37,8 +37,12 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     sched.add_argument("--momentum", type=float, help="SGD momentum (0.5)")
     sched.add_argument("--weight-decay", type=float, metavar="WD", help="SGD weight decay (5e-4)")
     sched.add_argument("--batch-size", type=int, metavar="B", help="minibatch size (256; 100 on TinyImageNet)")
-    sched.add_argument("--every", type=int, metavar="Q", help="minibatches per prune step (50; 100 on TinyImageNet)")
-    sched.add_argument("--units", type=int, metavar="K", help="units removed per prune step (10)")
+    sched.add_argument("--every", type=int, metavar="Q",
+                       help="minibatches per prune step (the paper's 50, 100 on TinyImageNet; at most one "
+                            "epoch when unset)")
+    sched.add_argument("--units", type=int, metavar="K",
+                       help="units removed per prune step (default: 1%% of the network's prunable units, "
+                            "between 1 and the paper's 10)")
     sched.add_argument("--stop-fraction", type=float, metavar="F", help="stop when this fraction of the filters is gone (0.95)")
     sched.add_argument("--min-width", type=int, metavar="N", help="no width drops below N (1)")
     sched.add_argument("--skip-at-min-width", action="store_true",

@@ -5,7 +5,8 @@ import argparse
 import sys
 import warnings
 
-from pyns.cli.common import (add_arch_options, arch_from_args, human, parse_assignments, print_json)
+from pyns.cli.common import (add_arch_options, arch_from_args, check_out_file, human, parse_assignments,
+                              print_json)
 from pyns.errors import BudgetError
 from pyns.policies import scale_resolution
 from pyns.scaling.budget import parse_budget
@@ -21,7 +22,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "scale", help="widths for a params / MACs budget",
         description="Find the widths that best use a budget: the largest network on the method's family whose "
-                    "cost does not exceed it (--nearest: the closest from either side). Budgets: 580000, "
+                    "cost does not exceed it (--nearest: the closest from either side), then fill what its "
+                    "steps leave by adding single channels (--no-fill: skip that). Budgets: 580000, "
                     "580k, 0.58M, 1.2G, or 0.25x (a fraction of the default network's cost). "
                     "Methods: uniform (one multiplier on every searchable width; the default without a "
                     "profile), profile (NeuralScale power laws from `pyns fit`), from-config (scale a given "
@@ -43,6 +45,10 @@ def register(sub) -> None:
                    help="the configuration the from-config method scales, e.g. c1=32,c2=60 (others: defaults)")
     p.add_argument("--nearest", action="store_true",
                    help="allow the closest network from either side of the budget (default: never over it)")
+    p.add_argument("--no-fill", action="store_true",
+                   help="keep the family solution: do not add single channels to use what the family's "
+                        "steps leave of the budget (with --width-ratio and the uniform method there is "
+                        "nothing to fill: the answer is the uniform xR network itself)")
     p.add_argument("--d", type=float, default=1.0, metavar="D", help="depth multiplier on every repeat count")
     p.add_argument("--r", type=float, metavar="R", help="resolution multiplier: int(resolution * R)")
     p.add_argument("--resolution", type=int, metavar="N", help="input resolution in pixels (overrides --r)")
@@ -72,6 +78,7 @@ def _budgets(args: argparse.Namespace, arch, depth: float, resolution: int | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_file(args.out)
     arch = arch_from_args(args)
     for name, value in (("--d", args.d), ("--r", args.r)):
         if value is not None and not 0 < value <= 100:
@@ -81,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
         resolution = scale_resolution(arch.ir().params.get("resolution", arch.resolution), args.r)
     params, macs, given_as = _budgets(args, arch, args.d, resolution)
     config = parse_assignments(args.config, "--config") or None
+    # --width-ratio R with the uniform method asks for the uniform xR network (the paper's baseline): a
+    # pure multiplier, never filled. With a profile it is a budget like any other.
+    uniform = args.method == "uniform" or (args.method is None and args.profile is None and not config)
+    fill = not args.no_fill and not (args.width_ratio is not None and uniform)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ScalingWarning)
         result = solve_budget(arch, params, macs, method=args.method, profile=args.profile, config=config,
-                              nearest=args.nearest, depth=args.d, resolution=resolution)
+                              nearest=args.nearest, depth=args.d, resolution=resolution, fill=fill)
     notes = list(result.warnings)
     notes += [str(w.message) for w in caught if str(w.message) not in notes]
     if result.method == "uniform" and args.profile is None and args.method is None:
@@ -118,16 +129,29 @@ def _print(arch, result, given_as: str) -> None:
     budget = " and ".join(f"{k} <= {int(v):,} ({human(v)})" for k, v in result.budget.items() if v is not None)
     print(f"budget: {budget}" + (f"  [{given_as}]" if given_as else ""))
     defaults = arch.defaults
+    family = result.family
     names = [s for s in result.widths if s in arch.searchable]
     name_w = max([len(s) for s in names] + [6])
-    print(f"{'symbol':<{name_w}}  {'default':>7}     {'new':>6}")
+    filled = result.filled
+    print(f"{'symbol':<{name_w}}  {'default':>7}     {'new':>6}" + ("  (family)" if filled else ""))
     for s in names:
-        print(f"{s:<{name_w}}  {defaults[s]:>7}  -> {result.widths[s]:>6}")
+        print(f"{s:<{name_w}}  {defaults[s]:>7}  -> {result.widths[s]:>6}"
+              + (f"  ({family.widths[s]})" if filled else ""))
     print(f"params: {result.params:,} ({human(result.params)})")
     print(f"MACs:   {result.macs:,} ({human(result.macs)})   FLOPs: {result.flops:,} ({human(result.flops)})")
     side = "under budget" if result.gap_percent <= 0 else "over budget"
     print(f"gap:    {result.gap_percent:+.3f}% in {result.metric} ({side})")
     how = "bisection on a proven-monotone cost" if result.certified else "exhaustive scan of the family"
-    print(f"{result.scalar_name} = {result.scalar:.6g}  (exact on integer widths: {how}, "
-          f"{result.evaluations} evaluations)")
+    print(f"family: params {family.params:,}, MACs {family.macs:,}, gap {family.gap_percent:+.3f}% in "
+          f"{family.metric}; {result.scalar_name} = {result.scalar:.6g} (the largest network of the "
+          f"{result.method} family within budget: {how}, {result.evaluations} evaluations)"
+          if not result.nearest else
+          f"family: params {family.params:,}, MACs {family.macs:,}, gap {family.gap_percent:+.3f}% in "
+          f"{family.metric}; {result.scalar_name} = {result.scalar:.6g} (the {result.method} family's "
+          f"closest network: {how}, {result.evaluations} evaluations)")
+    if filled:
+        added = sum(result.widths[s] - family.widths[s] for s in result.widths)
+        print(f"fill:   +{added} channels in {result.fill_moves} moves"
+              + (" (no single channel fits in what is left)" if not result.fill_moves else "")
+              + "; --no-fill keeps the family solution")
     print(f"({CONVENTION})")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pyns.cli.common import add_arch_options, add_data_options, parse_assignments, print_json
+from pyns.cli.common import add_arch_options, add_data_options, check_out_folder, parse_assignments, print_json
 from pyns.errors import PynsError, RunError
 
 
@@ -40,6 +40,10 @@ def register(sub) -> None:
     source.add_argument("--profile", metavar="FILE", help="a profile for neuralscale (overrides --descent's)")
     source.add_argument("--trajectory", metavar="PATH", help="a trajectory.jsonl or prune run folder for morphnet "
                                                              "(overrides --descent's iter-00)")
+    source.add_argument("--allow-fallback", action="store_true",
+                        help="train neuralscale cells even when the profile fell back to uniform scaling (too few "
+                             "trajectory points); they are then uniform networks, marked so in the table. "
+                             "Without it such a profile is refused")
     source.add_argument("--morphnet-fraction", type=float, default=0.5, metavar="F",
                         help="take the MorphNet configuration where this fraction of the filters remains (0.5)")
     recipe = p.add_argument_group("recipe of every cell (SPEC §5 defaults)")
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from pyns.sweep.plan import SweepConfig, parse_ratios
     from pyns.train.run import ArchSpec, DataSpec
 
+    check_out_folder(args.out)  # before loading data and training, not after
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     profile, trajectory = _sources(args, methods)
     device = device_from_args(args.device)
@@ -118,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
         ratios=parse_ratios(args.width_ratios), methods=methods, seeds=_seeds(args.seeds), metric=args.metric,
         profile=profile, trajectory=trajectory,
         morphnet_fraction=args.morphnet_fraction, li_epochs=args.li_epochs, li_lr=args.li_lr,
-        augment=not args.no_augment, device=None if device is None else str(device))
+        augment=not args.no_augment, device=None if device is None else str(device),
+        allow_fallback=args.allow_fallback)
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    # Warnings are printed even with --quiet: they say what the table's numbers mean.
+    warn = lambda line: print(f"pyns: warning: {line}", file=sys.stderr, flush=True)  # noqa: E731
     result = run_sweep(config, args.out, executor=args.executor, ray_address=args.ray_address,
-                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say)
+                       ray_cpus_per_cell=args.ray_cpus, ray_gpus_per_cell=args.ray_gpus, say=say, warn=warn)
     if args.json:
         print_json(result.rows)
         return 0

@@ -12,9 +12,11 @@ and fit, and a first word that names none of them is taken as the ARCH of `solve
 from __future__ import annotations
 
 import argparse
+import os
 import math
+from pathlib import Path
 
-from pyns.cli.common import add_arch_options, arch_from_args, human, print_json
+from pyns.cli.common import add_arch_options, arch_from_args, check_out_file, check_out_folder, human, print_json
 from pyns.errors import PynsError
 
 CONVENTION = ("params = trainable parameters; MACs = multiply-accumulates of conv/linear layers at batch 1 "
@@ -88,9 +90,11 @@ def _register_solve(tiny_sub) -> None:
                     "network; the shipped formula is fitted on the five released TinyNets), then the largest "
                     "width whose network fits, solved exactly on the real network; the paper's closed form "
                     "w = sqrt(c / (r^2 d)) is shown beside it. Baselines: giant (inverse EfficientNet compound "
-                    "scaling d = 1.2^phi, w = 1.1^phi, r = 1.15^phi with continuous phi), r, d, w (one "
+                    "scaling d = 1.2^phi, w = 1.1^phi, r = 1.15^phi with continuous phi; the paper's "
+                    "EfficientNet-B^-1..B^-4 are giant at 200M, 100M, 50M, 25M MACs), r, d, w (one "
                     "dimension alone). Policy: TinyNet's (depth round, stem fixed, head floor) for tiny/r/d/w, "
-                    "EfficientNet's (depth ceil, stem and head scaled) for giant, unless --policy is given. "
+                    "efficientnet_round (EfficientNet's widths, stem and head scaled, depth round as in the "
+                    "TinyNet code) for giant, unless --policy is given. "
                     + CONVENTION + ".")
     add_arch_options(p)
     budget = p.add_mutually_exclusive_group(required=True)
@@ -111,6 +115,7 @@ def _register_solve(tiny_sub) -> None:
 def run_solve(args: argparse.Namespace) -> int:
     from pyns.tinynet.solve import solve_tiny, write_resolved_tiny
 
+    check_out_file(args.out)
     arch = arch_from_args(args)
     if args.formula is not None and args.method != "tiny":
         raise PynsError(f"--formula is only used by the tiny method, not {args.method}")
@@ -154,7 +159,11 @@ def _print_solve(res, *, show_flops: bool) -> None:
         width_line += f";  closed form sqrt(c/(r^2 d)) = {res.closed_form_w:.4f}"
     print(width_line)
     if res.phi is not None:
-        print(f"phi = {res.phi:.4f}  (EfficientNet-B-k is phi = -k)")
+        from pyns.tinynet.solve import B_MINUS_MACS
+
+        budgets = ", ".join(f"{m // 1_000_000}M" for m in B_MINUS_MACS.values())
+        print(f"phi = {res.phi:.4f}  (the largest compound-scaling phi within the budget; the paper's "
+              f"EfficientNet-B^-1..B^-4 are this method at {budgets} MACs, not phi = -k)")
     print("widths: " + ", ".join(f"{k}={v}" for k, v in res.widths.items() if k in res.searchable))
     print(f"params: {res.params:,} ({human(res.params)})")
     flops = f"   FLOPs: {res.flops:,} ({human(res.flops)})" if show_flops else ""
@@ -206,6 +215,7 @@ def _register_sample(tiny_sub) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     from pyns.tinynet.sample import sample_tiny
 
+    check_out_folder(args.out)
     arch = arch_from_args(args)
     results = sample_tiny(arch, args.out, data=args.data, root=args.root, n=args.n,
                           value_range=_pair(args.range, "--range"), band=_pair(args.budget, "--budget"),
@@ -245,6 +255,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if not 0 < args.fraction <= 1:
         raise PynsError(f"--fraction must be in (0, 1], got {args.fraction}")
+    run_dir = Path(args.run_dir)
+    if os.path.isdir(run_dir):  # fit.json, the figures and (by default) formula.json go into it
+        check_out_folder(run_dir)
+    check_out_file(args.out if args.out is not None else run_dir / "formula.json" if os.path.isdir(run_dir) else None)
     report = fit_sample_dir(args.run_dir, args.out, fraction=args.fraction, accuracy=args.accuracy)
     if not args.no_plots:
         from pyns.tinynet.plots import plot_tiny_dir

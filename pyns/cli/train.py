@@ -16,11 +16,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pyns.cli.common import add_arch_options, add_data_options, human, parse_assignments, print_json
+from pyns.cli.common import add_arch_options, add_data_options, check_out_folder, human, parse_assignments, print_json
 from pyns.data.names import canonical_name
 from pyns.errors import PynsError, RunError
-
-RUN_FILE = "run.json"  # what was trained (arch, widths, data): lets --resume find the widths again
 
 
 def register(sub) -> None:
@@ -134,6 +132,7 @@ def choose_widths(arch, args: argparse.Namespace) -> tuple[dict[str, int], dict[
 def _saved_widths(args: argparse.Namespace, arch, widths: dict[str, int], how: dict[str, Any]) -> dict[str, int]:
     """On --resume, the widths of the run being continued (and a refusal if the options say otherwise)."""
     from pyns.runfiles import load_config
+    from pyns.train.run import RUN_FILE
 
     saved = load_config(args.out, RUN_FILE) if args.resume else None
     if saved is None:
@@ -152,9 +151,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pyns.data.arrays import derive_seed
     from pyns.train.distributed import cleanup_distributed, distributed_context
-    from pyns.runfiles import atomic_write_json
-    from pyns.train.run import ArchSpec, DataSpec, run_training
+    from pyns.runfiles import atomic_write_json, atomic_write_text
+    from pyns.runlock import lock_folder
+    from pyns.safewrite import make_folder
+    from pyns.train.run import ARCH_FILE, RUN_FILE, ArchSpec, DataSpec, run_training
 
+    check_out_folder(args.out)  # before loading data and training, not after
     arch_spec = ArchSpec(args.arch, parse_assignments(args.sets, "--set"), args.variant, args.policy)
     data = DataSpec(args.data, args.root, parse_assignments(args.data_options, "--data-option"))
     arch, train_set, test_set = arch_spec.load_for(data)
@@ -164,29 +166,41 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args.device)
     main = distributed_context().is_main
 
-    torch.manual_seed(derive_seed(recipe.seed, "train-init"))  # same initial weights on every rank
-    model = arch.build(widths)
-    if not args.resume:
-        # A finished run is refused unless --overwrite, before run.json is written over it. Every rank
-        # checks (a rank that stopped alone would leave the others waiting for it forever).
-        from pyns.train.loop import CHECKPOINT_FILE
-
-        if (Path(args.out) / CHECKPOINT_FILE).exists() and not args.overwrite:
-            raise RunError(f"{args.out} already holds a training run",
-                           hint="pass --resume to continue it, --overwrite to start over, or choose another --out")
-    if main and not args.resume:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(args.out) / RUN_FILE, {"arch": arch.name, "widths": widths, "how": how,
-                                                      "data": {"name": data.name, "root": data.root,
-                                                               "options": data.options}})
-    info = {"how": how, "data": {"name": train_set.name, "root": data.root, "options": data.options,
-                                 "train_samples": len(train_set), "test_samples": len(test_set)}}
+    # The folder is this process's from before run.json is written to the end of training: a second
+    # `pyns train` on it stops here (RunBusy names this process) instead of mixing two runs.
+    lock = lock_folder(make_folder(args.out)) if main else None
     try:
-        record = run_training(arch, model, train_set, test_set, recipe, args.out, resume=args.resume,
-                              overwrite=args.overwrite, device=device, augment=not args.no_augment, info=info,
-                              latency=not args.no_latency, progress=not args.quiet)
+        torch.manual_seed(derive_seed(recipe.seed, "train-init"))  # same initial weights on every rank
+        model = arch.build(widths)
+        if not args.resume:
+            # A finished run is refused unless --overwrite, before run.json is written over it. Every rank
+            # checks (a rank that stopped alone would leave the others waiting for it forever).
+            from pyns.train.loop import CHECKPOINT_FILE
+
+            if (Path(args.out) / CHECKPOINT_FILE).exists() and not args.overwrite:
+                raise RunError(f"{args.out} already holds a training run",
+                               hint="pass --resume to continue it, --overwrite to start over, or choose another --out")
+        if main and not args.resume:
+            make_folder(args.out)
+            # The source text and its settings make the folder self-contained (`pyns export RUN_DIR` rebuilds it).
+            atomic_write_text(Path(args.out) / ARCH_FILE, arch.source.text)
+            atomic_write_json(Path(args.out) / RUN_FILE, {"arch": arch.name, "widths": widths, "how": how,
+                                                          "source": {"file": arch.source.filename,
+                                                                     "variant": arch.variant, "params": arch.params,
+                                                                     "policy": arch.policy.name},
+                                                          "data": {"name": data.name, "root": data.root,
+                                                                   "options": data.options}})
+        info = {"how": how, "data": {"name": train_set.name, "root": data.root, "options": data.options,
+                                     "train_samples": len(train_set), "test_samples": len(test_set)}}
+        try:
+            record = run_training(arch, model, train_set, test_set, recipe, args.out, resume=args.resume,
+                                  overwrite=args.overwrite, device=device, augment=not args.no_augment, info=info,
+                                  latency=not args.no_latency, progress=not args.quiet)
+        finally:
+            cleanup_distributed()
     finally:
-        cleanup_distributed()
+        if lock is not None:
+            lock.release()
     if record is None:  # a rank other than 0 under torchrun
         return 0
     if args.json:

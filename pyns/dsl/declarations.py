@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import lark
 
 from pyns.dsl.parser import parse, source_pos
+from pyns.dsl.source import strip_bom
 from pyns.errors import DSLError, SourcePos
+from pyns.policies import POLICIES
 
 # Parameters every network has, whether or not its header names them.
 STANDARD_PARAMS = {"resolution": 224, "in_channels": 3, "classes": 1000}
@@ -24,6 +26,7 @@ class BlockDef:
     defaults: dict[str, lark.Tree]
     body: list[lark.Tree]
     pos: SourcePos
+    param_pos: dict[str, SourcePos] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,11 +53,16 @@ class ArchSource:
     blocks: dict[str, BlockDef] = field(default_factory=dict)
     body: list[lark.Tree] | None = None
     body_pos: SourcePos | None = None
+    _lines: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def pos(self, meta) -> SourcePos:
+        """The position of a parse-tree node or token. Every IR node records one, so the source is split
+        into lines once, not once per layer."""
         line = getattr(meta, "line", 1) or 1
         column = getattr(meta, "column", 1) or 1
-        return source_pos(self.text, self.filename, line, column)
+        if self._lines is None:
+            self._lines = self.text.split("\n")  # '\n' only, as the parser counts lines
+        return SourcePos(self.filename, line, column, self._lines[line - 1] if line <= len(self._lines) else "")
 
 
 def suggest(name: str, candidates) -> str:
@@ -72,6 +80,7 @@ def _params(src_text: str, tree: lark.Tree | None) -> list[tuple[str, lark.Tree,
 
 
 def collect(text: str, filename: str = "<string>") -> ArchSource:
+    text = strip_bom(text)
     tree = parse(text, filename)
     header = tree.children[0]
     name = str(header.children[0])
@@ -110,7 +119,6 @@ def collect(text: str, filename: str = "<string>") -> ArchSource:
                 raise DSLError("the policy is set twice", pos=src.pos(item.meta))
             policy_seen = True
             src.policy = str(item.children[0])
-            from pyns.policies import POLICIES  # local: policies import nothing from the DSL
             if src.policy not in POLICIES:
                 raise DSLError(f"unknown policy `{src.policy}`; choose one of {', '.join(POLICIES)}",
                                pos=src.pos(item.meta))
@@ -135,16 +143,17 @@ def collect(text: str, filename: str = "<string>") -> ArchSource:
                 src.widths.append(WidthDecl(wname, w.children[1], True, tuple(roles), pos, minimum))
         elif kind == "fixed_decl":
             fname = str(item.children[0])
-            pos = define(fname, item.meta, "width symbol")
+            pos = define(fname, item.children[0], "width symbol")
             src.widths.append(WidthDecl(fname, item.children[1], False, (), pos))
         elif kind == "let_decl":
             lname = str(item.children[0])
-            pos = define(lname, item.meta, "name")
+            pos = define(lname, item.children[0], "name")
             src.lets.append((lname, item.children[1], pos))
         elif kind == "block_def":
             bname = str(item.children[0])
-            pos = define(bname, item.meta, "block")
+            pos = define(bname, item.children[0], "block")
             params: list[str] = []
+            param_pos: dict[str, SourcePos] = {}
             defaults: dict[str, lark.Tree] = {}
             body = []
             for child in item.children[1:]:
@@ -154,11 +163,12 @@ def collect(text: str, filename: str = "<string>") -> ArchSource:
                         raise DSLError(f"block `{bname}` has two parameters named `{pname}`",
                                        pos=src.pos(child.meta))
                     params.append(pname)
+                    param_pos[pname] = src.pos(child.children[0])
                     if len(child.children) > 1:
                         defaults[pname] = child.children[1]
                 elif isinstance(child, lark.Tree):
                     body.append(child)
-            src.blocks[bname] = BlockDef(bname, params, defaults, body, pos)
+            src.blocks[bname] = BlockDef(bname, params, defaults, body, pos, param_pos)
         elif kind == "body":
             if src.body is not None:
                 raise DSLError("the network has two `body` sections", pos=src.pos(item.meta))

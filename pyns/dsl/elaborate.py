@@ -12,27 +12,15 @@ from dataclasses import dataclass, field
 import lark
 
 from pyns import ir
+from pyns.dsl.context import ACTIVATIONS, SHORTCUTS, Flag, Namer, State, Word
 from pyns.dsl.declarations import STANDARD_PARAMS, ArchSource, BlockDef, suggest
-from pyns.dsl.expr import FUNCTIONS, Const, Expr, ExprError, Number, Sym, evaluate, is_integral, op, to_source
-from pyns.errors import DSLError
+from pyns.dsl.expr import FUNCTIONS, Const, Expr, ExprError, Memo, Number, Op, Sym, op, to_source
+from pyns.dsl.layers import make_layer
+from pyns.dsl.limits import (MAX_EXPR_DEPTH, MAX_EXPR_NODES, MAX_NESTING, MAX_NUMBER, MAX_REPEAT,
+                             MAX_RESOLUTION, MAX_WIDTH, Budget, nesting_message)
+from pyns.dsl.names import check_declarations
+from pyns.errors import DSLError, SourcePos, shorten
 from pyns.policies import ScalingPolicy, get_policy
-
-# Guards that turn absurd inputs into errors instead of hangs or memory blow-ups.
-MAX_REPEAT = 1000        # deepest real CNNs repeat a block ~50 times per stage
-MAX_LAYERS = 20_000      # ~100x ResNet-152's layer count
-MAX_WIDTH = 1 << 20      # a million channels: far past any real layer
-MAX_RESOLUTION = 16_384  # beyond gigapixel inputs
-MAX_CALL_DEPTH = 64      # nested block calls; deeper means recursion
-
-ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "sigmoid", "gelu", "tanh")
-SHORTCUTS = ("identity", "conv", "conv_bn", "none")
-
-
-@dataclass(frozen=True)
-class Word:
-    """A bare name passed where a keyword is expected (`act = swish`), carried through block params."""
-
-    name: str
 
 
 # layer -> (positional parameter names, defaults, parameters that take words)
@@ -81,24 +69,8 @@ class _Scope:
         return out | self.parent.names() if self.parent else out
 
 
-@dataclass
-class _State:
-    ch: Expr | None
-    hw: tuple[int, int] | None
-    first: bool | None = None
-    block_in: Expr | None = None
-
-
-class _Namer:
-    """Readable layer names: `preact3.conv2` — a counter per kind within each block invocation."""
-
-    def __init__(self, prefix: str = ""):
-        self.prefix = prefix
-        self.counts: dict[str, int] = {}
-
-    def __call__(self, kind: str) -> str:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        return f"{self.prefix}{kind}{self.counts[kind]}"
+def _shown(expr: Expr) -> str:
+    return shorten(to_source(expr))
 
 
 class Elaborator:
@@ -106,45 +78,82 @@ class Elaborator:
         self.src = src
         self.settings = settings
         self.policy: ScalingPolicy = get_policy(settings.policy or src.policy)
-        self.layer_count = 0
+        self.budget = Budget(self.error)
+        self.nesting = 0  # bodies being elaborated inside one another (block calls, repeats, residuals)
         self.used: set[str] = set()
         self.call_stack: list[str] = []
+        self.defaults: dict[str, int] = {}
+        self._memo = Memo(self.defaults)  # evaluation at the default widths, filled in by run()
+
+    @property
+    def layer_count(self) -> int:
+        return self.budget.layers
 
     # ---- errors and expressions -------------------------------------------------------------
+    def pos(self, meta) -> SourcePos:
+        return self.src.pos(meta)
+
     def error(self, message: str, meta) -> DSLError:
         return DSLError(message, pos=self.src.pos(meta))
 
-    def expr(self, tree, scope: _Scope, state: _State | None) -> Expr:
+    def expr(self, tree, scope: _Scope, state: State | None) -> Expr:
         value = self.value(tree, scope, state)
         if isinstance(value, Word):
             # A bare name that was let through as a keyword (`act = swish`) but is used as a number.
             raise self.error(f"`{value.name}` is not defined" + suggest(value.name, scope.names() | {"in"}),
                              tree.meta)
+        if isinstance(value, Flag):
+            raise self.error(f"`{value.name}` is a boolean, not a number; booleans are only for yes/no "
+                             "settings such as `bias = true`", tree.meta)
         return value
 
-    def value(self, tree, scope: _Scope, state: _State | None):
-        """Evaluate an expression tree to an Expr (or a Word for an undefined bare name, if allowed)."""
+    def value(self, tree, scope: _Scope, state: State | None):
+        """Evaluate an expression tree to an Expr (or a Word for an undefined bare name, if allowed, or a
+        Flag for `true`/`false`)."""
         kind = tree.data
+        self.budget.spend(tree.meta)
         try:
             if kind == "number":
-                text = str(tree.children[0])
-                number = float(text)
-                return Const(int(number) if number.is_integer() and "." not in text and "e" not in text.lower()
-                             else number)
+                return self.number(tree)
             if kind == "var":
                 return self.lookup(str(tree.children[0]), tree, scope, state)
             if kind == "neg":
-                return op("neg", self.expr(tree.children[0], scope, state))
+                return self.bounded(op("neg", self.expr(tree.children[0], scope, state)), tree.meta)
             if kind in ("add", "sub", "mul", "truediv", "floordiv", "mod"):
                 a, b = (self.expr(c, scope, state) for c in tree.children)
-                return op(kind, a, b)
+                return self.bounded(op(kind, a, b), tree.meta)
             if kind == "func":
                 return self.call_function(tree, scope, state)
         except ExprError as err:
             raise self.error(f"cannot evaluate this expression: {err}", tree.meta) from None
         raise self.error(f"unexpected expression `{kind}`", tree.meta)
 
-    def lookup(self, name: str, tree, scope: _Scope, state: _State | None):
+    def number(self, tree) -> Const:
+        text = str(tree.children[0])
+        number = float(text)
+        if not math.isfinite(number) or abs(number) > MAX_NUMBER:
+            raise self.error(f"the number {shorten(text, 40)} is too large (limit 2**62)", tree.meta)
+        return Const(int(number) if number.is_integer() and "." not in text and "e" not in text.lower()
+                     else number)
+
+    def bounded(self, expr: Expr, meta) -> Expr:
+        """`expr`, unless it is too deep or large to evaluate safely (it can grow without bound through
+        `let`s and through `in` from layer to layer)."""
+        if isinstance(expr, Op) and (expr.depth > MAX_EXPR_DEPTH or expr.size > MAX_EXPR_NODES):
+            grown = (f"deeper than {MAX_EXPR_DEPTH} nested operations" if expr.depth > MAX_EXPR_DEPTH
+                     else f"past {MAX_EXPR_NODES} terms and operations")
+            raise self.error(f"the width expression `{_shown(expr)}` has grown {grown} (built up through "
+                             "`let`s, or through `in` from layer to layer)", meta)
+        return expr
+
+    def at_defaults(self, expr: Expr, meta) -> Number:
+        """The value at the default widths (each distinct node computed once per elaboration)."""
+        try:
+            return self._memo.value(expr)
+        except ExprError as err:
+            raise self.error(f"cannot evaluate `{_shown(expr)}` at the default widths: {err}", meta) from None
+
+    def lookup(self, name: str, tree, scope: _Scope, state: State | None):
         if name == "in":
             if state is None or state.ch is None:
                 raise self.error("`in` (the current channel count) is not available here", tree.meta)
@@ -154,7 +163,7 @@ class Elaborator:
                 raise self.error("`block_in` is only available inside a block", tree.meta)
             return state.block_in
         if name in ("true", "false"):
-            return Const(int(name == "true"))
+            return Flag(name == "true")
         try:
             value = scope.lookup(name)
         except KeyError:
@@ -162,7 +171,7 @@ class Elaborator:
         self.used.add(name)
         return value
 
-    def call_function(self, tree, scope: _Scope, state: _State | None) -> Expr:
+    def call_function(self, tree, scope: _Scope, state: State | None) -> Expr:
         fname = str(tree.children[0])
         args = [c for c in tree.children[1:] if isinstance(c, lark.Tree)]
         if fname == "first":
@@ -170,7 +179,7 @@ class Elaborator:
                 raise self.error("first(a, b) takes two arguments", tree.meta)
             if state is None or state.first is None:
                 raise self.error("first(a, b) is only meaningful inside repeat(...) { }", tree.meta)
-            return self.expr(args[0] if state.first else args[1], scope, state)
+            return self.value(args[0] if state.first else args[1], scope, state)
         if fname not in FUNCTIONS:
             raise self.error(f"unknown function `{fname}`" + suggest(fname, list(FUNCTIONS) + ["first"]),
                              tree.meta)
@@ -178,12 +187,14 @@ class Elaborator:
         if not lo <= len(args) <= hi:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             raise self.error(f"{fname}() takes {want} arguments, got {len(args)}", tree.meta)
-        return op(fname, *(self.expr(a, scope, state) for a in args))
+        return self.bounded(op(fname, *(self.expr(a, scope, state) for a in args)), tree.meta)
 
     def expr_value(self, value, meta) -> Expr:
-        """A bound argument that must be a number/width, not a keyword."""
+        """A bound argument that must be a number/width, not a keyword or a boolean."""
         if isinstance(value, Word):
             raise self.error(f"`{value.name}` is not defined", meta)
+        if isinstance(value, Flag):
+            raise self.error(f"`{value.name}` is a boolean, not a width or a number", meta)
         if isinstance(value, (int, float)):
             return Const(value)
         return value
@@ -191,8 +202,10 @@ class Elaborator:
     def static_int(self, value, what: str, meta, minimum: int = 0) -> int:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = Const(value)
+        if isinstance(value, Flag):
+            raise self.error(f"{what} must be a number, not the boolean `{value.name}`", meta)
         if isinstance(value, Word) or not isinstance(value, Const):
-            shown = value.name if isinstance(value, Word) else to_source(value)
+            shown = value.name if isinstance(value, Word) else _shown(value)
             raise self.error(f"{what} must be a number known before widths are chosen, not `{shown}`", meta)
         if not float(value.value).is_integer():
             raise self.error(f"{what} must be a whole number, got {value.value}", meta)
@@ -201,15 +214,25 @@ class Elaborator:
             raise self.error(f"{what} must be at least {minimum}, got {number}", meta)
         return number
 
+    def static_flag(self, value, what: str, meta) -> bool:
+        """A yes/no setting: `true`/`false`, or 1/0."""
+        if isinstance(value, Flag):
+            return value.value
+        number = self.static_int(value, what, meta)
+        if number not in (0, 1):
+            raise self.error(f"{what} is a yes/no setting: write true or false, not {number}", meta)
+        return bool(number)
+
     def check_width(self, expr: Expr, what: str, meta) -> Expr:
         """Widths must be integer-valued, positive and sane at the default widths."""
-        if not is_integral(expr):
-            raise self.error(f"{what} `{to_source(expr)}` may not be a whole number; wrap it in round(), "
-                             "int() or make_divisible()", meta)
         try:
-            value = evaluate(expr, self.defaults)
+            value = self._memo.value(expr)
+            integral = self._memo.integral(expr)
         except ExprError as err:
             raise self.error(f"cannot evaluate {what}: {err}", meta) from None
+        if not integral:
+            raise self.error(f"{what} `{_shown(expr)}` may not be a whole number; wrap it in round(), "
+                             "int() or make_divisible()", meta)
         if value < 1:
             raise self.error(f"{what} is {value} at the default widths; it must be at least 1", meta)
         if value > MAX_WIDTH:
@@ -220,6 +243,7 @@ class Elaborator:
     # ---- top level --------------------------------------------------------------------------
     def run(self) -> ir.Network:
         src, settings = self.src, self.settings
+        check_declarations(src, LAYER_SPECS)
         raw: dict[str, object] = dict(src.params)
         if settings.variant is not None:
             if settings.variant not in src.variants:
@@ -228,25 +252,27 @@ class Elaborator:
             raw.update(src.variants[settings.variant])
         header = _Scope({})
         values: dict[str, Number] = dict(STANDARD_PARAMS)
+        written: dict[str, SourcePos] = {}  # where each parameter's value is written (not for overrides)
         for pname, tree in raw.items():
             values[pname] = self.static_number(self.expr(tree, header, None), pname, tree.meta)
+            written[pname] = self.src.pos(tree.meta)
         for pname, value in settings.params.items():
             if pname not in values:
                 raise DSLError(f"{src.name} has no parameter `{pname}`" + suggest(pname, values)
                                + f" (parameters: {', '.join(sorted(values))})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DSLError(f"parameter `{pname}` must be a finite number, got {value!r}")
             values[pname] = value
-        base_res = int(values["resolution"])
+            written.pop(pname, None)
+        base_res = _header_int(values, "resolution", written, MAX_RESOLUTION)
         resolution = settings.resolution if settings.resolution is not None else base_res
         if not 1 <= resolution <= MAX_RESOLUTION:
             raise DSLError(f"input resolution {resolution} is out of range (1..{MAX_RESOLUTION})")
         values["resolution"] = resolution
-        in_channels = int(values["in_channels"])
-        if not 1 <= in_channels <= MAX_WIDTH:
-            raise DSLError(f"in_channels = {in_channels} is out of range")
+        in_channels = _header_int(values, "in_channels", written, MAX_WIDTH)
         top = _Scope({k: Const(v) for k, v in values.items()})
 
         symbols: list[ir.WidthSymbol] = []
-        self.defaults: dict[str, int] = {}
         for decl in src.widths:
             value = self.expr(decl.value, top, None)
             default = self.static_int(value, f"the default of `{decl.name}`", decl.value.meta, minimum=1)
@@ -265,8 +291,8 @@ class Elaborator:
         for lname, tree, _pos in src.lets:
             top.values[lname] = self.value(tree, top, None)
 
-        state = _State(ch=Const(in_channels), hw=(resolution, resolution))
-        layers = self.statements(src.body, top, state, _Namer())
+        state = State(ch=Const(in_channels), hw=(resolution, resolution))
+        layers = self.statements(src.body, top, state, Namer())
         for sym in symbols:
             if sym.name not in self.used:
                 raise DSLError(f"width symbol `{sym.name}` is declared but never used", pos=sym.pos)
@@ -281,10 +307,11 @@ class Elaborator:
         return value.value
 
     # ---- statements -------------------------------------------------------------------------
-    def statements(self, stmts, scope: _Scope, state: _State, namer: _Namer) -> list[ir.Node]:
+    def statements(self, stmts, scope: _Scope, state: State, namer: Namer) -> list[ir.Node]:
         nodes: list[ir.Node] = []
         for stmt in stmts:
             kind = stmt.data
+            self.budget.spend(stmt.meta)
             if kind == "empty":
                 continue
             if kind == "let_decl":
@@ -335,7 +362,7 @@ class Elaborator:
                 bound[key] = defaults[key]
         return bound
 
-    def call(self, stmt, scope: _Scope, state: _State, namer: _Namer) -> list[ir.Node]:
+    def call(self, stmt, scope: _Scope, state: State, namer: Namer) -> list[ir.Node]:
         name = str(stmt.children[0])
         if name in self.src.blocks:
             return self.call_block(self.src.blocks[name], stmt, scope, state, namer)
@@ -344,15 +371,26 @@ class Elaborator:
             raise self.error(f"unknown layer or block `{name}`" + suggest(name, options), stmt.meta)
         names, defaults, words = LAYER_SPECS[name]
         args = self.bind_args(stmt, names, defaults, words, scope, state, f"`{name}`")
-        self.layer_count += 1
-        if self.layer_count > MAX_LAYERS:
-            raise self.error(f"the network has more than {MAX_LAYERS} layers; is a repeat count too large?",
-                             stmt.meta)
-        from pyns.dsl.layers import make_layer  # the per-layer rules live in their own module
-        return make_layer(self, name, args, state, namer, stmt)
+        self.budget.layer(stmt.meta)
+        try:
+            nodes = make_layer(self, name, args, state, namer, stmt)
+        except ExprError as err:  # a shape rule's own arithmetic (dwconv's multiplier, flatten's product)
+            raise self.error(f"cannot evaluate `{name}`: {err}", stmt.meta) from None
+        if state.ch is not None:
+            self.bounded(state.ch, stmt.meta)
+        return nodes
 
-    def call_block(self, block: BlockDef, stmt, scope, state: _State, namer: _Namer) -> list[ir.Node]:
-        if len(self.call_stack) >= MAX_CALL_DEPTH or block.name in self.call_stack:
+    def enter(self, meta) -> None:
+        """One body deeper (a block call, repeat or residual); `leave` undoes it."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise self.error(nesting_message(), meta)
+
+    def leave(self) -> None:
+        self.nesting -= 1
+
+    def call_block(self, block: BlockDef, stmt, scope, state: State, namer: Namer) -> list[ir.Node]:
+        if block.name in self.call_stack:
             raise self.error(f"block `{block.name}` calls itself (recursion is not allowed)", stmt.meta)
         defaults = {k: v for k, v in block.defaults.items()}
         args = self.bind_args(stmt, block.params, defaults, (), scope, state, f"block `{block.name}`",
@@ -360,11 +398,13 @@ class Elaborator:
         for key, value in list(args.items()):
             if isinstance(value, lark.Tree):  # a default: evaluated in the block's definition scope
                 args[key] = self.value(value, _Scope(dict(args), self.top_scope(scope)), state)
-        inner = _State(ch=state.ch, hw=state.hw, first=state.first, block_in=state.ch)
+        inner = State(ch=state.ch, hw=state.hw, first=state.first, block_in=state.ch)
+        self.enter(stmt.meta)
         self.call_stack.append(block.name)
         nodes = self.statements(block.body, _Scope(dict(args), self.top_scope(scope)), inner,
-                                _Namer(f"{namer(block.name)}."))
+                                Namer(f"{namer(block.name)}."))
         self.call_stack.pop()
+        self.leave()
         state.ch, state.hw = inner.ch, inner.hw
         return nodes
 
@@ -374,7 +414,7 @@ class Elaborator:
             scope = scope.parent
         return scope
 
-    def repeat(self, stmt, scope, state: _State, namer: _Namer) -> list[ir.Node]:
+    def repeat(self, stmt, scope, state: State, namer: Namer) -> list[ir.Node]:
         count_tree = stmt.children[0]
         count = self.static_int(self.expr(count_tree, scope, state), "a repeat count", count_tree.meta, 1)
         if count > MAX_REPEAT:
@@ -386,25 +426,30 @@ class Elaborator:
         nodes: list[ir.Node] = []
         body = [c for c in stmt.children[1:] if isinstance(c, lark.Tree)]
         outer_first = state.first
+        self.enter(stmt.meta)
         for i in range(scaled):
+            self.budget.spend(stmt.meta)  # an empty pass is work too: repeat(1000) { repeat(1000) { } }
             state.first = i == 0
             nodes += self.statements(body, _Scope({}, scope), state, namer)
+        self.leave()
         state.first = outer_first
         return nodes
 
-    def residual(self, stmt, scope, state: _State, namer: _Namer) -> ir.Residual:
+    def residual(self, stmt, scope, state: State, namer: Namer) -> ir.Residual:
         names, defaults, words = RESIDUAL_SPEC
         args = self.bind_args(stmt, names, defaults, words, scope, state, "`residual`")
         mode = args["shortcut"].name if isinstance(args["shortcut"], Word) else str(args["shortcut"])
         if mode not in SHORTCUTS:
             raise self.error(f"unknown shortcut `{mode}`; choose one of {', '.join(SHORTCUTS)}"
                              + suggest(mode, SHORTCUTS), stmt.meta)
-        bias = bool(self.static_int(args["bias"], "bias", stmt.meta))
+        bias = self.static_flag(args["bias"], "bias", stmt.meta)
         if state.hw is None:
             raise self.error("a residual block needs a spatial (conv) input, not a flattened one", stmt.meta)
         in_ch, in_hw = state.ch, state.hw
         body_stmts = [c for c in stmt.children if isinstance(c, lark.Tree) and c.data != "args"]
+        self.enter(stmt.meta)
         body = self.statements(body_stmts, _Scope({}, scope), state, namer)
+        self.leave()
         if state.hw is None:
             raise self.error("a residual body must keep a spatial output (no flatten/linear inside)", stmt.meta)
         out_ch, out_hw = state.ch, state.hw
@@ -419,10 +464,10 @@ class Elaborator:
             if stride != 1:
                 raise self.error(f"identity shortcut, but the body has stride {stride}; "
                                  "use residual(shortcut = conv) or conv_bn", stmt.meta)
-            a, b = evaluate(in_ch, self.defaults), evaluate(out_ch, self.defaults)
+            a, b = self.at_defaults(in_ch, stmt.meta), self.at_defaults(out_ch, stmt.meta)
             if a != b:
-                raise self.error(f"width mismatch at identity add: block input `{to_source(in_ch)}` is {a} "
-                                 f"but the body outputs `{to_source(out_ch)}` = {b}; "
+                raise self.error(f"width mismatch at identity add: block input `{_shown(in_ch)}` is {a} "
+                                 f"but the body outputs `{_shown(out_ch)}` = {b}; "
                                  "use residual(shortcut = conv) for a projection", stmt.meta)
         elif mode in ("conv", "conv_bn"):
             pos = self.src.pos(stmt.meta)
@@ -430,8 +475,21 @@ class Elaborator:
                                     in_hw, out_hw, pos))
             if mode == "conv_bn":
                 shortcut.append(ir.BatchNorm(f"{name}.shortcut.bn", out_ch, True, pos))
+        self.budget.layer(stmt.meta, 1 + len(shortcut))  # the add node and its projection count as layers
         return ir.Residual(name, body, shortcut, "project" if mode.startswith("conv") else mode, in_ch, out_ch,
                            stride, differs if mode != "identity" else Const(0), self.src.pos(stmt.meta))
+
+
+def _header_int(values: dict[str, Number], name: str, written: dict[str, SourcePos], limit: int) -> int:
+    """A header parameter that must be a whole number in 1..limit, reported where its value is written."""
+    value = values[name]
+    pos = written.get(name)
+    if not float(value).is_integer():
+        raise DSLError(f"`{name}` must be a whole number, got {value}", pos=pos)
+    if not 1 <= value <= limit:
+        shown = "input resolution" if name == "resolution" else name
+        raise DSLError(f"{shown} {int(value)} is out of range (1..{limit})", pos=pos)
+    return int(value)
 
 
 def elaborate(src: ArchSource, settings: Settings | None = None) -> ir.Network:

@@ -8,7 +8,7 @@ cost program (pyns.cost.program), and checked statically for integrality (`is_in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
 Number = Union[int, float]
@@ -28,6 +28,14 @@ class Sym:
 class Op:
     op: str
     args: tuple["Expr", ...]
+    # Size (nodes, counting a shared subtree once per use) and depth of the tree, kept as it is built so the
+    # front end can refuse an expression that recursive evaluation could not handle, in O(1) per node.
+    size: int = field(init=False, compare=False, repr=False)
+    depth: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "size", 1 + sum(getattr(a, "size", 1) for a in self.args))
+        object.__setattr__(self, "depth", 1 + max((getattr(a, "depth", 1) for a in self.args), default=0))
 
 
 Expr = Union[Const, Sym, Op]
@@ -101,6 +109,8 @@ def op(name: str, *args: Expr) -> Expr:
     """Build an operator node, folding it to a constant when every argument is constant."""
     if name == "ne" and args[0] == args[1]:
         return Const(0)  # the same symbolic width on both sides: statically equal
+    if name in ("truediv", "floordiv", "mod") and isinstance(args[1], Const) and args[1].value == 0:
+        raise ExprError("division by zero")  # by a literal zero: wrong at every width, so say so now
     if all(isinstance(a, Const) for a in args):
         return Const(apply(name, [a.value for a in args]))  # type: ignore[union-attr]
     return Op(name, tuple(args))
@@ -113,6 +123,45 @@ def evaluate(expr: Expr, env: Mapping[str, Number]) -> Number:
     if isinstance(expr, Sym):
         return env[expr.name]
     return apply(expr.op, [evaluate(a, env) for a in expr.args])
+
+
+def size(expr: Expr) -> int:
+    return expr.size if isinstance(expr, Op) else 1
+
+
+def depth(expr: Expr) -> int:
+    return expr.depth if isinstance(expr, Op) else 1
+
+
+class Memo:
+    """`evaluate` and `is_integral` at one fixed assignment, remembered per node: an expression built from
+    already-seen parts costs O(its new nodes), however often the parts are shared."""
+
+    def __init__(self, env: Mapping[str, Number]):
+        self.env = env
+        self._seen: dict[int, tuple[Expr, Number, bool]] = {}  # id -> (node kept alive, value, integral)
+
+    def _visit(self, expr: Expr) -> tuple[Expr, Number, bool]:
+        if isinstance(expr, Const):
+            return expr, expr.value, float(expr.value).is_integer()
+        if isinstance(expr, Sym):
+            return expr, self.env[expr.name], True
+        hit = self._seen.get(id(expr))
+        if hit is None:
+            parts = [self._visit(a) for a in expr.args]
+            value = apply(expr.op, [p[1] for p in parts])
+            if expr.op in ("add", "sub", "mul", "floordiv", "mod", "neg", "max", "min"):
+                integral = all(p[2] for p in parts)
+            else:
+                integral = expr.op != "truediv" and FUNCTIONS[expr.op][3]
+            hit = self._seen[id(expr)] = (expr, value, integral)
+        return hit
+
+    def value(self, expr: Expr) -> Number:
+        return self._visit(expr)[1]
+
+    def integral(self, expr: Expr) -> bool:
+        return self._visit(expr)[2]
 
 
 def symbols(expr: Expr) -> set[str]:

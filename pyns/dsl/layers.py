@@ -1,13 +1,9 @@
 """The built-in layers of the .arch language: argument checks, shape rules and IR construction."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyns import ir
+from pyns.dsl.context import ACTIVATIONS, LayerContext, Namer, State
 from pyns.dsl.expr import Const, Expr, op
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pyns.dsl.elaborate import Elaborator, _Namer, _State
 
 POOLS = {"maxpool": "max", "avgpool": "avg"}
 
@@ -16,7 +12,7 @@ def _out_size(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1  # floor((H + 2p - k) / s) + 1, SPEC §3
 
 
-def _spatial(el: "Elaborator", state: "_State", what: str, stmt) -> tuple[int, int]:
+def _spatial(el: LayerContext, state: State, what: str, stmt) -> tuple[int, int]:
     if state.hw is None:
         raise el.error(f"`{what}` needs a spatial input, but the input was already flattened", stmt.meta)
     return state.hw
@@ -35,14 +31,14 @@ def _word(value) -> str:
     return getattr(value, "name", value)  # a Word or a plain default string
 
 
-def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: "_Namer", stmt) -> list[ir.Node]:
-    pos = el.src.pos(stmt.meta)
+def make_layer(el: LayerContext, kind: str, args: dict, state: State, namer: Namer, stmt) -> list[ir.Node]:
+    pos = el.pos(stmt.meta)
     meta = stmt.meta
     if kind in ("conv", "dwconv"):
         k = el.static_int(args["k"], "the kernel size", meta, 1)
         s = el.static_int(args["stride"], "the stride", meta, 1)
         p = k // 2 if args["pad"] is None else el.static_int(args["pad"], "the padding", meta, 0)
-        bias = bool(el.static_int(args["bias"], "bias", meta))
+        bias = el.static_flag(args["bias"], "bias", meta)
         in_ch = state.ch
         if kind == "dwconv":
             mult = el.static_int(args["mult"], "the depth multiplier", meta, 1)
@@ -83,7 +79,7 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
         if state.hw is not None:
             raise el.error("`linear` needs a flattened input; add `flatten` (after `gap`) before it", meta)
         out = el.check_width(el.expr_value(args["out"], meta), "the output width", meta)
-        bias = bool(el.static_int(args["bias"], "bias", meta))
+        bias = el.static_flag(args["bias"], "bias", meta)
         node = ir.Linear(namer("linear"), state.ch, out, bias, pos)
         state.ch = out
         return [node]
@@ -103,7 +99,6 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
             reduced = el.expr_value(args["reduced"], meta)
         reduced = el.check_width(reduced, "the squeeze width", meta)
         act, gate = _word(args["act"]), _word(args["gate"])
-        from pyns.dsl.elaborate import ACTIVATIONS
         for what, value in (("act", act), ("gate", gate)):
             if value not in ACTIVATIONS:
                 raise el.error(f"se({what} = {value}): unknown activation; choose one of {', '.join(ACTIVATIONS)}",
@@ -113,9 +108,8 @@ def make_layer(el: "Elaborator", kind: str, args: dict, state: "_State", namer: 
     return [ir.Activation(namer(kind), kind, pos)]
 
 
-def _check_groups(el, in_ch: Expr, out_ch: Expr, groups: Expr, meta) -> None:
-    from pyns.dsl.expr import evaluate
-    g = evaluate(groups, el.defaults)
-    i, o = evaluate(in_ch, el.defaults), evaluate(out_ch, el.defaults)
+def _check_groups(el: LayerContext, in_ch: Expr, out_ch: Expr, groups: Expr, meta) -> None:
+    g = el.at_defaults(groups, meta)
+    i, o = el.at_defaults(in_ch, meta), el.at_defaults(out_ch, meta)
     if g < 1 or i % g or o % g:
         raise el.error(f"groups = {g} must divide both the input width {i} and the output width {o}", meta)

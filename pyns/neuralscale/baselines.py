@@ -65,7 +65,8 @@ LI_FINETUNE_LR = 0.001
 def uniform_baseline(arch, params=None, macs=None, *, depth: float = 1.0,
                      resolution: int | None = None) -> ScaleResult:
     """The uniformly scaled network with the largest multiplier whose cost fits the budget."""
-    return solve_budget(arch, params, macs, method="uniform", depth=depth, resolution=resolution)
+    # The uniform baseline is a pure multiplier (the family solution), not filled channel by channel.
+    return solve_budget(arch, params, macs, method="uniform", depth=depth, resolution=resolution, fill=False)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -12,23 +12,34 @@ Run folder:
     iter-00/ ...         one pruning run each (trajectory.jsonl, checkpoint.pt, ...) + its profile.json
     summary.jsonl        one row per finished iteration: start widths, params, MACs, change vs previous
     profile.json         the latest iteration's profile (the one `pyns scale --profile` / `pyns sweep` use)
+    .pyns-lock           held by the running descent: a second process on the folder is refused
 
 Resume works at the granularity of a pruning step: finished iterations are skipped, the interrupted one
-continues from its own checkpoint.
+continues from its own checkpoint, or starts over when it was interrupted before writing one (during
+its first warm-up epoch); either way the result equals an uninterrupted run's.
+
+Nothing that weakens the result is silent: a pruning schedule that cannot record enough points, a profile
+that falls back to uniform scaling (the next iteration then starts at uniform widths), an extrapolating or
+mismatched solve. Each is passed to `log` as `pyns: warning: iteration N: ...`, issued as a ScalingWarning,
+kept in the iteration's summary row and returned in `DescentResult.warnings`.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pyns.errors import RunError
+from pyns.neuralscale.prune.defaults import ScheduleWarning, plan_schedule
 from pyns.neuralscale.prune.run import prune
-from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, PROFILE_FILE, TRAJECTORY_FILE
+from pyns.neuralscale.prune.runfolder import PROFILE_FILE
 from pyns.neuralscale.prune.schedule import PruneConfig
 from pyns.runfiles import append_jsonl, atomic_write_text, check_config, read_jsonl
+from pyns.runlock import folder_is_empty, lock_folder
+from pyns.safewrite import make_folder
 from pyns.neuralscale.profile import fit_power_law, read_trajectory
 from pyns.scaling.profile import Profile, ScalingWarning
 from pyns.scaling.solve import solve_budget
@@ -69,6 +80,7 @@ class IterationResult:
     change: float | None  # relative L1 change of the start widths vs the previous iteration
     profile_path: str
     stop_reason: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what weakened this iteration (see the module doc)
 
 
 @dataclass
@@ -77,6 +89,7 @@ class DescentResult:
     iterations: list[IterationResult]
     profile: Profile
     stopped_early: bool
+    warnings: list[str] = field(default_factory=list)  # every iteration's warnings, "iteration N: ..."
 
 
 def configuration_change(previous: Mapping[str, int], current: Mapping[str, int]) -> float:
@@ -89,16 +102,30 @@ def iteration_dir(out_dir: Path, iteration: int) -> Path:
     return out_dir / ITERATION_PATTERN.format(iteration)
 
 
-def _start_widths(arch, config: DescentConfig, target: float, profile: Profile | None) -> dict[str, int]:
+def _start_widths(arch, config: DescentConfig, target: float, profile: Profile | None) -> tuple[dict[str, int],
+                                                                                               list[str]]:
+    """(start widths, the solve's warnings: a fallback profile, an extrapolation, an arch mismatch)."""
     if profile is None:
         default_cost = getattr(arch.count(), config.metric)
         if target == default_cost:
-            return arch.defaults
-        return solve_budget(arch, **{config.metric: target}, method="uniform").widths
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ScalingWarning)  # extrapolation notes are expected early on
+            return arch.defaults, []
+        return solve_budget(arch, **{config.metric: target}, method="uniform").widths, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScalingWarning)
         result = solve_budget(arch, **{config.metric: target}, method="profile", profile=profile)
-    return arch.widths(result.widths)
+    return arch.widths(result.widths), _messages(caught)
+
+
+def _messages(caught) -> list[str]:
+    """The ScalingWarning texts among caught warnings, each once, in order; others are re-issued."""
+    out: list[str] = []
+    for w in caught:
+        if issubclass(w.category, ScalingWarning):
+            if str(w.message) not in out:
+                out.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str | Path = "descent-run", *,
@@ -108,10 +135,18 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
     config = config or DescentConfig()
     config.validate()
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise RunError(f"the run folder {out} is not empty: pass --resume to continue the descent in it, or "
-                       "choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    make_folder(out)
+    with lock_folder(out):  # one process per descent folder (pyns.runlock); each iteration locks its own
+        if not resume and not folder_is_empty(out):
+            raise RunError(f"the run folder {out} is not empty: pass --resume to continue the descent in it, "
+                           "or choose another folder")
+        return _descent(arch, train_set, config, out, device=device, resume=resume, progress=progress, log=log)
+
+
+def _descent(arch, train_set, config: DescentConfig, out: Path, *, device: str, resume: bool, progress: bool,
+             log: Callable[[str], None]) -> DescentResult:
     target = config.target if config.target is not None else float(getattr(arch.count(), config.metric))
     saved = {"kind": RUN_KIND, "arch": arch.name, "arch_params": arch.params, "policy": arch.policy.name,
              "metric": config.metric, "target": target, "until_change": config.until_change,
@@ -126,14 +161,18 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
     profile: Profile | None = None
     previous: dict[str, int] | None = None
     stopped_early = False
+    all_warnings: list[str] = []
     for it in range(config.iterations):
         folder = iteration_dir(out, it)
         if it in finished:
             row = finished[it]
-            result = IterationResult(**{k: row[k] for k in IterationResult.__dataclass_fields__})
+            result = IterationResult(**{k: row[k] for k in IterationResult.__dataclass_fields__ if k in row})
             profile = Profile.load(folder / PROFILE_FILE)
+            for note in result.warnings:
+                log(f"pyns: warning: iteration {it}: {note}")
+                warnings.warn(f"iteration {it}: {note}", ScalingWarning, stacklevel=2)
         else:
-            start = _start_widths(arch, config, target, profile)
+            start, notes = _start_widths(arch, config, target, profile)
             change = configuration_change(previous, start) if previous is not None else None
             if change is not None and config.until_change is not None and change < config.until_change:
                 log(f"iteration {it}: the configuration moved {100 * change:.2f}% (< {100 * config.until_change:g}%)"
@@ -144,26 +183,45 @@ def descent(arch, train_set, config: DescentConfig | None = None, out_dir: str |
             log(f"iteration {it}: start {config.metric} {getattr(cost, config.metric):,}"
                 + (f", change {100 * change:.2f}%" if change is not None else ""))
             iteration_prune = config.prune.replace(seed=config.prune.seed + it)  # fresh init per iteration
-            run = prune(arch, train_set, iteration_prune, folder, widths=start, device=device,
-                        resume=(folder / CHECKPOINT_FILE).exists(), progress=progress,
-                        data={"name": train_set.name})
+            plan = plan_schedule(arch, iteration_prune, start, len(train_set))
+            for line in plan.lines():
+                log(f"iteration {it}: {line}")
+            _report(it, notes, log)
+            _report(it, plan.warnings, log)  # before the pruning starts
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ScalingWarning)
+                warnings.simplefilter("ignore", ScheduleWarning)  # the plan's, reported above
+                # An iteration folder that exists was started before: prune resumes it from its checkpoint,
+                # or starts it over when it was interrupted before the first one (it checks the settings).
+                run = prune(arch, train_set, iteration_prune, folder, widths=start, device=device,
+                            resume=resume and folder.exists(), progress=progress,
+                            data={"name": train_set.name})
+            pruned = _messages(caught)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
                 # Rows via the tolerant reader: a line torn by a crash must not block the fit.
                 profile = fit_power_law(read_trajectory(folder), arch=arch, metric=config.metric,
                                         dataset=train_set.name)
-            for w in caught:
-                log(f"iteration {it}: {w.message}")
+            fitted = _messages(caught)
+            _report(it, pruned + fitted, log)
             profile.save(folder / PROFILE_FILE)
             result = IterationResult(it, start, cost.params, cost.macs, change, str(folder / PROFILE_FILE),
-                                     run.stop_reason)
+                                     run.stop_reason, notes + plan.warnings + pruned + fitted)
             append_jsonl(out / SUMMARY_FILE, dataclasses.asdict(result))
         results.append(result)
+        all_warnings.extend(f"iteration {it}: {note}" for note in result.warnings)
         previous = result.start_widths
         profile.save(out / PROFILE_FILE)
     if profile is None:  # pragma: no cover - iterations >= 1 always runs one
         raise RunError("descent ran no iteration")
-    return DescentResult(out, results, profile, stopped_early)
+    return DescentResult(out, results, profile, stopped_early, all_warnings)
+
+
+def _report(it: int, notes: list[str], log: Callable[[str], None]) -> None:
+    """A warning of iteration `it` reaches both the log (the CLI prints it) and Python's warnings."""
+    for note in notes:
+        log(f"pyns: warning: iteration {it}: {note}")
+        warnings.warn(f"iteration {it}: {note}", ScalingWarning, stacklevel=3)
 
 
 def read_summary(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyns.neuralscale.descent import read_summary
+from pyns.safewrite import atomic_writer
 
 FIGURE_FILE = "descent_widths.png"
 
@@ -30,8 +31,9 @@ def plot_descent(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.legend()
     fig.tight_layout()
     target = Path(out) if out is not None else Path(run_dir) / FIGURE_FILE
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(target)  # atomic: a reader never sees half a PNG
+    try:
+        with atomic_writer(target, "wb") as handle:  # a reader never sees half a PNG
+            fig.savefig(handle, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return target

@@ -3,7 +3,8 @@
 `py_widths` is the one-dimensional family (`py_width` one width of it), `py_solve` the same bisection as the
 C++ solver, step for step, over the pure-Python cost oracle, and `exhaustive_table` / `exhaustive_solve`
 every configuration of the family, found from the analytic breakpoints of each width, and the best of them
-for a budget. Families come from `pyns.scaling.solve.family_spec`.
+for a budget. `py_fill` is the fill that follows a solve (C++ `Family::fill`), move for move, over the
+pure-Python cost oracle. Families come from `pyns.scaling.solve.family_spec`.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pyns.dsl.expr import make_divisible
-from pyns.scaling.solve import ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, FamilySpec
+from pyns.scaling.solve import (ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, WIDTH_CAP, FamilySpec,
+                                fill_steps)
+from pyns.ties import fill_pairs
 
-__all__ = ["py_width", "py_widths", "py_solve", "exhaustive_table", "exhaustive_solve", "FamilyTable"]
+__all__ = ["py_width", "py_widths", "py_solve", "py_fill", "exhaustive_table", "exhaustive_solve", "FamilyTable"]
 
 
 def py_width(spec: FamilySpec, l: int, t: float) -> int:
@@ -232,3 +235,95 @@ def exhaustive_solve(table: FamilyTable, params: float | None, macs: float | Non
         if over_min < slack[best_fit]:
             return OK, int(np.flatnonzero(~fits & (over == over_min))[0])
     return OK, int(best_fit)
+
+
+def py_fill(arch, spec: FamilySpec, widths: dict[str, int], t: float, params: float | None, macs: float | None,
+            *, depth: float = 1.0, resolution: int | None = None) -> tuple[dict[str, int], int, int, int]:
+    """The fill after a solve (see pyns.scaling.solve), move for move as the C++ makes it, costed by the
+    pure-Python oracle. -> (filled widths, params, macs, moves)."""
+    from pyns.cost import oracle
+
+    network = arch.ir(depth, resolution)
+    names = list(spec.symbols)
+    w = [int(widths[s]) for s in names]
+    cost = lambda ws: oracle.count(network, dict(zip(names, ws)))  # noqa: E731
+    bp = math.inf if params is None else float(params)
+    bm = math.inf if macs is None else float(macs)
+    fits = lambda p_, m_: p_ <= bp and m_ <= bm  # noqa: E731
+    p, m = cost(w)
+    if not fits(p, m):
+        return dict(zip(names, w)), p, m, 0
+    caps = [WIDTH_CAP * s.default for s in network.symbols]
+    steps = [int(v) for v in fill_steps(spec)]
+    pairs = fill_pairs(network)
+    profile = spec.method == "profile"
+    weight = [0.0 if spec.rounding[l] == FIXED or spec.b[l] == 0.0 else
+              (spec.a[l] * spec.b[l] * t ** (spec.b[l] - 1.0) if profile else 1.0) for l in range(len(names))]
+
+    def groups() -> list[list[int]]:
+        label = list(range(len(names)))  # connected components of the pairs whose widths are equal
+        changed = True
+        while changed:
+            changed = False
+            for i, j in pairs:
+                if w[i] == w[j] and label[i] != label[j]:
+                    low = min(label[i], label[j])
+                    old = max(label[i], label[j])
+                    label = [low if x == old else x for x in label]
+                    changed = True
+        out: dict[int, list[int]] = {}
+        for l, root in enumerate(label):
+            out.setdefault(root, []).append(l)
+        return [g for _, g in sorted(out.items()) if all(weight[l] > 0.0 for l in g)]
+
+    def attempt(group):
+        if any(w[l] + steps[l] > caps[l] for l in group):
+            return None
+        trial = list(w)
+        for l in group:
+            trial[l] += steps[l]
+        tp, tm = cost(trial)
+        if not fits(tp, tm):
+            return None
+        relative = max([(tp - p) / bp] * (params is not None) + [(tm - m) / bm] * (macs is not None))
+        return tp, tm, relative
+
+    moves = 0
+    while True:
+        found = False
+        if profile:  # greedy: the largest weight per unit of relative cost
+            best, best_priority = None, -math.inf
+            for group in groups():
+                got = attempt(group)
+                if got is None:
+                    continue
+                total = 0.0
+                for l in group:
+                    total += weight[l]
+                priority = total / got[2] if got[2] > 0.0 else math.inf
+                if priority > best_priority:
+                    best, best_priority = (group, got), priority
+            if best is not None:
+                group, (p, m, _) = best
+                for l in group:
+                    w[l] += steps[l]
+                moves += 1
+                found = True
+        else:  # rounds: every group that fits, cheapest first
+            order = []
+            for group in groups():
+                got = attempt(group)
+                if got is not None:
+                    order.append((got[2], group))
+            order.sort(key=lambda e: e[0])  # stable: ties keep the smallest symbol first
+            for _, group in order:
+                got = attempt(group)
+                if got is None:
+                    continue
+                p, m = got[0], got[1]
+                for l in group:
+                    w[l] += steps[l]
+                moves += 1
+                found = True
+        if not found:
+            return dict(zip(names, w)), p, m, moves

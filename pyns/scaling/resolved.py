@@ -66,16 +66,29 @@ def _header_edits(arch, resolution: int, text: str) -> list[tuple[int, int, str]
     return edits
 
 
+def concrete_edits(arch, widths, resolution: int) -> list[tuple[int, int, str]]:
+    """(start, end, replacement) edits of `arch.source.text` that make the listed widths the declared
+    defaults and bake the variant, `--set` values, resolution and policy override into the header."""
+    src = arch.source
+    edits = _header_edits(arch, resolution, src.text)
+    for decl in src.widths:
+        if decl.name in widths and (decl.searchable or widths[decl.name] != arch.defaults[decl.name]):
+            edits.append((decl.value.meta.start_pos, decl.value.meta.end_pos, str(int(widths[decl.name]))))
+    return edits
+
+
+def apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
+    """`text` with non-overlapping (start, end, replacement) edits applied."""
+    for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
 def resolved_text(arch, result, *, budget_text: str | None = None) -> str:
     """The .arch source of `result` (a ScaleResult for `arch`), with concrete widths and a header comment."""
     src = arch.source
-    text = src.text
-    edits = _header_edits(arch, result.resolution, text)
-    for decl in src.widths:
-        if decl.searchable and decl.name in result.widths:
-            edits.append((decl.value.meta.start_pos, decl.value.meta.end_pos, str(result.widths[decl.name])))
-    for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
-        text = text[:start] + replacement + text[end:]
+    searchable = {k: v for k, v in result.widths.items() if k in arch.searchable}
+    text = apply_edits(src.text, concrete_edits(arch, searchable, result.resolution))
     budget = budget_text or " and ".join(f"{k} <= {int(v):,}" for k, v in result.budget.items() if v is not None)
     how = "closest configuration" if result.nearest else "largest configuration within budget"
     settings = [f"variant {arch.variant}"] if arch.variant else []
@@ -89,6 +102,11 @@ def resolved_text(arch, result, *, budget_text: str | None = None) -> str:
         f"# From: {Path(src.filename).name} (sha256 {arch_fingerprint(arch)[:16]})"
         + (f", {', '.join(settings)}" if settings else "") + ".",
     ]
+    family = getattr(result, "family", None)
+    if getattr(result, "filled", False) and family is not None:
+        added = sum(result.widths[k] - family.widths.get(k, result.widths[k]) for k in result.widths)
+        lines.insert(3, f"# Filled: +{added} channels on that configuration (params {family.params:,}, MACs "
+                        f"{family.macs:,}); `pyns scale --no-fill` gives it unfilled.")
     if result.depth != 1.0:
         lines.append(f"# Solved at depth multiplier {result.depth:g}: count with `pyns count FILE --d "
                      f"{result.depth:g}` to reproduce these numbers.")
@@ -109,4 +127,4 @@ def write_resolved(path: str | Path, arch, result, *, budget_text: str | None = 
     return text
 
 
-__all__ = ["resolved_text", "write_resolved"]
+__all__ = ["apply_edits", "concrete_edits", "resolved_text", "write_resolved"]

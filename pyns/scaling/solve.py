@@ -10,6 +10,18 @@ configuration on that family closest to the budget without exceeding it (`neares
 - `from-config`: t = m applied to a given configuration c_l instead of the defaults (the "MorphNet"
   baseline: prune to 50%, then scale that configuration uniformly).
 
+"Exact" means: the largest cost under the budget within the method's one-dimensional family (checked
+against exhaustive search of the family in the tests). The family's steps leave part of the budget unused
+(a few percent on small networks), so by default the answer is then *filled*: single channels are added
+to symbols, in the order the method ranks them, while every budget still holds (csrc/solver.cpp,
+`Family::fill`; its Python oracle is `pyns.scaling.oracle.py_fill`). The profile method adds one channel
+at a time where φ'_l(τ) = α_l β_l τ^(β_l - 1) per unit of the relative cost of that channel is largest; the
+uniform and from-config methods rank by that cost alone, in rounds: each round gives one channel to every
+symbol that still fits, cheapest first. Tied symbols (an identity add, or a shortcut that exists only
+while two widths differ) move together, their cost counted once; no width passes WIDTH_CAP x its default.
+The result reports both the family solution (`result.family`) and the filled one; `fill=False` keeps
+the family solution.
+
 Non-searchable widths stay fixed. The family spans t from where every width is at its minimum to where the
 first width reaches WIDTH_CAP times its default; a budget outside what that range can build is a
 BudgetError naming the feasible range.
@@ -31,6 +43,7 @@ import numpy as np
 from pyns.errors import BudgetError, ProfileError
 from pyns.scaling.budget import Budget, parse_budget
 from pyns.scaling.profile import Profile, ScalingWarning
+from pyns.ties import fill_pairs, identity_adds
 
 METHODS = ("uniform", "profile", "from-config")
 # Keep in sync with enum Rounding / enum Status in csrc/solver.cpp.
@@ -88,6 +101,9 @@ class ScaleResult:
     resolution: int
     depth: float
     warnings: list[str] = field(default_factory=list)
+    family: "FamilySolution | None" = None  # the family solve before the fill (None: not recorded)
+    filled: bool = False                    # widths/params/macs include the fill
+    fill_moves: int = 0                     # steps the fill added (one per tied group moved)
 
     @property
     def feasible(self) -> bool:
@@ -105,7 +121,24 @@ class ScaleResult:
                 "scalar": self.scalar, "scalar_name": self.scalar_name, "nearest": self.nearest,
                 "exact_by": "bisection" if self.certified else "exhaustive scan",
                 "evaluations": self.evaluations, "resolution": self.resolution, "depth_mult": self.depth,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "filled": self.filled, "fill_moves": self.fill_moves,
+                "family": self.family.to_dict() if self.family is not None else None}
+
+
+@dataclass(slots=True)
+class FamilySolution:
+    """The exact solve on the method's one-dimensional family, before the fill."""
+
+    widths: dict[str, int]
+    params: int
+    macs: int
+    metric: str
+    achieved: int
+    gap_percent: float
+
+    def to_dict(self) -> dict:
+        return {"widths": dict(self.widths), "params": self.params, "macs": self.macs, "metric": self.metric,
+                "achieved": self.achieved, "gap_percent": self.gap_percent}
 
 
 @dataclass
@@ -120,6 +153,11 @@ class BatchResult:
     macs: np.ndarray      # [n] int64
     scalar: np.ndarray    # [n] float64
     status: np.ndarray    # [n] int32
+    # With the fill (the default), widths/params/macs are filled and these hold the family solutions:
+    family_widths: np.ndarray | None = None  # [n, len(symbols)] int64
+    family_params: np.ndarray | None = None  # [n] int64
+    family_macs: np.ndarray | None = None    # [n] int64
+    fill_moves: np.ndarray | None = None     # [n] int32
 
     def widths_at(self, i: int) -> dict[str, int]:
         return {s: int(w) for s, w in zip(self.symbols, self.widths[i])}
@@ -176,6 +214,29 @@ def _law(sym, method: str, base: Mapping[str, int], profile: Profile | None, pol
     return c, 1.0, MAKE_DIV8 if divisible else TRUNC, float(sym.minimum), floor
 
 
+def _check_tied_laws(arch, network, laws) -> None:
+    """Symbols joined by an identity add must get one law, or the family holds networks that cannot be
+    built (a DSLError-style positioned error at the residual)."""
+    from pyns.dsl.expr import Sym
+
+    index = {name: i for i, name in enumerate(network.symbol_names)}
+    for node in identity_adds(network):
+        if isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym):
+            i, j = index[node.in_ch.name], index[node.out_ch.name]
+            if laws[i] != laws[j]:
+                raise ProfileError(f"`{node.in_ch.name}` and `{node.out_ch.name}` are tied by this identity add "
+                                   "but would scale differently (different power laws or configuration "
+                                   "widths), giving widths that cannot be built", pos=node.pos,
+                                   hint="give tied symbols the same fit / the same configuration width")
+
+
+def fill_steps(spec: FamilySpec) -> list[float]:
+    """Channels one fill move adds to a symbol: one, under every policy. Under a make_divisible policy
+    the filled widths are then not all multiples of 8 (steps of 8 leave up to 0.9 % of an EfficientNet-B0
+    budget unused at 0.125x and 0.9 % of digits_effnet's; single channels stay within 0.3 %)."""
+    return [1.0] * len(spec.rounding)
+
+
 def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None,
                 config: Mapping[str, int] | None = None, depth: float = 1.0,
                 resolution: int | None = None) -> FamilySpec:
@@ -190,6 +251,7 @@ def family_spec(arch, method: str = "uniform", *, profile: Profile | None = None
             raise BudgetError("the from-config method needs a configuration (--config c1=32,c2=64,...)")
         base.update(arch.widths(config))
     laws = [_law(sym, method, base, profile, policy) for sym in network.symbols]
+    _check_tied_laws(arch, network, laws)
     a, b, rounding, mins, floors = (list(column) for column in zip(*laws))
     defaults = [s.default for s in network.symbols]
     t_lo, t_hi = _domain(defaults, a, b, rounding)
@@ -209,8 +271,13 @@ def cpp_family(arch, spec: FamilySpec, depth: float = 1.0, resolution: int | Non
     if key not in cache:
         _, program, _ = arch.compiled(depth, resolution)
         f64 = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
-        cache[key] = _core.ScaleFamily(program, f64(spec.a), f64(spec.b), np.asarray(spec.rounding, np.int32),
-                                       f64(spec.min_width), f64(spec.floor_width), spec.t_lo, spec.t_hi)
+        family = _core.ScaleFamily(program, f64(spec.a), f64(spec.b), np.asarray(spec.rounding, np.int32),
+                                   f64(spec.min_width), f64(spec.floor_width), spec.t_lo, spec.t_hi)
+        network = arch.ir(depth, resolution)
+        caps = [float(WIDTH_CAP * s.default) for s in network.symbols]
+        pairs = np.asarray(fill_pairs(network), dtype=np.int32).reshape(-1)
+        family.configure_fill(1 if spec.method == "profile" else 0, f64(caps), f64(fill_steps(spec)), pairs)
+        cache[key] = family
     return cache[key]
 
 
@@ -220,6 +287,9 @@ def resolve_budgets(arch, params=None, macs=None, *, depth: float = 1.0,
     """{"params": float|None, "macs": float|None}; `0.25x` budgets are fractions of the default network."""
     if params is None and macs is None:
         raise BudgetError("give a budget: params and/or MACs (e.g. --params 0.58M)")
+    fast = _plain_budget(params), _plain_budget(macs)
+    if all(f is not None or v is None for f, v in zip(fast, (params, macs))):
+        return {"params": fast[0], "macs": fast[1]}  # plain positive numbers: what parse_budget would give
     parsed = {"params": parse_budget(params, "params budget") if params is not None else None,
               "macs": parse_budget(macs, "MACs budget") if macs is not None else None}
     default = None
@@ -233,6 +303,14 @@ def resolve_budgets(arch, params=None, macs=None, *, depth: float = 1.0,
         value = budget.resolve(getattr(default, metric)) if budget.relative else budget.value
         out[metric] = int(value) if float(value).is_integer() else value
     return out
+
+
+def _plain_budget(v):
+    """A budget given as a plain positive finite int or float, as resolve_budgets stores it; else None."""
+    if type(v) not in (int, float) or not 0 < v < math.inf:
+        return None
+    as_float = float(v)
+    return int(as_float) if as_float.is_integer() else as_float
 
 
 def _nan(v: float | None) -> float:
@@ -269,6 +347,9 @@ class _Plan:
     spec: FamilySpec
     profile: Profile | None
     notes: list[str]
+    family: object = None
+    resolution: int = 0
+    key: tuple = ()  # what the plan was made from (see _prepared)
 
 
 def _plan(arch, method, profile, config, depth, resolution) -> _Plan:
@@ -302,6 +383,50 @@ def _plan(arch, method, profile, config, depth, resolution) -> _Plan:
     return _Plan(method, spec, profile, notes)
 
 
+# Plans (method, family spec, C++ family with its fill set up) per arch, so that repeated solves with the
+# same method, profile object and configuration skip rebuilding them. A Profile is mutable: a plan is
+# reused only while the same object still holds the same fits and settings (a cheap identity-level check).
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Distinct plans kept per arch before the cache starts over: sweeps use a handful; this bounds a
+# pathological caller that makes a new profile object per solve.
+_MAX_PLANS = 64
+
+
+def _profile_state(profile: Profile | None) -> tuple:
+    if profile is None:
+        return ()
+    return (profile.metric, profile.fallback, profile.tau_range, profile.points, profile.arch, profile.arch_hash,
+            dict(profile.fits))
+
+
+def _prepared(arch, method, profile, config, depth, resolution) -> _Plan:
+    if isinstance(profile, (str, Path)):
+        profile = Profile.load(profile)  # read every time: the file may have changed
+        return _new_plan(arch, method, profile, config, depth, resolution, ())
+    config_key = tuple(sorted(config.items())) if config else None
+    key = (method, id(profile), config_key, float(depth), resolution)
+    plans = _PLANS.get(arch)
+    if plans is None:
+        plans = _PLANS[arch] = {}
+    plan = plans.get(key)
+    state = _profile_state(profile)
+    if plan is not None and plan.key[0] is profile and plan.key[1] == state:
+        return plan
+    if len(plans) >= _MAX_PLANS:
+        plans.clear()
+    plan = _new_plan(arch, method, profile, config, depth, resolution, (profile, state))
+    plans[key] = plan
+    return plan
+
+
+def _new_plan(arch, method, profile, config, depth, resolution, key) -> _Plan:
+    plan = _plan(arch, method, profile, config, depth, resolution)
+    plan.family = cpp_family(arch, plan.spec, depth, resolution)
+    plan.resolution = arch.ir(depth, resolution).resolution
+    plan.key = key
+    return plan
+
+
 def _warn(notes: list[str]) -> None:
     for note in notes:
         warnings.warn(note, ScalingWarning, stacklevel=3)
@@ -310,22 +435,26 @@ def _warn(notes: list[str]) -> None:
 # ---- public API --------------------------------------------------------------------------------
 def solve_budget(arch, params=None, macs=None, *, method: str | None = None,
                  profile: Profile | str | Path | None = None, config: Mapping[str, int] | None = None,
-                 nearest: bool = False, depth: float = 1.0, resolution: int | None = None) -> ScaleResult:
+                 nearest: bool = False, depth: float = 1.0, resolution: int | None = None,
+                 fill: bool = True) -> ScaleResult:
     """Widths for a params and/or MACs budget (numbers, or strings like "0.58M" / "0.25x").
 
     Both budgets given: both must hold (the tighter binds). Default: the largest configuration of the
-    method's family within budget; `nearest=True`: the closest from either side. Raises BudgetError for
-    budgets no configuration of the family can meet or use; ProfileError for unusable profiles.
-    Warnings (profile fallback, negative β, extrapolation) are issued as ScalingWarning and listed in the
-    result.
+    method's family within budget, then filled (see the module docstring; `fill=False`: the family
+    solution itself); `nearest=True`: the family configuration closest from either side (filled only
+    when it is under budget). Raises BudgetError for budgets no configuration of the family can meet or
+    use; ProfileError for unusable profiles. Warnings (profile fallback, negative β, extrapolation) are
+    issued as ScalingWarning and listed in the result.
     """
-    plan = _plan(arch, method, profile, config, depth, resolution)
+    plan = _prepared(arch, method, profile, config, depth, resolution)
     budget = resolve_budgets(arch, params, macs, depth=depth, resolution=resolution)
-    family = cpp_family(arch, plan.spec, depth, resolution)
+    family = plan.family
+    bp, bm = _nan(budget["params"]), _nan(budget["macs"])
     try:
-        status, t, p, m, w, evaluations = family.solve(_nan(budget["params"]), _nan(budget["macs"]), nearest)
-    except RuntimeError as err:  # the exhaustive table's size guard
+        out = family.solve(bp, bm, nearest, fill)
+    except (RuntimeError, OverflowError) as err:  # the exhaustive table's size guard; inexact costs
         raise BudgetError(str(err)) from None
+    status, t, p, m, w, evaluations = out[:6]
     if status != OK:
         raise _range_error(arch, plan.spec, family, status, budget)
     notes = list(plan.notes)
@@ -333,24 +462,42 @@ def solve_budget(arch, params=None, macs=None, *, method: str | None = None,
         far = plan.profile.extrapolation(t)
         if far:
             notes.append(far)
-    _warn(notes)
-    widths = {s: int(v) for s, v in zip(plan.spec.symbols, w)}
-    metric = _binding(budget, p, m)
-    achieved = p if metric == "params" else m
-    gap = 100.0 * (achieved - budget[metric]) / budget[metric]
-    network = arch.ir(depth, resolution)
-    return ScaleResult(arch=arch.name, method=plan.method, widths=widths, params=int(p), macs=int(m),
-                       budget=budget, metric=metric, achieved=int(achieved), gap_percent=gap, scalar=float(t),
-                       scalar_name=plan.spec.scalar_name, nearest=nearest, certified=bool(family.certified),
-                       evaluations=int(evaluations), resolution=network.resolution, depth=depth,
-                       warnings=notes)
+    if notes:
+        _warn(notes)
+    symbols = plan.spec.symbols
+    solution = _solution(symbols, w, p, m, budget)
+    final, moves = solution, 0
+    if fill:
+        final = _solution(symbols, out[8], out[6], out[7], budget)
+        moves = out[9]
+    return ScaleResult(arch=arch.name, method=plan.method, widths=final.widths, params=final.params,
+                       macs=final.macs, budget=budget, metric=final.metric, achieved=final.achieved,
+                       gap_percent=final.gap_percent, scalar=t, scalar_name=plan.spec.scalar_name,
+                       nearest=nearest, certified=family.certified, evaluations=evaluations,
+                       resolution=plan.resolution, depth=depth, warnings=notes, family=solution,
+                       filled=bool(fill), fill_moves=moves)
+
+
+def _solution(symbols, w, p: int, m: int, budget) -> FamilySolution:
+    bp, bm = budget["params"], budget["macs"]
+    # the binding metric (as _binding): the one closest to, or furthest over, its budget; ties: params
+    if bm is None or (bp is not None and (p - bp) / bp >= (m - bm) / bm):
+        metric, achieved, limit = "params", p, bp
+    else:
+        metric, achieved, limit = "macs", m, bm
+    return FamilySolution(dict(zip(symbols, map(int, w.tolist()))), p, m, metric, achieved,
+                          100.0 * (achieved - limit) / limit)
 
 
 def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
                 profile: Profile | str | Path | None = None, config: Mapping[str, int] | None = None,
-                nearest: bool = False, depth: float = 1.0, resolution: int | None = None) -> BatchResult:
-    """Many budgets in one C++ call (sweeps, plots): `params` and/or `macs` are 1-D arrays of counts."""
-    plan = _plan(arch, method, profile, config, depth, resolution)
+                nearest: bool = False, depth: float = 1.0, resolution: int | None = None,
+                fill: bool = True, threads: int | None = None) -> BatchResult:
+    """Many budgets in one C++ call (sweeps, plots): `params` and/or `macs` are 1-D arrays of counts.
+
+    The budgets are spread over `threads` OpenMP threads (None: every available core, OMP_NUM_THREADS
+    if set); the answers do not depend on it. `fill` as in solve_budget."""
+    plan = _prepared(arch, method, profile, config, depth, resolution)
     if params is None and macs is None:
         raise BudgetError("give budgets: params and/or MACs arrays")
     arrays = [np.atleast_1d(np.asarray(v, dtype=np.float64)) if v is not None else None for v in (params, macs)]
@@ -361,14 +508,22 @@ def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
     for given in arrays:
         if given is not None and not np.all(np.isfinite(given) & (given > 0)):
             raise BudgetError("every budget must be a positive finite number")
-    _warn(plan.notes)
-    family = cpp_family(arch, plan.spec, depth, resolution)
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise BudgetError(f"threads must be a whole number >= 1, got {threads!r}")
+    if plan.notes:
+        _warn(plan.notes)
     try:
-        status, t, p, m, w = family.solve_batch(bp, bm, nearest)
-    except RuntimeError as err:
+        out = plan.family.solve_batch(bp, bm, nearest, fill, threads or 0)
+    except (RuntimeError, OverflowError) as err:
         raise BudgetError(str(err)) from None
-    return BatchResult(plan.method, list(plan.spec.symbols), w.astype(np.int64), p, m, t, status)
+    status, t, p, m, w = out[:5]
+    if not fill:
+        return BatchResult(plan.method, list(plan.spec.symbols), w.astype(np.int64), p, m, t, status)
+    fp, fm, fw, moves = out[5:]
+    return BatchResult(plan.method, list(plan.spec.symbols), fw.astype(np.int64), fp, fm, t, status,
+                       w.astype(np.int64), p, m, moves)
 
 
-__all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "family_spec",
+__all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "FamilySolution",
+           "family_spec", "fill_steps",
            "cpp_family", "resolve_budgets", "METHODS", "WIDTH_CAP", "Budget"]

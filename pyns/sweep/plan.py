@@ -3,6 +3,11 @@
 Budgets follow the paper: the cost (params by default) of the default network scaled uniformly by each
 width ratio. Every (method, budget, seed) is one `Cell`; `plan_cells` solves every method's widths before
 any training, so a profile or budget that cannot work stops the sweep at once.
+
+A profile that fell back to uniform scaling (too few trajectory points to fit) would make the
+`neuralscale` cells train uniform widths under the neuralscale label, so it is refused unless
+`allow_fallback` is set; every ScalingWarning of a solve (fallback, extrapolation, a profile fitted on
+another architecture) is kept in the cell's `how["warnings"]` and returned by `plan_cells` for the user.
 """
 from __future__ import annotations
 
@@ -12,12 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyns.errors import PynsError
+from pyns.errors import ProfileError, PynsError
 from pyns.train.run import ArchSpec, DataSpec
 
-__all__ = ["METHODS", "FULL", "SWEEP_KIND", "SweepConfig", "Cell", "parse_ratios", "sweep_budgets", "plan_cells"]
+__all__ = ["METHODS", "FULL", "FALLBACK_NOTE", "SWEEP_KIND", "SweepConfig", "Cell", "parse_ratios", "sweep_budgets",
+           "plan_cells", "sweep_warnings"]
 
 METHODS = ("uniform", "morphnet", "neuralscale", "li")
+# The table's footnote for neuralscale cells trained from a fallback profile (allow_fallback); it replaces
+# the solver's own "falls back to uniform scaling" note, which says the same.
+FALLBACK_NOTE = ("uniform fallback: the profile had too few recorded points ({points}) to fit power laws, so "
+                 "these are uniformly scaled widths, not NeuralScale's")
 FULL = "full"  # the trained default network that the li cells prune (not a method of its own)
 SWEEP_KIND = "pyns-sweep"
 
@@ -76,6 +86,9 @@ class SweepConfig:
     li_lr: float = 0.001
     augment: bool = True
     device: str | None = None  # None: the GPU where there is one
+    # Train `neuralscale` cells from a profile that fell back to uniform scaling (they are then uniform
+    # networks, marked as such in the table); by default such a profile is refused.
+    allow_fallback: bool = False
 
     def validate(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -134,8 +147,19 @@ def _solve(arch, config: SweepConfig, method: str, budget: int, cache: dict[str,
     if method == "neuralscale":
         if "profile" not in cache:
             cache["profile"] = Profile.load(config.profile)
-        result = solve_budget(arch, **kwargs, method="profile", profile=cache["profile"])
-        return result.widths, {"solve": result.to_dict(), "profile": str(config.profile)}
+        profile = cache["profile"]
+        if profile.fallback and not config.allow_fallback:
+            raise ProfileError(
+                f"the profile {config.profile} falls back to {profile.fallback} scaling (only {profile.points} "
+                "recorded trajectory points, too few to fit power laws), so its neuralscale cells would train "
+                "uniform widths under the neuralscale label",
+                hint="prune or descend with more recorded points (fewer units per step), or pass "
+                     "--allow-fallback to train them anyway, marked as a uniform fallback in the table")
+        result = solve_budget(arch, **kwargs, method="profile", profile=profile)
+        how = {"solve": result.to_dict(), "profile": str(config.profile)}
+        if profile.fallback:
+            how["fallback"] = FALLBACK_NOTE.format(points=profile.points)
+        return result.widths, how
     if method == "morphnet":
         result, point = morphnet_baseline(arch, config.trajectory, **kwargs, fraction=config.morphnet_fraction)
         return result.widths, {"solve": result.to_dict(), "morphnet_point": point.to_dict(),
@@ -152,6 +176,7 @@ def plan_cells(arch, config: SweepConfig) -> tuple[list[Cell], list[str]]:
 
     Widths are solved here, before any training, so a profile or budget that cannot work stops the sweep
     at once. li cells exist only for budgets below the full network (pruning cannot grow a network).
+    The solves' ScalingWarnings are in each cell's how["warnings"]; `sweep_warnings` lists them.
     """
     import warnings
 
@@ -172,7 +197,13 @@ def plan_cells(arch, config: SweepConfig) -> tuple[list[Cell], list[str]]:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ScalingWarning)
                 widths, how = _solve(arch, config, method, budgets[ratio], cache)
-            how["warnings"] = sorted({str(w.message) for w in caught})
+            how["warnings"] = sorted({str(w.message) for w in caught if issubclass(w.category, ScalingWarning)
+                                      and not (how.get("fallback") and "falls back to uniform" in str(w.message))})
+            if how.get("fallback"):
+                how["warnings"].insert(0, how["fallback"])
+            for w in caught:
+                if not issubclass(w.category, ScalingWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             solved[(method, ratio)] = (widths, how)
     if "li" in config.methods and any(m == "li" for m, _ in solved):
         for seed in config.seeds:
@@ -192,3 +223,13 @@ def plan_cells(arch, config: SweepConfig) -> tuple[list[Cell], list[str]]:
                                   {s: int(widths[s]) for s in arch.searchable},
                                   {"params": cost.params, "macs": cost.macs}, how, source))
     return cells, notes
+
+
+def sweep_warnings(cells: Sequence[Cell]) -> dict[tuple[str, float], list[str]]:
+    """{(method, ratio): warnings} of the planned cells that have any (one entry per method and budget)."""
+    out: dict[tuple[str, float], list[str]] = {}
+    for cell in cells:
+        notes = cell.how.get("warnings") or []
+        if notes:
+            out.setdefault((cell.method, float(cell.ratio)), list(notes))
+    return out

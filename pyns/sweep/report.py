@@ -41,10 +41,13 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | None = None,
-              ratios: Sequence[float] | None = None) -> list[dict[str, Any]]:
+              ratios: Sequence[float] | None = None,
+              warnings: Mapping[tuple[str, float], Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """One row per (ratio, method) over seeds: costs, latency and accuracies as mean and sample std.
 
     Rows are ordered by ratio, then by `methods` (the full network of li, if any, first at its ratio).
+    `warnings` ({(method, ratio): texts}, from pyns.sweep.plan.sweep_warnings) become each row's
+    "warnings", the table's footnotes.
     """
     groups: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
     for record in records:
@@ -59,6 +62,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | Non
             "ratio": ratio, "method": method, "budget_metric": group[0]["budget"]["metric"],
             "budget": int(group[0]["budget"]["value"]), "params": params[0] if len(params) == 1 else None,
             "macs": macs[0] if len(macs) == 1 else None, "seeds": len(group),
+            "warnings": list((warnings or {}).get((method, ratio), [])),
         }
         for key, values in (("best_acc", [r["best_test_acc"] for r in group]),
                             ("final_acc", [r["final_test_acc"] for r in group]),
@@ -70,7 +74,8 @@ def aggregate(records: Sequence[Mapping[str, Any]], methods: Sequence[str] | Non
 
 
 CSV_COLUMNS = ("ratio", "method", "budget_metric", "budget", "params", "macs", "latency_ms_mean", "latency_ms_std",
-               "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std", "seeds")
+               "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std", "seeds", "warnings")
+WARNING_SEPARATOR = " | "  # joins a row's warnings in table.csv's one cell
 
 
 def _pm(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
@@ -84,17 +89,24 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple
     """table.md (readable, the paper's Table 1 quantities) and table.csv (every number, for tools)."""
     out = Path(out_dir)
     lines = [
-        "| ratio | method | params | MACs | latency (ms / batch of 100) | best acc. (%) | final acc. (%) | seeds |",
-        "|---:|:---|---:|---:|---:|---:|---:|---:|",
+        "| ratio | method | params | MACs | latency (ms / batch of 100) | best acc. (%) | final acc. (%) | seeds "
+        "| notes |",
+        "|---:|:---|---:|---:|---:|---:|---:|---:|:---|",
     ]
+    footnotes: list[str] = []  # each distinct warning once, numbered in order of appearance
     for r in rows:
+        marks = []
+        for text in r.get("warnings") or []:
+            if text not in footnotes:
+                footnotes.append(text)
+            marks.append(f"[{footnotes.index(text) + 1}]")
         params = f"{r['params']:,} ({human(r['params'])})" if r["params"] is not None else "varies"
         macs = f"{r['macs']:,} ({human(r['macs'])})" if r["macs"] is not None else "varies"
         latency = _pm(r["latency_ms_mean"], r["latency_ms_std"])
         best = _pm(r["best_acc_mean"], r["best_acc_std"], 100)
         final = _pm(r["final_acc_mean"], r["final_acc_std"], 100)
         lines.append(f"| {r['ratio']:g} | {r['method']} | {params} | {macs} | {latency} | {best} | {final} "
-                     f"| {r['seeds']} |")
+                     f"| {r['seeds']} | {' '.join(marks)} |")
     metric = rows[0]["budget_metric"] if rows else "params"
     notes = [
         "",
@@ -105,13 +117,17 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple
         "MACs: conv and linear multiply-accumulates per image.",
         "full: the trained default network that the li (L1-norm pruning) cells start from.",
     ]
+    if footnotes:
+        notes += ["", "Warnings (the notes column):"] + [f"[{i}] {text}" for i, text in enumerate(footnotes, 1)]
     md = out / TABLE_MD
     atomic_write_text(md, "\n".join(lines + notes) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+        values = {k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS}
+        values["warnings"] = WARNING_SEPARATOR.join(r.get("warnings") or [])
+        writer.writerow(values)
     path = out / TABLE_CSV
     atomic_write_text(path, buffer.getvalue())
     return md, path
@@ -125,7 +141,9 @@ def read_table_csv(path: str | Path) -> list[dict[str, Any]]:
         for raw in csv.DictReader(handle):
             row: dict[str, Any] = {}
             for key, value in raw.items():
-                if key in texts:
+                if key == "warnings":
+                    row[key] = value.split(WARNING_SEPARATOR) if value else []
+                elif key in texts:
                     row[key] = value
                 elif value == "":
                     row[key] = None

@@ -21,7 +21,10 @@ Layout of the sweep folder:
                                (best over epochs, as the paper reports, and final) as mean ± std over seeds
     fig4_accuracy_vs_params.png, fig5_accuracy_vs_latency.png
 
-Cells run one after another in this process by default; `executor="ray"` submits them as Ray tasks
+Each cell folder is locked while its cell trains (pyns.runlock): two sweeps started on one folder (two
+workers, two machines on a shared file system) split the cells between them, and each waits at the end
+for the cells the other is training, so no cell is trained twice. Cells run one after another in this
+process by default; `executor="ray"` submits them as Ray tasks
 (`ray.init(address=...)` when an address is given, else a local instance). The sweep folder and the data
 must then be on a file system every Ray node sees.
 
@@ -32,6 +35,7 @@ cells, serially or on Ray, and the whole sweep.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +47,9 @@ import torch
 
 from pyns.errors import BudgetError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
-from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells
+from pyns.runlock import RunBusy, describe_holder, lock_folder
+from pyns.safewrite import make_folder
+from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells, sweep_warnings
 from pyns.sweep.report import FIGURE_LATENCY, FIGURE_PARAMS, TABLE_CSV, TABLE_MD, aggregate, write_figures, write_table
 from pyns.train.run import ArchSpec, DataSpec, read_result, run_training
 
@@ -63,7 +69,8 @@ SWEEP_FILE = "sweep.json"
 # without changing what its finished cells mean.
 # The profile and trajectory are named by path, which may move; what they gave is checked per cell
 # (its planned widths) instead.
-_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory")
+# allow_fallback only permits cells that the plan would otherwise refuse; the planned widths are checked.
+_EXTENDABLE = ("ratios", "methods", "seeds", "data.root", "device", "profile", "trajectory", "allow_fallback")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,18 +100,37 @@ def _load_for(arch_spec: ArchSpec, data_spec: DataSpec) -> tuple[Any, Any, Any]:
     return _DATA_CACHE[key]
 
 
-def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
-    """Train one cell (or return its complete result); returns the result record plus `skipped`."""
+def run_cell(spec: Mapping[str, Any], progress: bool = False, wait: bool = True) -> dict[str, Any]:
+    """Train one cell (or return its complete result); returns the result record plus `skipped`.
+
+    The cell folder is locked while the cell trains (pyns.runlock), so two sweeps on one folder never
+    train a cell twice. A cell another process is training returns {"busy": who} without `wait`; with
+    `wait` this call blocks until that process ends, then returns its result (or trains the cell itself,
+    resuming the checkpoint, if that process died first).
+    """
+    folder = Path(spec["folder"])
+    done = read_result(folder)
+    if done is not None:
+        return {**done, "skipped": True}
+    make_folder(folder)
+    try:
+        lock = lock_folder(folder, wait=wait)
+    except RunBusy as busy:
+        return {"busy": describe_holder(busy.holder), "skipped": False}
+    with lock:
+        done = read_result(folder)  # finished by the process this one waited for
+        if done is not None:
+            return {**done, "skipped": True}
+        return _train_cell(spec, folder, progress)
+
+
+def _train_cell(spec: Mapping[str, Any], folder: Path, progress: bool) -> dict[str, Any]:
     from pyns.neuralscale.baselines import li_finetune_recipe, li_prune
     from pyns.data.arrays import derive_seed
     from pyns.train.loop import CHECKPOINT_FILE
     from pyns.train.checkpoint import load_checkpoint
     from pyns.train.recipe import TrainRecipe
 
-    folder = Path(spec["folder"])
-    done = read_result(folder)
-    if done is not None:
-        return {**done, "skipped": True}
     cell = Cell(**spec["cell"])
     arch_spec, data_spec = ArchSpec(**spec["arch"]), DataSpec(**spec["data"])
     arch, train_set, test_set = _load_for(arch_spec, data_spec)
@@ -112,7 +138,6 @@ def run_cell(spec: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
     if arch.count(cell.widths).params != cell.cost["params"]:
         raise RunError(f"cell {cell.name}: its widths no longer cost what was planned; the architecture "
                        "changed since the sweep started")
-    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / CELL_FILE, cell.to_dict())
     info: dict[str, Any] = {"cell": cell.name, "method": cell.method, "ratio": cell.ratio, "seed": cell.seed,
                             "budget": {"metric": cell.metric, "value": cell.budget},
@@ -160,6 +185,7 @@ class SweepResult:
     notes: list[str]
     ran: int  # cells trained in this call
     skipped: int  # cells already complete
+    warnings: list[str] = dataclasses.field(default_factory=list)  # "method at ratio R: ..." (table footnotes)
 
     @property
     def files(self) -> dict[str, Path]:
@@ -178,7 +204,7 @@ def _check_sweep_folder(out: Path, config: SweepConfig) -> None:
             raise RunError(f"the sweep in {out} was started with different settings: " + "; ".join(differences),
                            hint="rerun with the original settings (ratios, methods and seeds may grow), or "
                                 "use another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     atomic_write_json(out / SWEEP_FILE, current)
 
 
@@ -203,18 +229,35 @@ def _describe(record: Mapping[str, Any]) -> str:
     return text
 
 
+def _report(record: Mapping[str, Any], name: str, say: Callable[[str], None], counter: list[int],
+            seconds: float | None) -> None:
+    counter[0] += 1
+    state = "done before, skipped" if record["skipped"] else (f"{seconds:.1f}s" if seconds is not None else "")
+    say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)}" + (f" ({state})" if state else ""))
+
+
 def _run_serial(specs: Sequence[dict[str, Any]], say: Callable[[str], None], progress: bool,
                 counter: list[int]) -> list[dict]:
-    out = []
+    records: dict[str, dict] = {}
+    busy = []  # cells another process is training: waited for once everything else is done
     for spec in specs:
         name = Path(spec["folder"]).name
         started = time.perf_counter()
-        record = run_cell(spec, progress=progress)
-        counter[0] += 1
-        state = "done before, skipped" if record["skipped"] else f"{time.perf_counter() - started:.1f}s"
-        say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)} ({state})")
-        out.append(record)
-    return out
+        record = run_cell(spec, progress=progress, wait=False)
+        if record.get("busy"):
+            say(f"{name}: another process is training it ({record['busy']}); coming back to it at the end")
+            busy.append(spec)
+            continue
+        records[spec["folder"]] = record
+        _report(record, name, say, counter, time.perf_counter() - started)
+    for spec in busy:
+        name = Path(spec["folder"]).name
+        say(f"{name}: waiting for the other process to finish it")
+        started = time.perf_counter()
+        record = run_cell(spec, progress=progress, wait=True)
+        records[spec["folder"]] = record
+        _report(record, name, say, counter, time.perf_counter() - started)
+    return [records[spec["folder"]] for spec in specs]
 
 
 def _import_ray():
@@ -231,7 +274,9 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
     if not ray.is_initialized():
         ray.init(address=address) if address else ray.init()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_cell)
-    pending = {task.remote(dict(spec)): spec for spec in specs}
+    # First without waiting on cells another sweep is training; those come back as busy and are then
+    # submitted again to wait for it.
+    pending = {task.remote(dict(spec), False, False): spec for spec in specs}
     results: dict[str, dict] = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -247,24 +292,31 @@ def _run_ray(specs: Sequence[dict[str, Any]], say: Callable[[str], None], addres
                 if isinstance(cause, PynsError):
                     raise type(cause)(f"cell {name}: {cause.message}") from None
                 raise RunError(f"cell {name} failed on Ray: {err}") from None
+            if record.get("busy"):
+                say(f"{name}: another process is training it ({record['busy']}); waiting for it")
+                pending[task.remote(dict(spec), False, True)] = spec
+                continue
             results[spec["folder"]] = record
-            counter[0] += 1
-            say(f"[{counter[0]}/{counter[1]}] {name}: {_describe(record)}"
-                + (" (done before, skipped)" if record["skipped"] else ""))
+            _report(record, name, say, counter, None)
     return [results[spec["folder"]] for spec in specs]
 
 
 def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "serial", ray_address: str | None = None,
               ray_cpus_per_cell: float = 1, ray_gpus_per_cell: float = 0, say: Callable[[str], None] | None = None,
-              progress: bool = False) -> SweepResult:
-    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc."""
+              progress: bool = False, warn: Callable[[str], None] | None = None) -> SweepResult:
+    """Plan, train every cell not yet complete, then write the table and the figures. See the module doc.
+
+    Every ScalingWarning of the plan (a fallback profile allowed by `allow_fallback`, an extrapolating
+    solve, a profile fitted on another architecture) goes to `warn` before any training (default: issued
+    as a ScalingWarning), is returned in SweepResult.warnings and is a footnote of the table.
+    """
     if executor not in ("serial", "ray"):
         raise PynsError(f"the executor must be serial or ray, got {executor!r}")
     if executor == "ray":
         _import_ray()  # before any planning or training: a missing Ray is a set-up problem
     say = say or (lambda line: print(line, file=sys.stderr))
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise RunError(f"{out} exists and is not a folder; choose another --out")
     arch, _, _ = _load_for(config.arch, config.data)  # fails fast on a missing data set or a class mismatch
     cells, notes = plan_cells(arch, config)
@@ -272,6 +324,10 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
     _check_planned(out, cells)
     for note in notes:
         say(f"note: {note}")
+    by_cell = sweep_warnings(cells)
+    flat = [f"{method} at ratio {ratio:g}: {note}" for (method, ratio), texts in by_cell.items() for note in texts]
+    for text in flat:
+        (warn or _issue)(text)
     specs = [_cell_spec(config, cell, out) for cell in cells]
     # li cells need their full network trained: they form a second wave.
     waves = [[s for s in specs if s["cell"]["method"] != "li"], [s for s in specs if s["cell"]["method"] == "li"]]
@@ -286,8 +342,16 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
             records = _run_serial(wave, say, progress, counter)
         by_folder.update({spec["folder"]: record for spec, record in zip(wave, records)})
     records = [by_folder[spec["folder"]] for spec in specs]
-    rows = aggregate(records, config.methods, config.ratios)
+    rows = aggregate(records, config.methods, config.ratios, warnings=by_cell)
     write_table(rows, out)
     write_figures(rows, out)
     ran = sum(1 for r in records if not r["skipped"])
-    return SweepResult(out, records, rows, notes, ran, len(records) - ran)
+    return SweepResult(out, records, rows, notes, ran, len(records) - ran, flat)
+
+
+def _issue(text: str) -> None:
+    import warnings
+
+    from pyns.scaling.profile import ScalingWarning
+
+    warnings.warn(text, ScalingWarning, stacklevel=3)

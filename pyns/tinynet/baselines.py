@@ -62,7 +62,8 @@ def solve_width(arch: Arch, budget: float, depth: float, resolution: int):
     """
     from pyns.scaling.solve import cpp_family, family_spec, solve_budget
 
-    result = solve_budget(arch, macs=budget, method="uniform", depth=depth, resolution=resolution)
+    # TinyNet's width dimension is the multiplier itself: the family solution, not filled.
+    result = solve_budget(arch, macs=budget, method="uniform", depth=depth, resolution=resolution, fill=False)
     family = cpp_family(arch, family_spec(arch, "uniform", depth=depth, resolution=resolution), depth, resolution)
     upper = min(family.next_breakpoint(l, result.scalar) for l in range(len(arch.network.symbols)))
     return result, (float(result.scalar), float(upper) if math.isfinite(upper) else None)

@@ -35,6 +35,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from pyns.errors import BudgetError, ProfileError
+from pyns.safewrite import atomic_write_text
 from pyns.tinynet.pareto import crowding_distance, non_dominated_sort, pareto_top  # re-exported for callers
 
 __all__ = [
@@ -279,7 +280,7 @@ class TinyFormula:
         return cls.from_dict(data, where=where)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> TinyFormula:
@@ -365,4 +366,4 @@ if __name__ == "__main__":  # regenerate the shipped default: python -m pyns.tin
     reference_path = Path(sys.argv[1])
     formula = formula_from_released_macs(macs_table(json.loads(reference_path.read_text())),
                                          macs_origin=f"exact counts (SPEC §3) from {reference_path.name}")
-    Path(sys.argv[2]).write_text(formula.to_json())
+    formula.save(sys.argv[2])

@@ -16,6 +16,9 @@ Run folder (every file written atomically; a killed run resumes where it stopped
     cells/00007/result.json  the plan plus final / best test accuracy: present = cell done, skipped on resume
     fit.json, formula.json   written by `fit_sample_dir` (pyns.tinynet.fit)
 
+Each cell folder is locked while its cell trains (pyns.runlock): two samplers started on one run folder
+split the cells and wait at the end for the ones the other is training; no cell is trained twice.
+
 Executors: cells run one after another in this process ("local"), or as Ray tasks ("ray"; `pip install
 ray`). Ray workers write into the run folder themselves, so on a multi-machine cluster it must be on a
 file system every worker mounts at the same path.
@@ -26,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ from typing import Any, Callable, Sequence
 from pyns.arch import Arch, loads
 from pyns.errors import BudgetError, DSLError, PynsError, RunError
 from pyns.runfiles import atomic_write_json, atomic_write_text, check_config, load_config
+from pyns.runlock import RunBusy, folder_is_empty, lock_folder
+from pyns.safewrite import make_folder
 from pyns.tinynet.cost import CostPath, stage_repeats, with_policy
 from pyns.tinynet.formula import sample_multipliers
 
@@ -215,16 +221,42 @@ def _dataset(name: str, root: str | None, split: str, resolution: int, channels:
     return load_dataset(name, root, split, resolution=resolution, channels=channels)
 
 
-def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False) -> CellResult:
-    """Train one cell (resuming its checkpoint if there is one) and write its result.json."""
+def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False, wait: bool = True) -> CellResult | None:
+    """Train one cell (resuming its checkpoint if there is one) and write its result.json.
+
+    The cell folder is locked while it trains (pyns.runlock), so two samplers on one run folder never
+    train a cell twice: a cell another process holds returns None without `wait`; with `wait` this
+    call blocks until that process ends and returns its result (or trains the cell, resuming the
+    checkpoint, when that process died first).
+    """
+    folder = cell_dir(job.run_dir, cell)
+    done = read_cell_result(folder, cell)
+    if done is not None:
+        return done
+    make_folder(folder)
+    try:
+        lock = lock_folder(folder, wait=wait)
+    except RunBusy:
+        return None
+    with lock:
+        done = read_cell_result(folder, cell)  # finished by the process this one waited for
+        return done if done is not None else _train_cell(job, cell, folder, progress)
+
+
+def _train_cell(job: SampleJob, cell: Cell, folder: Path, progress: bool) -> CellResult:
     import torch
 
+    from pyns.data.arrays import derive_seed
     from pyns.train.loop import CHECKPOINT_FILE, make_loaders, train
     from pyns.train.recipe import TrainRecipe
 
-    folder = cell_dir(job.run_dir, cell)
     arch = job.arch()
     started = time.perf_counter()
+    # The initial weights come from a seed of their own per cell. Unseeded, they came from whatever state
+    # the global generator was in: torch seeds it randomly at start-up, so the first cell a process
+    # trained differed on every run, and every later cell depended on which cell had run before it
+    # (after a kill and rerun, other cells come first).
+    torch.manual_seed(derive_seed(int(job.recipe["seed"]), "tiny-init", cell.index))
     model = arch.build(cell.widths, depth=cell.d, resolution=cell.resolution)
     built = sum(p.numel() for p in model.parameters())
     if built != cell.params:
@@ -264,13 +296,23 @@ def read_cell_result(folder: Path, cell: Cell) -> CellResult | None:
 # ---- executors ---------------------------------------------------------------------------------------
 
 
-def _run_local(job: SampleJob, cells: list[Cell], report: Callable[[CellResult], None]) -> None:
+def _run_local(job: SampleJob, cells: list[Cell], report: Callable[[CellResult], None],
+               log: Callable[[str], None]) -> None:
+    busy = []  # cells another process is training: waited for once everything else is done
     for cell in cells:
-        report(run_cell(job, cell))
+        result = run_cell(job, cell, wait=False)
+        if result is None:
+            log(f"cell {cell.name}: another process is training it; coming back to it at the end")
+            busy.append(cell)
+        else:
+            report(result)
+    for cell in busy:
+        log(f"cell {cell.name}: waiting for the other process to finish it")
+        report(run_cell(job, cell, wait=True))
 
 
-def _ray_cell(job: SampleJob, cell: Cell) -> CellResult:  # a module-level function: Ray pickles it by name
-    return run_cell(job, cell)
+def _ray_cell(job: SampleJob, cell: Cell, wait: bool) -> CellResult | None:  # module level: Ray pickles it by name
+    return run_cell(job, cell, wait=wait)
 
 
 def _require_ray():
@@ -288,12 +330,21 @@ def _run_ray(job: SampleJob, cells: list[Cell], report: Callable[[CellResult], N
     if not ray.is_initialized():
         ray.init(address=address)  # None: start a local Ray instance on this machine
     task = ray.remote(num_cpus=1, num_gpus=gpus_per_cell)(_ray_cell)
-    pending = [task.remote(job, cell) for cell in cells]
+    cell_of = {}
+    for cell in cells:
+        cell_of[task.remote(job, cell, False)] = cell
+    pending = list(cell_of)
     try:
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             for ref in finished:
-                report(ray.get(ref))
+                result = ray.get(ref)
+                if result is None:  # another sampler holds the cell: wait for it in a task of its own
+                    again = task.remote(job, cell_of[ref], True)
+                    cell_of[again] = cell_of[ref]
+                    pending.append(again)
+                else:
+                    report(result)
     except BaseException:
         for ref in pending:
             ray.cancel(ref)
@@ -348,9 +399,9 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
         "root": root_text, "recipe": dataclasses.asdict(recipe),
         "base": {"macs": base.macs, "params": base.params, "resolution": arch.resolution},
     }
-    if folder.exists() and not folder.is_dir():
+    if os.path.lexists(folder) and not os.path.isdir(folder):
         raise RunError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and load_config(folder, CONFIG_FILE) is None:
+    if folder.is_dir() and not folder_is_empty(folder) and load_config(folder, CONFIG_FILE) is None:
         raise RunError(f"{folder} is not empty and holds no tiny sampling run; choose another folder")
     # The data may move between runs (another mount point), and --n may grow or shrink: the plan for n
     # models is a prefix of the plan for more. Everything else must match to resume.
@@ -383,5 +434,5 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
                 gpus_per_cell = 1.0 if torch.cuda.is_available() else 0.0
             _run_ray(job, pending, report, ray_address, gpus_per_cell)
         else:
-            _run_local(job, pending, report)
+            _run_local(job, pending, report, log)
     return [results[c.index] for c in cells if c.index in results]

@@ -7,13 +7,18 @@ Methods, each returning the largest network on its one-dimensional path whose MA
   solver (`pyns.scaling.solve.solve_budget`). The paper's closed form w = sqrt(c / (r² d)) is reported beside
   it: it ignores the fixed stem and head floor, so it usually misses the budget.
 - `giant`: the inverse giant formula, EfficientNet's compound scaling run backwards: d = 1.2^φ, w = 1.1^φ,
-  r = 1.15^φ (φ = -1..-4 are EfficientNet-B^-φ). For an arbitrary budget φ is continuous: the largest φ whose
-  network fits (the cost is a non-decreasing step function of φ, so bisection finds it).
+  r = 1.15^φ, with φ continuous: the largest φ whose network fits the budget (the cost is a non-decreasing
+  step function of φ, so bisection finds it). The paper's EfficientNet-B^-1..B^-4 are this method at its
+  "about 200M, 100M, 50M, 25M FLOPs" (the paper's FLOPs are MACs: B0 = 387M), i.e. at φ ≈ -1.19, -2.36,
+  -3.80, -5.38, not at φ = -k: φ = -k gives 246M / 132M / 83M / 38M MACs (301M / 177M / 107M / 46M with
+  ceil depth). `efficientnet_b_minus(k)` builds them; they match the paper's Table 3 within 3% in
+  params and 3.5% in MACs.
 - `r`, `d`, `w`: shrink (or grow) one dimension alone, the other two at 1.
 
-Policies (how multipliers become integers, `pyns.policies`): `giant` uses EfficientNet's (depth ceil, stem and
-head scale with w), every other method TinyNet's (depth round, stem fixed, head floor), unless a policy is
-given explicitly. The default network (all multipliers 1) is the same under every policy, so c and `0.25x`
+Policies (how multipliers become integers, `pyns.policies`): `giant` uses `efficientnet_round` (EfficientNet's
+widths, stem and head scaling with w, and depth round(n·d) as in the TinyNet code: with EfficientNet's ceil
+the depth never shrinks at φ = -1 and the paper's B^-k cannot be reproduced), every other method TinyNet's
+(depth round, stem fixed, head floor), unless a policy is given explicitly. The default network (all multipliers 1) is the same under every policy, so c and `0.25x`
 budgets mean the same thing for all methods.
 
 MACs follow SPEC §3 (multiply-accumulates of conv and linear layers, batch 1; FLOPs = 2 x MACs).
@@ -43,12 +48,16 @@ from pyns.tinynet.cost import CostPath, Stage, record_repeats, stage_repeats, wi
 from pyns.tinynet.formula import TinyFormula, load_default_formula
 
 __all__ = [
-    "METHODS", "DEFAULT_POLICY", "Stage", "TinyResult", "solve_tiny", "resolve_macs_budget", "giant_cost",
+    "METHODS", "DEFAULT_POLICY", "B_MINUS_MACS", "Stage", "TinyResult", "solve_tiny", "resolve_macs_budget",
+    "giant_cost", "efficientnet_b_minus",
     "resolved_tiny_text", "write_resolved_tiny",
 ]
 
 METHODS = ("tiny", "giant", "r", "d", "w")
-DEFAULT_POLICY = {"tiny": "tinynet", "r": "tinynet", "d": "tinynet", "w": "tinynet", "giant": "efficientnet"}
+DEFAULT_POLICY = {"tiny": "tinynet", "r": "tinynet", "d": "tinynet", "w": "tinynet", "giant": "efficientnet_round"}
+# MACs budgets of the TinyNet paper's EfficientNet-B^-k ("about 200M, 100M, 50M, 25M FLOPs", §4.1; its FLOPs
+# count multiply-accumulates, B0 = 387M): 2^-k of B0's cost, rounded as the paper states them.
+B_MINUS_MACS = {1: 200_000_000, 2: 100_000_000, 3: 50_000_000, 4: 25_000_000}
 
 
 @dataclass
@@ -177,8 +186,20 @@ def _tiny(arch: Arch, budget: float, formula: TinyFormula, base_macs: int):
 
 def giant_cost(arch: Arch, phi: float,
                policy: str = DEFAULT_POLICY["giant"]) -> tuple[int, int, dict[str, int], int]:
-    """(params, MACs, widths, resolution) of the compound-scaled network at φ (φ = -k: EfficientNet-B-k)."""
+    """(params, MACs, widths, resolution) of the compound-scaled network at φ. The paper's EfficientNet-B^-k
+    is not φ = -k but the largest φ within B_MINUS_MACS[k] (`efficientnet_b_minus`)."""
     return CostPath(with_policy(arch, policy)).count(*giant_multipliers(phi))
+
+
+def efficientnet_b_minus(k: int, arch: Arch | str | Path = "efficientnet_b0") -> TinyResult:
+    """The TinyNet paper's EfficientNet-B^-k (k = 1..4): the giant method at B_MINUS_MACS[k].
+
+    On the shipped efficientnet_b0 this gives 3.58M / 199M, 2.99M / 98M, 1.99M / 50M and 1.34M / 23M
+    (params / MACs) against the paper's Table 3 3.6M / 201M, 3.0M / 98M, 2.0M / 51M, 1.3M / 24M.
+    """
+    if k not in B_MINUS_MACS:
+        raise BudgetError(f"EfficientNet-B^-k is defined for k = 1..4 (the paper's Table 3), got {k}")
+    return solve_tiny(arch, B_MINUS_MACS[k], method="giant")
 
 
 def solve_tiny(arch: Arch | str | Path, macs: str | float | Budget | None = None, *,

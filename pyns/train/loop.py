@@ -10,6 +10,7 @@ schedule (SPEC §5 "Final training") and keeps in `out_dir`:
     train_config.json  the recipe and run shape, checked on resume
     result.json        the final summary (final and best test accuracy, clearly labelled)
     tensorboard/       scalars, when tensorboard is installed
+    .pyns-lock         held by rank 0 for the run: a second process training here is refused (pyns.runlock)
 
 Accuracies are counted over samples (correct / total), never averaged over batches (a defect of the
 reference code). Under torchrun (`WORLD_SIZE` > 1) the model is wrapped in DistributedDataParallel, the
@@ -26,6 +27,7 @@ loop, `make_loaders`, `evaluate` and the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -51,6 +53,8 @@ from pyns.runfiles import (
     save_config,
     write_jsonl,
 )
+from pyns.runlock import lock_folder
+from pyns.safewrite import make_folder
 from pyns.train.checkpoint import checkpoint_payload, restore_checkpoint
 from pyns.train.epoch import EpochProgress, EpochRunner, autocast, open_tensorboard
 from pyns.train.recipe import EpochRecord, TrainRecipe, TrainResult, result_from_history
@@ -217,9 +221,18 @@ def _prepare_run_folder(out: Path, resume: bool, overwrite: bool, ctx: DistConte
             hint="pass resume=True to continue it, overwrite=True to start over, or choose another folder",
         )
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         for stale in (CHECKPOINT_FILE, BEST_MODEL_FILE, RESULT_FILE, METRICS_FILE):
             (out / stale).unlink(missing_ok=True)
+
+
+def _lock_run_folder(out: Path):
+    """Rank 0 owns the run folder for the whole run: a second process on it gets RunBusy (pyns.runlock).
+    Other ranks share rank 0's folder and write nothing, so they take no lock."""
+    if not distributed_context().is_main:
+        return contextlib.nullcontext()
+    make_folder(out)
+    return lock_folder(out)
 
 
 def train(
@@ -235,6 +248,27 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` with `recipe`, evaluating on `test_loader` after every epoch; see the module doc.
+
+    The run folder is locked for the duration (RunBusy when another process trains in it).
+    """
+    with _lock_run_folder(Path(out_dir)):
+        return _train(model, train_loader, test_loader, recipe, out_dir=out_dir, resume=resume,
+                      overwrite=overwrite, log_every=log_every, progress=progress)
+
+
+def _train(
+    model: nn.Module,
+    train_loader: Any,
+    test_loader: Any,
+    recipe: TrainRecipe,
+    *,
+    out_dir: str | os.PathLike,
+    resume: bool,
+    overwrite: bool,
+    log_every: int,
+    progress: bool,
+) -> TrainResult:
+    """`train` with its folder locked.
 
     `resume=True` continues from `out_dir/checkpoint.pt` and ends exactly where an uninterrupted run
     with the same seed would (given deterministic kernels); only `recipe.epochs` may differ from the

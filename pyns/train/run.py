@@ -18,9 +18,12 @@ import torch
 from pyns.errors import DataError, RunError
 from pyns.runfiles import atomic_write_json, load_config
 
-__all__ = ["DataSpec", "ArchSpec", "run_training", "read_result", "RESULT_FILE", "LATENCY_METHOD"]
+__all__ = ["DataSpec", "ArchSpec", "run_training", "read_result", "RESULT_FILE", "RUN_FILE", "ARCH_FILE",
+           "LATENCY_METHOD"]
 
 RESULT_FILE = "result.json"
+RUN_FILE = "run.json"  # `pyns train`: what was trained (arch and its settings, widths, data)
+ARCH_FILE = "arch.arch"  # `pyns train`: the architecture's source text, so the run can be rebuilt from the folder
 LATENCY_METHOD = "paper: batch 100, 20 warm-up batches, mean of the next 80"
 
 

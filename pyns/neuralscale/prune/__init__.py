@@ -8,11 +8,14 @@
     train = load_dataset("cifar10", "~/data", "train")
     result = prune(arch, train, PruneConfig(), "runs/vgg11")   # trajectory in runs/vgg11/trajectory.jsonl
 
-Modules: schedule (PruneConfig and the rules), importance (Taylor importance of channel classes, global
-ranking), shrink (rebuild smaller, copy surviving state, derived widths' survivors; mask counterpart),
-structure (the network a run prunes: shortcuts pinned, filters and units), run (the loop, resume),
-runfolder (the run folder's files, reading a run back), progress (the progress bar).
+Modules: schedule (PruneConfig and the rules), defaults (units per step and Q derived from the network
+and the data set when unset; what a run can record, warned before it starts), floors (the smallest width
+a group may reach with every derived layer still >= 1), importance (Taylor importance of channel classes,
+global ranking), shrink (rebuild smaller, copy surviving state, derived widths' survivors; mask
+counterpart), structure (the network a run prunes: shortcuts pinned, filters and units), run (the loop,
+resume), runfolder (the run folder's files, reading a run back), progress (the progress bar).
 """
+from pyns.neuralscale.prune.defaults import SchedulePlan, ScheduleWarning, plan_schedule
 from pyns.neuralscale.prune.importance import Selection, TaylorCollector, select_units
 from pyns.neuralscale.prune.run import PruneResult, PruneState, prune
 from pyns.neuralscale.prune.runfolder import load_run_arch, load_run_config, read_trajectory
@@ -23,6 +26,8 @@ __all__ = [
            "PruneConfig",
            "PruneResult",
            "PruneState",
+           "SchedulePlan",
+           "ScheduleWarning",
            "Selection",
            "ShrinkReport",
            "TaylorCollector",
@@ -31,6 +36,7 @@ __all__ = [
            "load_run_config",
            "lr_at",
            "mask_network",
+           "plan_schedule",
            "prune",
            "read_trajectory",
            "recording_started",

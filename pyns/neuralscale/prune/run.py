@@ -50,6 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from pyns.errors import RunError
+from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
+from pyns.neuralscale.prune.defaults import warn as warn_schedule
+from pyns.neuralscale.prune.floors import unit_floors
 from pyns.neuralscale.prune.importance import TaylorCollector, gates_by_symbol, select_units
 from pyns.neuralscale.prune.progress import PruneProgress
 from pyns.neuralscale.prune.runfolder import (
@@ -92,6 +95,7 @@ __all__ = [
     "MODES",
     "PruneResult",
     "PruneState",
+    "load_prune_checkpoint",
     "prune",
 ]
 
@@ -100,8 +104,14 @@ _CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
 _CHECKPOINT_VERSION = 2  # 2: derived-width keep sets, filters, the class importance sums
 # Settings that may change between an interrupted run and its resumption without changing what was
 # already computed: a longer epoch cap extends the run; the data root only says where the files are;
-# how often checkpoints are written changes no result.
-_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "prune.checkpoint_interval_s")
+# how often checkpoints are written changes no result. "schedule" holds what the settings imply (the
+# bound on steps moves with max_epochs), not settings.
+_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "prune.checkpoint_interval_s", "schedule")
+
+
+def load_prune_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a pruning run's checkpoint.pt (tensors on the CPU, weights only), refusing files that are not one."""
+    return load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
 
 
 @dataclass
@@ -137,6 +147,7 @@ class PruneResult:
     stop_reason: str | None
     steps: int
     seconds: float
+    schedule: SchedulePlan | None = None  # the effective settings, which ones were derived, the points bound
 
     @property
     def recorded(self) -> list[dict[str, Any]]:
@@ -217,17 +228,25 @@ class _Pruner:
     def _plan_classes(self) -> None:
         """Which symbol classes the ranking may take units from: not those at their floor from the start
         (they can never lose one, so recording does not wait for them) nor those tied to a fixed width."""
-        net, floors = self.net, self.net.floors(self.config.min_width)
+        net = self.net
+        self.declared = net.floors(self.config.min_width)
         self.rankable: list[int] = []
-        self.floors: list[int] = []
         self.exempt: set[str] = set()
+        floors = self._floors(self.initial, every_class=True)
         for index, members in enumerate(net.symbol_classes):
             width = net.width(members[0], self.initial)
             if width <= floors[index] or any(m in net.cmap.frozen for m in members):
                 self.exempt.update(net.cmap.spaces[m].symbol for m in members if net.cmap.spaces[m].symbol)
             else:
                 self.rankable.append(index)
-                self.floors.append(floors[index])
+
+    def _floors(self, widths: Mapping[str, int], every_class: bool = False) -> list[int]:
+        """Per rankable class (or every symbol class), the width it may not go below: its declared floor,
+        raised where a derived layer (an SE's round(0.25 * c)) would reach 0 first (prune/floors.py)."""
+        net = self.net
+        groups = [[m for m in members if net.cmap.spaces[m].symbol] for members in net.symbol_classes]
+        floors = unit_floors(net.network, groups, self.arch.widths(widths), self.declared)
+        return floors if every_class else [floors[k] for k in self.rankable]
 
     # -- set-up --------------------------------------------------------------------------------------
 
@@ -255,7 +274,7 @@ class _Pruner:
         self.checkpoint()  # a run folder always holds a checkpoint to resume from
 
     def restore(self, path: Path) -> None:
-        payload = load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
+        payload = load_prune_checkpoint(path)
         self.state = PruneState(**payload["state"])
         widths = self.state.widths if self.mode == "shrink" else self.initial
         self.model = self._build(widths)
@@ -427,7 +446,7 @@ class _Pruner:
         stop reason set when nothing may be removed."""
         c, s = self.config, self.state
         importances = [self._importance(k) for k in self.rankable]
-        selection = select_units(importances, c.units_per_step, self.floors)
+        selection = select_units(importances, c.units_per_step, self._floors(s.widths))
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
             return None
@@ -542,7 +561,6 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
     trajectory and where the run ended; see pyns.neuralscale.prune.runfolder for the run folder. Raises RunError for
     a non-empty folder without `resume`, or a resume with other settings.
     """
-    config.validate()
     if mode not in MODES:
         raise RunError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     start = arch.widths(widths)
@@ -550,31 +568,38 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
         raise RunError(f"{arch.name} takes {arch.network.in_channels}x{arch.resolution}x{arch.resolution} "
                        f"images, the data set has {train_set.channels}x{train_set.resolution}x"
                        f"{train_set.resolution}; load it with resolution= and channels= to match")
+    # Unset units_per_step / prune_every are derived from the network and the data set here, and a run
+    # that cannot record enough points for a fit says so now, before any training (prune/defaults.py).
+    plan = plan_schedule(arch, config, start, len(train_set))
+    warn_schedule(plan)
+    config = plan.config
     out = Path(out_dir)
-    prepare_folder(out, resume)
-    data_info = dict(data) if data is not None else {"name": train_set.name}
-    data_info.setdefault("num_samples", len(train_set))
-    data_info.setdefault("num_classes", train_set.num_classes)
-    check_config(out, run_config(arch, data_info, config, mode, start), CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
-    atomic_write_text(out / ARCH_FILE, arch.source.text)
-    atomic_write_json(out / VERSIONS_FILE, versions())
+    with prepare_folder(out, resume):  # the folder is this process's until the run ends (pyns.runlock)
+        data_info = dict(data) if data is not None else {"name": train_set.name}
+        data_info.setdefault("num_samples", len(train_set))
+        data_info.setdefault("num_classes", train_set.num_classes)
+        saved_config = {**run_config(arch, data_info, config, mode, start), "schedule": plan.to_dict()}
+        check_config(out, saved_config, CONFIG_FILE, ignore=_RESUMABLE_CHANGES)
+        atomic_write_text(out / ARCH_FILE, arch.source.text)
+        atomic_write_json(out / VERSIONS_FILE, versions())
 
-    pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
-    checkpoint = out / CHECKPOINT_FILE
-    if resume and checkpoint.exists():
-        pruner.restore(checkpoint)
-    else:
-        pruner.start_fresh()
-    if not pruner.state.done:
-        pruner.run()
-    s = pruner.state
-    params, macs = pruner.net.count(s.widths)
-    recorded = sum(1 for r in pruner.rows if r["recording"])
-    summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
-               "minibatches": s.minibatches, "total_filters": s.total_filters, "filters": pruner._filters(),
-               "removed_units": s.removed_units, "total_units": s.total_units, "recorded_rows": recorded,
-               "widths": s.widths, "params": params, "macs": macs, "seconds": round(s.seconds, 3), "mode": mode}
-    atomic_write_json(out / SUMMARY_FILE, summary)
-    if s.done and recorded == 0:
-        raise RunError(pruner.nothing_recorded())
-    return PruneResult(out, pruner.rows, dict(s.widths), params, macs, s.done, s.stop_reason, s.step, s.seconds)
+        pruner = _Pruner(arch, train_set, config, mode, parse_device(device), out, start, progress, callback)
+        checkpoint = out / CHECKPOINT_FILE
+        if resume and checkpoint.exists():
+            pruner.restore(checkpoint)
+        else:
+            pruner.start_fresh()
+        if not pruner.state.done:
+            pruner.run()
+        s = pruner.state
+        params, macs = pruner.net.count(s.widths)
+        recorded = sum(1 for r in pruner.rows if r["recording"])
+        summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
+                   "minibatches": s.minibatches, "total_filters": s.total_filters, "filters": pruner._filters(),
+                   "removed_units": s.removed_units, "total_units": s.total_units, "recorded_rows": recorded,
+                   "widths": s.widths, "params": params, "macs": macs, "seconds": round(s.seconds, 3), "mode": mode}
+        atomic_write_json(out / SUMMARY_FILE, summary)
+        if s.done and recorded == 0:
+            raise RunError(pruner.nothing_recorded())
+        return PruneResult(out, pruner.rows, dict(s.widths), params, macs, s.done, s.stop_reason, s.step,
+                           s.seconds, plan)

@@ -18,14 +18,16 @@ The run folder (crash-safe: every file is written atomically or appended one lin
                        written at the start, at most every checkpoint_interval_s seconds (after a prune
                        step or a warm-up epoch), at the end and on Ctrl-C
     summary.json       written at the end: why the run stopped, final widths and costs
+    .pyns-lock         held (flock) by the process running the prune: a second one is refused (pyns.runlock)
 
-`prepare_folder` refuses a non-empty folder unless the run resumes, `run_config` is the config.json compared
-on resume, and `read_trajectory`, `load_run_config` and `load_run_arch` read a finished or running folder
+`prepare_folder` locks the folder for the run and refuses a non-empty one unless the run resumes,
+`run_config` is the config.json compared on resume, and `read_trajectory`, `load_run_config` and `load_run_arch` read a finished or running folder
 back (for `pyns plot`, `pyns fit` and descent).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import sys
 import warnings
@@ -40,6 +42,8 @@ from pyns.errors import RunError
 from pyns.neuralscale.profile import TRAJECTORY_FILE, fit_power_law, read_trajectory
 from pyns.neuralscale.prune.schedule import PruneConfig
 from pyns.runfiles import load_config, read_jsonl
+from pyns.runlock import FolderLock, folder_is_empty, lock_folder
+from pyns.safewrite import make_folder
 
 __all__ = [
     "ARCH_FILE",
@@ -94,13 +98,18 @@ def run_config(arch, data: Mapping[str, Any], config: PruneConfig, mode: str,
     }
 
 
-def prepare_folder(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
+def prepare_folder(out: Path, resume: bool) -> FolderLock:
+    """Create the run folder and lock it for this process (a second process on it gets RunBusy, exit 2);
+    the caller releases the lock when the run ends. A fresh run needs an empty folder."""
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise RunError(f"{out} exists and is not a folder; choose another --out")
-    if not resume and out.exists() and any(out.iterdir()):
+    make_folder(out)
+    lock = lock_folder(out)
+    if not resume and not folder_is_empty(out):
+        lock.release()
         raise RunError(f"the run folder {out} is not empty: pass --resume to continue the run in it, or "
                        "choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+    return lock
 
 
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -38,6 +38,10 @@ STOP_NOTHING_LEFT = "every width is at min_width"
 class PruneConfig:
     """Algorithm 1 with the NeuralScale reference defaults (CIFAR; see `for_dataset` for TinyImageNet).
 
+    `units_per_step` and `prune_every` left unset are derived from the network and the data set when the
+    run starts (`pyns.neuralscale.prune.defaults.plan_schedule`), because the paper's 10 units every 50
+    minibatches were chosen for VGG11 on CIFAR and record too few trajectory points on small networks.
+
     Epochs are counted from 0 over the whole run: epochs 0 .. warmup_epochs-1 pre-train the full network,
     pruning starts with epoch `warmup_epochs`.
     """
@@ -50,8 +54,13 @@ class PruneConfig:
     momentum: float = 0.5
     weight_decay: float = 5e-4
     batch_size: int = 256  # 100 on TinyImageNet
-    prune_every: int = 50  # Q: minibatches of importance collected per prune step (100 on TinyImageNet)
-    units_per_step: int = 10  # units removed per prune step
+    # Q: minibatches of importance collected per prune step. None: the paper's 50 (100 on TinyImageNet),
+    # or one epoch when an epoch has fewer minibatches (pyns.neuralscale.prune.defaults).
+    prune_every: int | None = None
+    # Units removed per prune step. None: 1% of the network's prunable units, at least 1 and at most the
+    # paper's 10 (the paper's value from ~1,000 units up; VGG11 on CIFAR has 2,752), so that every network
+    # gets ~95 prune steps (pyns.neuralscale.prune.defaults).
+    units_per_step: int | None = None
     stop_fraction: float = 0.95  # stop once this fraction of the filters is gone (pyns.channels.count_filters)
     min_width: int = 1  # no width may drop below this
     # What to do when one of the lowest-ranked units sits in a group already at min_width: the paper
@@ -79,8 +88,10 @@ class PruneConfig:
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.prune_every >= 1, f"prune_every must be >= 1 minibatch, got {self.prune_every}"),
-            (self.units_per_step >= 1, f"units_per_step must be >= 1, got {self.units_per_step}"),
+            (self.prune_every is None or self.prune_every >= 1,
+             f"prune_every must be >= 1 minibatch (or unset: derived from the data set), got {self.prune_every}"),
+            (self.units_per_step is None or self.units_per_step >= 1,
+             f"units_per_step must be >= 1 (or unset: derived from the network), got {self.units_per_step}"),
             (0 < self.stop_fraction < 1, f"stop_fraction must be in (0, 1), got {self.stop_fraction}"),
             (self.min_width >= 1, f"min_width must be >= 1, got {self.min_width}"),
             (self.max_epochs is None or self.max_epochs >= 0,
@@ -98,6 +109,11 @@ class PruneConfig:
         key = canonical_name(name)
         base: dict[str, Any] = {"batch_size": 100, "prune_every": 100} if key == "tinyimagenet" else {}
         return cls(**{**base, **overrides})
+
+    @property
+    def resolved(self) -> bool:
+        """Whether every setting is a number (the loop needs that; see pyns.neuralscale.prune.defaults)."""
+        return self.units_per_step is not None and self.prune_every is not None
 
     def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,64 @@
+"""Widths that residual adds tie together, read from the IR.
+
+- An identity add (`residual(shortcut = identity)`) always adds its input to its body's output, so the
+  two widths must be equal: `identity_adds` lists those residuals and `check_identity_adds` rejects widths
+  that differ, with a DSLError at the residual in the .arch file (they could never be built).
+- A stride-1 shortcut that exists only while two widths differ ties them while they are equal:
+  `fill_pairs` lists every such pair (identity adds included), for the budget fill (pyns.scaling.solve),
+  which moves tied widths together.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from pyns import ir
+from pyns.dsl.expr import Const, Sym, evaluate, to_source
+from pyns.errors import DSLError
+
+
+def identity_adds(network: ir.Network) -> list[ir.Residual]:
+    """Every residual whose add always happens with an identity shortcut: its two widths must be equal."""
+    out: list[ir.Residual] = []
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            if isinstance(node, ir.Residual):
+                visit(node.body)
+                if node.mode == "identity":
+                    out.append(node)
+
+    visit(network.layers)
+    return out
+
+
+def check_identity_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
+    """Raise a DSLError at the residual when widths joined by an identity add differ (they cannot be built)."""
+    for node in identity_adds(network):
+        a, b = evaluate(node.in_ch, widths), evaluate(node.out_ch, widths)
+        if a != b:
+            raise DSLError(f"widths that cannot be built: this identity add joins `{to_source(node.in_ch)}` = "
+                           f"{int(a) if float(a).is_integer() else a} and `{to_source(node.out_ch)}` = "
+                           f"{int(b) if float(b).is_integer() else b}; the two are tied and must be equal",
+                           pos=node.pos, hint="give both the same width, or use residual(shortcut = conv) "
+                                              "for a projection")
+
+
+def fill_pairs(network) -> list[tuple[int, int]]:
+    """Symbol index pairs (program input order) that a residual ties while they are equal: an identity
+    add, or a stride-1 shortcut that exists only while the two widths differ."""
+    index = {name: i for i, name in enumerate(network.symbol_names)}
+    pairs: list[tuple[int, int]] = []
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            if isinstance(node, ir.Residual):
+                visit(node.body)
+                if (node.project_when != Const(1) and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)
+                        and node.in_ch.name != node.out_ch.name):
+                    pairs.append((index[node.in_ch.name], index[node.out_ch.name]))
+
+    visit(network.layers)
+    return pairs
+
+
+__all__ = ["identity_adds", "check_identity_adds", "fill_pairs"]
