@@ -24,24 +24,32 @@ KILLER = textwrap.dedent("""
     point, iteration, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import pyns.neuralscale.descent as descent
     import pyns.neuralscale.prune.run as prune_run
-    seen = {"iteration": -1, "train": 0, "prune": 0}
+    seen = {"iteration": -1, "train": 0, "prune": 0, "checkpoint": 0}
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
     real_prune = descent.prune
     def each_iteration(*args, **kwargs):
-        seen.update(iteration=seen["iteration"] + 1, train=0, prune=0)
+        seen.update(iteration=seen["iteration"] + 1, train=0, prune=0, checkpoint=0)
         return real_prune(*args, **kwargs)
     descent.prune = each_iteration
 
     real_step = prune_run._Pruner._train_step
-    def train_step(self, x, y):
+    def train_step(self, x, y, *rest):
         seen["train"] += 1
         if point == "warmup" and seen["iteration"] == iteration and seen["train"] == count:
             die()
-        return real_step(self, x, y)
+        return real_step(self, x, y, *rest)
     prune_run._Pruner._train_step = train_step
+
+    real_checkpoint = prune_run._Pruner.checkpoint
+    def checkpoint(self, *args, **kwargs):
+        seen["checkpoint"] += 1
+        if point == "start" and seen["iteration"] == iteration and seen["checkpoint"] == 1:
+            die()  # the iteration folder is prepared, its first checkpoint not yet written
+        return real_checkpoint(self, *args, **kwargs)
+    prune_run._Pruner.checkpoint = checkpoint
 
     real_prune_step = prune_run._Pruner._prune_step
     def prune_step(self):
@@ -63,10 +71,15 @@ KILLER = textwrap.dedent("""
 """)
 
 # (name, point, iteration, count, what the killed folder must look like)
+# A pruning run writes a checkpoint as it starts, so only the "start" points leave a started iteration
+# without one (the case that could not resume before); the warm-up points resume from that checkpoint.
 POINTS = [
-    ("warm-up of iteration 0", "warmup", 0, 3, lambda out: not (out / "iter-00" / "checkpoint.pt").exists()),
-    ("warm-up of iteration 1", "warmup", 1, 3,
+    ("start of iteration 0", "start", 0, 0,
+     lambda out: (out / "iter-00").is_dir() and not (out / "iter-00" / "checkpoint.pt").exists()),
+    ("start of iteration 1", "start", 1, 0,
      lambda out: (out / "iter-01").is_dir() and not (out / "iter-01" / "checkpoint.pt").exists()),
+    ("warm-up of iteration 0", "warmup", 0, 3, lambda out: (out / "iter-00" / "checkpoint.pt").exists()),
+    ("warm-up of iteration 1", "warmup", 1, 3, lambda out: (out / "iter-01" / "checkpoint.pt").exists()),
     ("pruning in iteration 0", "pruning", 0, 3, lambda out: (out / "iter-00" / "checkpoint.pt").exists()),
     ("between iterations", "between", 0, 0, lambda out: not (out / "iter-01").exists()),
 ]
