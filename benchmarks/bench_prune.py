@@ -11,10 +11,10 @@ steps agree exactly and how far the runs drift afterwards. (Step-by-step equival
 tests/test_shrink.py.)
 
 Defaults: VGG11 (CIFAR) at width ratio 0.5 on synthetic 32x32 data, one warm-up epoch of 16 minibatches,
-then a prune step every 8 minibatches removing 44 of the 1376 units until 95% are gone (30 steps):
-256 minibatches per run; each mode runs twice, alternating, and the best time counts (a shared machine
-only adds time). About 2-3 minutes on 2 idle CPU cores. Checkpoints are written only at the warm-up's
-epoch ends and at the end, so the timings measure training. Run:
+then a prune step every 8 minibatches removing 44 of the 1376 filters (VGG11 has no tied widths: one unit
+is one filter) until 95% are gone (30 steps): 256 minibatches per run; each mode runs twice, alternating,
+and the best time counts (a shared machine only adds time). About 2-3 minutes on 2 idle CPU cores. Checkpoints are written only at the end (an
+interval longer than the run), so the timings measure training. Run:
 
     python benchmarks/bench_prune.py [--device cuda] [--ratio 0.5] [--every 8] [--units 44] ...
 """
@@ -73,7 +73,7 @@ def main() -> None:
                         num_samples=args.samples, num_classes=10, seed=args.seed)
     config = PruneConfig(warmup_epochs=args.warmup, batch_size=args.batch_size, prune_every=args.every,
                          units_per_step=args.units, prune_lr=args.lr, stop_at_min_width=False, augment=False, seed=args.seed,
-                         checkpoint_every=10**6)
+                         checkpoint_interval_s=1e9)
     start = arch.count(widths)
     print(f"{arch.name} at width ratio {args.ratio}: {start.params:,} params, {start.macs:,} MACs; "
           f"{len(data)} synthetic {arch.resolution}x{arch.resolution} images, batch {args.batch_size}, "

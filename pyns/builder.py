@@ -3,8 +3,11 @@
 The module mirrors the IR tree: a `Sequential` of layers, with `ResidualBlock`s holding a body and an
 optional projection. Parameter order follows the .arch source, so a file written in the order of a
 public implementation yields the same `parameters()` shapes in the same order.
-With `gates=True`, a `TaylorGate` follows every BatchNorm whose width is a searchable symbol; the gate
-records which symbol it belongs to (tied widths share a symbol, hence one pruning group).
+With `gates=True`, a `TaylorGate` follows every BatchNorm whose channels can be pruned (a searchable
+width, or a width derived from searchable ones such as an expansion `6 * in`), and sits inside every
+squeeze-excite whose reduced width can change (derived, or a searchable symbol of its own as in
+imported networks: either way a channel space); each gate records the channel space it masks
+(`gate.symbol`: the symbol's name, or the id of a derived space, see pyns.channels).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 from torch import nn
 
 from pyns import ir
-from pyns.dsl.expr import Sym, evaluate, to_source
+from pyns.channels import ChannelMap, channel_map
+from pyns.dsl.expr import evaluate, to_source
 from pyns.errors import PynsError
 from pyns.gate import TaylorGate
 
@@ -27,20 +31,22 @@ _ACTIVATIONS = {
 
 
 class SqueezeExcite(nn.Module):
-    """`units` is the pruning gate on the squeezed channels (an Identity unless the squeeze width is a
-    searchable symbol of its own, as in imported networks): zeroing a squeezed channel there is removing it."""
+    """`reduced_gate` masks the reduced channels (a pruning gate, or an Identity)."""
 
-    def __init__(self, channels: int, reduced: int, act: str, gate: str, units: nn.Module | None = None):
+    def __init__(self, channels: int, reduced: int, act: str, gate: str, reduced_gate: nn.Module | None = None,
+                 device: torch.device | str | None = None):
         super().__init__()
-        self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True, device=device)
         self.act = _ACTIVATIONS[act]()
-        self.units = units if units is not None else nn.Identity()
-        self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.reduced_gate = reduced_gate if reduced_gate is not None else nn.Identity()
+        self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True, device=device)
         self.gate = _ACTIVATIONS[gate]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
-        return x * self.gate(self.conv_expand(self.units(self.act(self.conv_reduce(s)))))
+        # The pruning gate after the activation: a masked reduced channel is then 0 into conv_expand
+        # whatever act(0) is, exactly as if it were removed.
+        return x * self.gate(self.conv_expand(self.reduced_gate(self.act(self.conv_reduce(s)))))
 
 
 class ResidualBlock(nn.Module):
@@ -104,9 +110,9 @@ class ChannelLinear(nn.Linear):
 
 
 class LayerScale(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, device: torch.device | str | None = None):
         super().__init__()
-        self.gamma = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(torch.ones(channels, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma.view(1, -1, 1, 1)
@@ -119,36 +125,34 @@ def _value(expr, env: Mapping[str, int]) -> int:
     return value
 
 
-def _gate(channels: int, symbol: str):
-    gate = TaylorGate(channels)
+def _gate(channels: int, symbol: str, device=None):
+    gate = TaylorGate(channels, device=device)
     gate.symbol = symbol
     return gate
 
 
-def _gate_symbol(node: ir.Node, following: ir.Node | None, searchable: set[str]) -> str | None:
-    """The searchable symbol whose channels a gate after `node` would mask, or None for no gate.
+def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> str | None:
+    """The channel space whose channels a gate after `node` would mask, or None for no gate.
 
-    Gates go after every BN of a searchable width, and after every conv/linear *producing* a searchable
-    width with no BN right behind it (e.g. a pre-activation block's last conv, whose output joins the
-    residual stream). Masking channel c at all of a symbol's gates then zeroes that channel on every path
-    it takes, identity shortcuts included, which is exactly what removing it does.
+    Gates go after every BN of a prunable space (searchable or derived width), and after every conv /
+    linear whose output is in one with no BN right behind it (e.g. a pre-activation block's last conv,
+    whose output joins the residual stream). Masking channel c at all gates of its space then zeroes that
+    channel on every path it takes, identity shortcuts and biased depthwise convs included, which is
+    exactly what removing it does.
     """
+    roles = cmap.layers.get(getattr(node, "name", None), {})
+    space = None
     if isinstance(node, ir.BatchNorm):
-        width = node.channels
-    elif isinstance(node, ir.Conv):
-        width = node.out_ch
-    elif isinstance(node, ir.Linear):
-        width = node.out_features
-    else:
-        return None
-    if not (isinstance(width, Sym) and width.name in searchable):
-        return None
-    if not isinstance(node, ir.BatchNorm) and isinstance(following, ir.BatchNorm):
-        return None  # the BN right after carries the gate
-    return width.name
+        space = roles.get("channels")
+    elif isinstance(node, (ir.Conv, ir.Linear, ir.ChannelLinear)) and not isinstance(following, ir.BatchNorm):
+        space = roles.get("out")
+    # A concat's output (a composite of its branches' spaces) has no gate of its own: a gate masks one
+    # space. Its branches' gates mask its channels; the shrink reports what they cannot cover.
+    return None if space in cmap.composites else space
 
 
-def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable: set[str]) -> nn.Sequential:
+def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: ChannelMap,
+           device=None) -> nn.Sequential:
     modules: list[nn.Module] = []
     for index, node in enumerate(nodes):
         if isinstance(node, ir.Conv):
@@ -156,12 +160,13 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
             if cin % groups or cout % groups:
                 raise PynsError(f"{node.name}: groups {groups} does not divide widths {cin} -> {cout}")
             conv = nn.Conv2d(cin, cout, node.kernel, node.stride, node.padding, dilation=node.dilation,
-                             groups=groups, bias=node.bias)
+                             groups=groups, bias=node.bias, device=device)
             conv.pyns_layer = node  # type: ignore[attr-defined]  # lets the pruner map weights back to the IR
             modules.append(conv)
         elif isinstance(node, ir.BatchNorm):
             c = _value(node.channels, env)
-            bn = nn.BatchNorm2d(c, eps=node.eps) if node.spatial else nn.BatchNorm1d(c, eps=node.eps)
+            bn = (nn.BatchNorm2d(c, eps=node.eps, device=device) if node.spatial
+                  else nn.BatchNorm1d(c, eps=node.eps, device=device))
             bn.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(bn)
         elif isinstance(node, ir.Activation):
@@ -177,29 +182,30 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
         elif isinstance(node, ir.Flatten):
             modules.append(nn.Flatten(1))
         elif isinstance(node, ir.Linear):
-            lin = nn.Linear(_value(node.in_features, env), _value(node.out_features, env), bias=node.bias)
+            lin = nn.Linear(_value(node.in_features, env), _value(node.out_features, env), bias=node.bias,
+                            device=device)
             lin.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(lin)
         elif isinstance(node, ir.Dropout):
             modules.append(nn.Dropout(node.p))
         elif isinstance(node, ir.SqueezeExcite):
-            reduced = node.reduced.name if isinstance(node.reduced, Sym) and node.reduced.name in searchable else None
-            units = _gate(env[reduced], reduced) if gates and reduced else None
-            se = SqueezeExcite(_value(node.channels, env), _value(node.reduced, env), node.act, node.gate, units)
+            reduced, reduced_space = _value(node.reduced, env), cmap.layers[node.name]["reduced"]
+            reduced_gate = _gate(reduced, reduced_space, device) if gates and reduced_space is not None else None
+            se = SqueezeExcite(_value(node.channels, env), reduced, node.act, node.gate, reduced_gate, device)
             se.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(se)
         elif isinstance(node, ir.Residual):
-            modules.append(_build_residual(node, env, gates, searchable))
+            modules.append(_build_residual(node, env, gates, cmap, device))
         elif isinstance(node, ir.LayerNorm):
-            ln = ChannelLayerNorm(_value(node.channels, env), eps=node.eps)
+            ln = ChannelLayerNorm(_value(node.channels, env), eps=node.eps, device=device)
             ln.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(ln)
         elif isinstance(node, ir.ChannelLinear):
-            lin = ChannelLinear(_value(node.in_ch, env), _value(node.out_ch, env), bias=node.bias)
+            lin = ChannelLinear(_value(node.in_ch, env), _value(node.out_ch, env), bias=node.bias, device=device)
             lin.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(lin)
         elif isinstance(node, ir.Scale):
-            scale = LayerScale(_value(node.channels, env))
+            scale = LayerScale(_value(node.channels, env), device=device)
             scale.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(scale)
         elif isinstance(node, ir.Slice):
@@ -212,18 +218,18 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, searchable
                 raise PynsError(f"{node.name}: shuffle({node.groups}) of {_value(node.channels, env)} channels")
             modules.append(ChannelShuffle(node.groups))
         elif isinstance(node, ir.Concat):
-            modules.append(ConcatBlock([_build(b, env, gates, searchable) for b in node.branches]))
+            modules.append(ConcatBlock([_build(b, env, gates, cmap, device) for b in node.branches]))
         following = nodes[index + 1] if index + 1 < len(nodes) else None
-        symbol = _gate_symbol(node, following, searchable)
-        if symbol is not None:
+        space = _gate_space(node, following, cmap)
+        if space is not None:
             # An Identity holds the gate's slot in ungated models, so gated and plain models share
             # state_dict keys (weights move between them with load_state_dict).
-            modules.append(_gate(env[symbol], symbol) if gates else nn.Identity())
+            modules.append(_gate(_value(cmap.spaces[space].width, env), space, device) if gates else nn.Identity())
     return nn.Sequential(*modules)
 
 
-def _build_residual(node: ir.Residual, env, gates, searchable) -> ResidualBlock:
-    body = _build(node.body, env, gates, searchable)
+def _build_residual(node: ir.Residual, env, gates, cmap: ChannelMap, device) -> ResidualBlock:
+    body = _build(node.body, env, gates, cmap, device)
     differs = bool(evaluate(node.project_when, env))
     if node.mode == "identity":
         a, b = _value(node.in_ch, env), _value(node.out_ch, env)
@@ -233,7 +239,7 @@ def _build_residual(node: ir.Residual, env, gates, searchable) -> ResidualBlock:
         return ResidualBlock(body, None, True)
     if node.mode == "none":
         return ResidualBlock(body, None, not differs)
-    shortcut = _build(node.shortcut, env, gates, searchable) if differs else None
+    shortcut = _build(node.shortcut, env, gates, cmap, device) if differs else None
     return ResidualBlock(body, shortcut, True)
 
 
@@ -283,11 +289,12 @@ class Network(nn.Module):
 
 
 def build_module(network: ir.Network, widths: Mapping[str, int], *, gates: bool = False,
-                 init: str | None = None) -> Network:
-    searchable = {s.name for s in network.searchable}
+                 init: str | None = None, device: torch.device | str | None = None) -> Network:
+    """The module of `network` at `widths` (completed with the defaults), initialised by its init
+    scheme; with `device="meta"`, shape-only and uninitialised (the shrinker fills it with old weights)."""
     env = dict(network.defaults())
     env.update(widths)
-    model = Network(network, env, _build(network.layers, env, gates, searchable))
+    model = Network(network, env, _build(network.layers, env, gates, channel_map(network, env), device))
     init_name = init or network.params.get("init", None) or "neuralscale"
     if isinstance(init_name, (int, float)):
         init_name = "neuralscale"

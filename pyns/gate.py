@@ -174,12 +174,13 @@ class GateFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, z: torch.Tensor, importance: torch.Tensor | None,
-                batches: torch.Tensor | None) -> torch.Tensor:
+                batches: torch.Tensor | None, taylor_sum: torch.Tensor | None = None) -> torch.Tensor:
         # x itself is saved: grad * x needs the activation, and the output may be changed in place
         # afterwards (ReLU(inplace=True)).
         ctx.save_for_backward(x, z)
         ctx.importance = importance
         ctx.batches = batches
+        ctx.taylor_sum = taylor_sum
         return x * z.to(x.dtype).view(_channel_shape(x))
 
     @staticmethod
@@ -188,8 +189,10 @@ class GateFunction(torch.autograd.Function):
         x, z = ctx.saved_tensors
         grad_input, g = gate_backward(grad, x, z, ctx.importance, ctx.batches,
                                       need_grad_input=ctx.needs_input_grad[0])
+        if ctx.taylor_sum is not None:
+            ctx.taylor_sum += g  # the class's summed dE/dz (pyns.neuralscale.prune.importance)
         grad_z = g.to(z.dtype) if ctx.needs_input_grad[1] else None
-        return grad_input, grad_z, None, None
+        return grad_input, grad_z, None, None, None
 
 
 class TaylorGate(nn.Module):
@@ -199,26 +202,36 @@ class TaylorGate(nn.Module):
     `importance` (float64 [C], sum of squared per-minibatch dE/dz) and `batches` (int64 scalar,
     minibatches summed into `importance`). Input [N, C, *spatial] in any float dtype, NCHW or
     channels_last. Set `accumulate = False` to stop collecting (the gradient still flows).
+    Two attributes (not buffers; None by default) let the pruner's
+    pyns.neuralscale.prune.importance.TaylorCollector pool gates whose channels are removed together:
+    `taylor_sum`, a float64 [C] tensor the backward adds each minibatch's dE/dz into, and
+    `taylor_squares`, one it adds (dE/dz)^2 into instead of `importance` (the fused kernel's own
+    accumulation, into a tensor shared by the class's gates).
     """
 
-    def __init__(self, num_channels: int, accumulate: bool = True):
+    def __init__(self, num_channels: int, accumulate: bool = True, device: torch.device | str | None = None):
         super().__init__()
         if num_channels < 1:
             raise PynsError(f"A gate needs at least 1 channel, got {num_channels}.")
         self.num_channels = num_channels
         self.accumulate = accumulate
-        self.register_buffer("z", torch.ones(num_channels))
-        self.register_buffer("importance", torch.zeros(num_channels, dtype=torch.float64))
-        self.register_buffer("batches", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("z", torch.ones(num_channels, device=device))
+        self.register_buffer("importance", torch.zeros(num_channels, dtype=torch.float64, device=device))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.int64, device=device))
+        self.taylor_sum: torch.Tensor | None = None
+        self.taylor_squares: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise PynsError(f"The gate expects an input [N, C, ...] with C = {self.num_channels} "
                             f"channels, got shape {tuple(x.shape)}.")
         if torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad):
-            collect = self.accumulate
-            return GateFunction.apply(x, self.z, self.importance if collect else None,
-                                      self.batches if collect else None)
+            if self.taylor_squares is not None:
+                squares, batches = self.taylor_squares, None  # the collector counts minibatches itself
+            else:
+                squares = self.importance if self.accumulate else None
+                batches = self.batches if self.accumulate else None
+            return GateFunction.apply(x, self.z, squares, batches, self.taylor_sum)
         return x * self.z.to(x.dtype).view(_channel_shape(x))
 
     def reset_importance(self) -> None:

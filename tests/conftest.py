@@ -9,6 +9,11 @@ FIXTURES = TESTS / "fixtures"
 if str(TESTS) not in sys.path:  # reference_nets.py lives beside the tests
     sys.path.insert(0, str(TESTS))
 
+# Subprocesses the tests start (`python -c ...`, `python -m pyns`) run with the repository as their working
+# directory, and Python would put it first on sys.path: they would import the source tree (which has no
+# compiled core) instead of the installed package. PYTHONSAFEPATH (3.11+) keeps the working directory off it.
+__import__("os").environ["PYTHONSAFEPATH"] = "1"
+
 if __import__("os").environ.get("PYNS_EXPECT_INSTALLED"):
     import pyns
 

@@ -1,4 +1,4 @@
-"""Baselines: uniform meets the budget, MorphNet takes the 50%-of-units point, Li keeps the largest-L1 filters."""
+"""Baselines: uniform meets the budget, MorphNet takes the 50%-of-filters point, Li keeps the largest-L1 filters."""
 from __future__ import annotations
 
 import json
@@ -83,28 +83,33 @@ def test_uniform_at_a_ratio_budget_is_that_ratio(digits):
 
 # ---- MorphNet ----------------------------------------------------------------------------------------
 
-# Start widths total 16 + 32 + 32 + 48 = 128 units (digits_cnn has no multi-symbol tied group).
+# Filters of digits_cnn: c1 and c4 are produced by two layers each (the stem and block 1's second conv;
+# block 2's conv and its projection), so a configuration has 2 c1 + c2 + c3 + 2 c4 filters: 192 at the
+# defaults, half of it 96.
 _ROWS = [
-    {"step": 1, "epoch": 10, "params": 0, "macs": 0, "widths": {"c1": 14, "c2": 28, "c3": 30, "c4": 40}},  # 112
-    {"step": 2, "epoch": 10, "params": 0, "macs": 0, "widths": {"c1": 12, "c2": 20, "c3": 26, "c4": 30}},  # 88
-    {"step": 3, "epoch": 11, "params": 0, "macs": 0, "widths": {"c1": 10, "c2": 14, "c3": 20, "c4": 21}},  # 65
-    {"step": 4, "epoch": 11, "params": 0, "macs": 0, "widths": {"c1": 9, "c2": 10, "c3": 18, "c4": 19}},  # 56
-    {"step": 5, "epoch": 12, "params": 0, "macs": 0, "widths": {"c1": 8, "c2": 6, "c3": 12, "c4": 10}},  # 36
+    {"step": 1, "epoch": 10, "params": 0, "macs": 0, "widths": {"c1": 14, "c2": 28, "c3": 30, "c4": 40}},  # 166
+    {"step": 2, "epoch": 10, "params": 0, "macs": 0, "widths": {"c1": 12, "c2": 20, "c3": 26, "c4": 30}},  # 130
+    {"step": 3, "epoch": 11, "params": 0, "macs": 0, "widths": {"c1": 10, "c2": 14, "c3": 20, "c4": 22}},  # 98
+    {"step": 4, "epoch": 11, "params": 0, "macs": 0, "widths": {"c1": 9, "c2": 10, "c3": 18, "c4": 19}},  # 84
+    {"step": 5, "epoch": 12, "params": 0, "macs": 0, "widths": {"c1": 8, "c2": 6, "c3": 12, "c4": 10}},  # 54
 ]
 
 
-def test_morphnet_takes_the_first_row_at_or_below_half_the_units(digits):
+def test_morphnet_takes_the_first_row_at_or_below_half_the_filters(digits):
     point = morphnet_point(digits, _ROWS)
-    # 65 > 64 = half of 128; 56 is the first row at or below it (not the closest one, 65).
+    # 98 > 96 = half of 192; 84 is the first row at or below it (not the closest one, 98). Counting one
+    # unit per channel instead (128 at the start: 112, 88, ...) would have picked step 2.
     assert point.step == 4
-    assert point.units == 56 and point.total_units == 128
+    assert point.filters == 84 and point.total_filters == 192
     assert point.widths == {"c1": 9, "c2": 10, "c3": 18, "c4": 19}
 
 
-def test_morphnet_uses_the_rows_unit_counts_and_start_widths(digits):
-    rows = [dict(r, units=u) for r, u in zip(_ROWS, (120, 100, 64, 50, 30))]
-    assert morphnet_point(digits, rows).step == 3  # the pruner's own count says 64 = exactly half
-    start = {"c1": 12, "c2": 24, "c3": 24, "c4": 36}  # 96 units: half is 48
+def test_morphnet_uses_the_rows_filter_counts_and_start_widths(digits):
+    rows = [dict(r, filters=u) for r, u in zip(_ROWS, (180, 150, 96, 50, 30))]
+    assert morphnet_point(digits, rows).step == 3  # the pruner's own count says 96 = exactly half
+    # Old rows carry `units` (channels of tied groups), not filters: ignored, the widths decide.
+    assert morphnet_point(digits, [dict(r, units=1) for r in _ROWS]).step == 4
+    start = {"c1": 12, "c2": 24, "c3": 24, "c4": 36}  # 144 filters: half is 72
     assert morphnet_point(digits, _ROWS, start_widths=start).step == 5
 
 
@@ -204,6 +209,29 @@ def test_li_prune_meets_the_budget_and_keeps_the_chosen_filters_weights(digits):
     assert torch.equal(stem_after.weight, stem_before.weight[expected])
     # The trained model is left as it was.
     assert sum(p.numel() for p in model.parameters()) == digits.count().params
+
+
+def test_li_ranks_a_derived_width_by_its_own_l1_norms():
+    """MobileNetV2: when a block output loses filters, the next block's expansion `6 * in` loses 6 per
+    filter, and keeps the expansion filters with the largest L1 norms (its 1x1 conv plus its depthwise
+    conv), not the first ones."""
+    arch = pa.load("mobilenetv2")
+    torch.manual_seed(3)
+    model = arch.build(arch.uniform_widths(1 / 4))
+    budget = arch.count(arch.uniform_widths(1 / 4)).params * 6 // 10
+    result = li_prune(model, arch, params=budget)
+    assert sum(p.numel() for p in result.model.parameters()) == arch.count(result.widths).params <= budget
+    keep = li_keep_sets(model, result.widths)
+    space = "inverted3.conv1"  # block 3 expands 6 x s2a
+    assert len(keep[space]) == 6 * result.widths["s2a"] < 6 * model.widths["s2a"]
+    expand, depthwise = [m for m in model.modules() if getattr(m, "pyns_layer", None) is not None
+                         and m.pyns_layer.name in ("inverted3.conv1", "inverted3.conv2")]
+    norms = expand.weight.detach().abs().sum(dim=(1, 2, 3)) + depthwise.weight.detach().abs().sum(dim=(1, 2, 3))
+    expected = sorted(torch.argsort(norms, descending=True)[:len(keep[space])].tolist())
+    assert keep[space] == expected and expected != list(range(len(expected)))
+    after = next(m for m in result.model.modules()
+                 if getattr(m, "pyns_layer", None) is not None and m.pyns_layer.name == "inverted3.conv1")
+    assert torch.equal(after.weight, expand.weight.detach()[expected][:, keep["s2a"]])
 
 
 def test_li_refuses_a_budget_at_or_above_the_trained_network(digits):

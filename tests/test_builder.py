@@ -4,6 +4,7 @@ import torch
 
 from pyns import ir
 from pyns.arch import load
+from pyns.channels import channel_map
 from pyns.builder import ResidualBlock
 
 
@@ -24,9 +25,15 @@ def test_gates_cover_every_searchable_symbol_and_are_not_parameters(name):
     plain = sum(p.numel() for p in arch.build().parameters())
     gated = arch.build(gates=True)
     assert sum(p.numel() for p in gated.parameters()) == plain == arch.count().params
-    assert {g.symbol for g in gated.gates()} == set(arch.searchable)
+    # One gate label per channel space: every searchable symbol, and every width derived from them
+    # (MobileNetV2's expansions `6 * in`, EfficientNet's `make_divisible(6 * in)` and SE reduced widths).
+    cmap = channel_map(arch.network, arch.defaults)
+    assert {g.symbol for g in gated.gates()} == set(cmap.spaces)
+    assert set(arch.searchable) <= set(cmap.spaces)
+    derived = {s for s, space in cmap.spaces.items() if space.symbol is None}
+    assert bool(derived) == (name in ("mobilenetv2", "efficientnet_b0"))
     for gate in gated.gates():
-        assert gate.z.numel() == arch.defaults[gate.symbol]
+        assert gate.z.numel() == cmap.width(gate.symbol, arch.defaults)
 
 
 def test_gated_forward_equals_plain_forward():

@@ -246,3 +246,24 @@ def test_a_state_dict_maps_through_the_layer_map_in_the_text(spec, one_thread):
     extra = {**model.state_dict(), "head.extra.weight": torch.zeros(3)}
     with pytest.raises(pyns.errors.PynsError, match="head.extra.weight"):
         arch.build(weights=extra)
+
+
+def test_export_an_imported_arch_with_the_original_models_state_dict(tmp_path, one_thread, capsys):
+    # `pyns export FILE.arch --weights` takes the state_dict of the torch model the file was imported from
+    # (named as that model names its tensors), and the bundle computes what that model computes.
+    from pyns.cli.main import main
+
+    model = _resnet18()
+    arch_file, weights, bundle = tmp_path / "r18.arch", tmp_path / "r18.pt", tmp_path / "r18.pyns"
+    arch_file.write_text(pyns.from_torch(model, (3, 32, 32)).to_text())
+    torch.save(model.state_dict(), weights)
+    assert main(["export", str(arch_file), "--weights", str(weights), "--out", str(bundle)]) == 0, \
+        capsys.readouterr().err
+    _same_outputs(pyns.load_model(bundle), model)
+    # One tensor of the wrong shape: exit 2 with a message naming it, and no bundle written over the old one.
+    state = model.state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    torch.save(state, weights)
+    before = bundle.read_bytes()
+    assert main(["export", str(arch_file), "--weights", str(weights), "--out", str(bundle)]) == 2
+    assert "layer2.0.conv1" in capsys.readouterr().err and bundle.read_bytes() == before

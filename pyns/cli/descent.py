@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="target size in that metric: 1.2M, 500k, 0.5x (default: the default network's)")
     p.add_argument("--until-change", metavar="PCT",
                    help="stop early once the configuration moves less than this, e.g. 1%% or 0.01")
-    p.add_argument("--weights", metavar="FILE|SPEC",
+    p.add_argument("--weights", metavar="FILE|MODEL",
                    help="start iteration 0 from these weights (as for `pyns prune --weights`; the default "
                         "target size); later iterations are freshly initialised")
     add_schedule_options(p)

@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--widths", action="append", default=[], metavar="K=V,...",
                    help="start widths (others keep their defaults), e.g. --widths c1=32,c2=64")
     p.add_argument("--ratio", type=float, metavar="R", help="start from every searchable width scaled by R")
-    p.add_argument("--weights", metavar="FILE|SPEC",
+    p.add_argument("--weights", metavar="FILE|MODEL",
                    help="start from these weights instead of a random init (at the default widths): a state_dict, "
                         "pyns training checkpoint or .safetensors file, named as the original model or as the "
                         "pyns network names its tensors; or, for an imported arch, a model spec "

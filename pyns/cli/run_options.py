@@ -14,7 +14,7 @@ _CONFIG_FLAGS = {
     "lr_decay_every": "lr_decay_every", "momentum": "momentum", "weight_decay": "weight_decay",
     "batch_size": "batch_size", "every": "prune_every", "units": "units_per_step",
     "stop_fraction": "stop_fraction", "min_width": "min_width", "epochs": "max_epochs", "seed": "seed",
-    "checkpoint_every": "checkpoint_every",
+    "checkpoint_interval": "checkpoint_interval_s",
 }
 
 
@@ -44,14 +44,15 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     sched.add_argument("--units", type=int, metavar="K",
                        help="units removed per prune step (default: 1%% of the network's prunable units, "
                             "between 1 and the paper's 10)")
-    sched.add_argument("--stop-fraction", type=float, metavar="F", help="stop when this fraction of units is gone (0.95)")
+    sched.add_argument("--stop-fraction", type=float, metavar="F", help="stop when this fraction of the filters is gone (0.95)")
     sched.add_argument("--min-width", type=int, metavar="N", help="no width drops below N (1)")
     sched.add_argument("--skip-at-min-width", action="store_true",
                        help="when a lowest-ranked unit's width is at the minimum, skip it instead of stopping")
     sched.add_argument("--epochs", type=int, metavar="N", help="at most N pruning epochs (default: until a stop rule)")
     add_augment_options(sched)
     sched.add_argument("--seed", type=int, help="random seed (0)")
-    sched.add_argument("--checkpoint-every", type=int, metavar="N", help="prune steps between checkpoints (1)")
+    sched.add_argument("--checkpoint-interval", type=float, metavar="S",
+                       help="seconds between checkpoints, at most (60; the end and Ctrl-C always save)")
 
 
 def schedule_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def register(sub) -> None:
                              "trajectory points); they are then uniform networks, marked so in the table. "
                              "Without it such a profile is refused")
     source.add_argument("--morphnet-fraction", type=float, default=0.5, metavar="F",
-                        help="take the MorphNet configuration where this fraction of units remains (0.5)")
+                        help="take the MorphNet configuration where this fraction of the filters remains (0.5)")
     recipe = p.add_argument_group("recipe of every cell (defaults: the NeuralScale paper's)")
     recipe.add_argument("--epochs", type=int, help="epochs (300; TinyImageNet 150)")
     recipe.add_argument("--lr", type=float, help="initial learning rate (0.1)")

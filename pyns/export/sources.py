@@ -101,8 +101,22 @@ def _from_arch(name: str, weights: str | None, settings: Mapping[str, Any], dept
                 provenance["accuracy"] = {"test_acc": last["test_acc"], "test_loss": last["test_loss"],
                                           "epoch": last["epoch"], "checkpoint": "final", "label": _FINAL_LABEL}
             provenance["recipe"] = loaded.payload.get("recipe")
+        state = _pyns_named(arch, state, provenance)
     return _finish(arch, arch.defaults, state, f"the weights in {weights}", provenance, notes, depth=depth,
                    resolution=resolution, seed=seed)
+
+
+def _pyns_named(arch: Arch, state: Mapping[str, torch.Tensor], provenance: dict[str, Any]):
+    """A state_dict named as the torch model an imported arch came from (its `.arch` text carries the
+    importer's layer map) becomes one named as the pyns network; one named that way already is kept."""
+    from pyns.torch_import.layer_map import map_from_text  # local: the importer is only needed for this
+
+    with torch.random.fork_rng(devices=[]):  # throwaway builds must not move the caller's RNG
+        if set(state) == set(arch.build().state_dict()) or not (arch.torch_layers or map_from_text(arch.source.text)):
+            return state
+        module = arch.build(weights=state)
+    provenance["weights"]["names"] = "original torch module (mapped through the importer's layer map)"
+    return module.state_dict()
 
 
 # ----------------------------------------------------------------------------------------------------

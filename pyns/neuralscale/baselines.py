@@ -3,20 +3,22 @@
 - **uniform**: every searchable width times one multiplier, the largest that fits the budget (the budget
   solver's `uniform` family).
 - **morphnet** (Taylor-FO): take the width configuration at the point of a pruning trajectory where 50% of
-  the units remain, then scale that configuration uniformly to the budget (the solver's `from-config`
-  family). The trajectory is a descent run's `iter-00/trajectory.jsonl` (its first pruning, from the
-  default network) or any `pyns prune` run.
+  the filters remain (filters as the pruner counts them: pyns.channels.count_filters), then scale that
+  configuration uniformly to the budget (the solver's `from-config` family). The trajectory is a descent
+  run's `iter-00/trajectory.jsonl` (its first pruning, from the default network) or any `pyns prune` run.
 - **li** (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017): rank the filters of a *trained*
   network by the L1 norm of their weights, remove the lowest-ranked ones until the budget is met, then
   fine-tune (40 epochs at lr 0.001; 20 on TinyImageNet). How many filters each width loses follows the
   trained configuration scaled uniformly to the budget (`from-config`), so every layer keeps the same
   fraction; which filters go is decided by L1 norm. Widths joined by an identity add (a tied group) share
   their channels, so they are ranked together by the sum of their producers' L1 norms and keep the same
-  channels. The network is physically shrunk (pyns.neuralscale.prune.shrink) with the kept filters' weights.
+  channels. A width derived from the searchable ones (MobileNetV2's expansion `6 * in`, EfficientNet's
+  SE reduced width) follows the new widths and keeps its own filters with the largest L1 norms. The
+  network is physically shrunk (pyns.neuralscale.prune.shrink) with the kept filters' weights.
 """
 from __future__ import annotations
 
-import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyns import ir
-from pyns.dsl.expr import Sym
+from pyns.channels import channel_map, count_filters, pin_shortcuts
 from pyns.data.names import canonical_name
 from pyns.errors import BudgetError, RunError
 from pyns.scaling.solve import ScaleResult, solve_budget
@@ -48,7 +49,7 @@ __all__ = [
     "li_finetune_recipe",
 ]
 
-# SPEC §5: "prune until 50% of units remain, then scale that configuration uniformly".
+# SPEC §5: "prune until 50% of units remain, then scale that configuration uniformly"; units are filters.
 MORPHNET_FRACTION = 0.5
 # SPEC §5 / Li et al.: fine-tune the pruned network 40 epochs (20 on TinyImageNet) at lr 0.001.
 LI_FINETUNE_EPOCHS = 40
@@ -75,21 +76,21 @@ def uniform_baseline(arch, params=None, macs=None, *, depth: float = 1.0,
 
 @dataclass
 class MorphNetPoint:
-    """The trajectory row where the remaining units first reach `fraction` of the start."""
+    """The trajectory row where the remaining filters first reach `fraction` of the start."""
 
     widths: dict[str, int]  # searchable widths at that row
     step: int  # the row's prune step
-    units: int  # units remaining at that row
-    total_units: int  # units of the start network
+    filters: int  # filters remaining at that row (pyns.channels.count_filters)
+    total_filters: int  # filters of the start network
     fraction: float  # the fraction asked for
 
     @property
     def remaining(self) -> float:
-        return self.units / self.total_units
+        return self.filters / self.total_filters
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": dict(self.widths), "step": self.step, "units": self.units,
-                "total_units": self.total_units, "fraction": self.fraction, "remaining": self.remaining}
+        return {"widths": dict(self.widths), "step": self.step, "filters": self.filters,
+                "total_filters": self.total_filters, "fraction": self.fraction, "remaining": self.remaining}
 
 
 def read_trajectory_source(source: str | Path) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
@@ -114,49 +115,49 @@ def read_trajectory_source(source: str | Path) -> tuple[list[dict[str, Any]], di
     return rows, ({k: int(v) for k, v in start.items()} if isinstance(start, dict) else None)
 
 
-def _units(arch, widths: Mapping[str, int], groups: Sequence[Sequence[str]]) -> int:
-    """Units of a configuration: one per channel of every tied group (tied widths prune as one)."""
-    full = arch.widths(widths)
-    return sum(int(full[group[0]]) for group in groups)
-
-
 def morphnet_point(arch, rows: Sequence[Mapping[str, Any]], *, start_widths: Mapping[str, int] | None = None,
                    fraction: float = MORPHNET_FRACTION) -> MorphNetPoint:
-    """The configuration of the first row at which at most `fraction` of the start network's units remain.
+    """The configuration of the first row at which at most `fraction` of the start network's filters remain.
 
-    Units are channels of searchable widths, a tied group counting once (as the pruner counts them).
-    A row's own `units` field is used when present; otherwise it is computed from its widths. The start
-    network defaults to the arch's default widths.
+    Filters are counted as the pruner counts them (pyns.channels.count_filters on the network with its
+    shortcuts pinned at the start widths: every layer producing a searchable width counts its output
+    channels). A row's own `filters` field is used when present; otherwise it is computed from its widths
+    (rows of older runs carry `units`, channels of tied groups, which is not this count and is ignored).
+    The start network defaults to the arch's default widths.
     """
     if not 0 < fraction < 1:
-        raise RunError(f"the MorphNet fraction of remaining units must be in (0, 1), got {fraction}")
+        raise RunError(f"the MorphNet fraction of remaining filters must be in (0, 1), got {fraction}")
     if not rows:
         raise RunError("the pruning trajectory has no rows")
     start = arch.widths(start_widths)
-    groups = [list(g) for g in ir.tied_groups(arch.network, start)]
-    total = _units(arch, start, groups)
+    cmap = channel_map(pin_shortcuts(arch.network, start), start)
+    total = count_filters(cmap, start)
     searchable = arch.searchable
-    for row in rows:
+
+    def filters_of(row: Mapping[str, Any]) -> int:
         widths = row.get("widths")
         if not isinstance(widths, Mapping):
             raise RunError(f"trajectory row {row.get('step', '?')} has no widths")
-        units = int(row["units"]) if "units" in row else _units(arch, widths, groups)
-        if units <= fraction * total:
+        return int(row["filters"]) if "filters" in row else count_filters(cmap, arch.widths(widths))
+
+    for row in rows:
+        filters = filters_of(row)
+        if filters <= fraction * total:
+            widths = row["widths"]
             missing = [s for s in searchable if s not in widths]
             if missing:
                 raise RunError(f"trajectory row {row.get('step', '?')} lacks widths for {', '.join(missing)}")
-            return MorphNetPoint({s: int(widths[s]) for s in searchable}, int(row.get("step", 0)), units, total,
+            return MorphNetPoint({s: int(widths[s]) for s in searchable}, int(row.get("step", 0)), filters, total,
                                  fraction)
-    last = rows[-1]
-    units = int(last["units"]) if "units" in last else _units(arch, last["widths"], groups)
-    raise RunError(f"the pruning trajectory ends with {100 * units / total:.1f}% of the units remaining and "
+    filters = filters_of(rows[-1])
+    raise RunError(f"the pruning trajectory ends with {100 * filters / total:.1f}% of the filters remaining and "
                    f"never reaches {100 * fraction:g}%; prune further (a larger stop fraction or more epochs)")
 
 
 def morphnet_baseline(arch, trajectory: str | Path | Sequence[Mapping[str, Any]], params=None, macs=None, *,
                       start_widths: Mapping[str, int] | None = None, fraction: float = MORPHNET_FRACTION,
                       depth: float = 1.0, resolution: int | None = None) -> tuple[ScaleResult, MorphNetPoint]:
-    """The MorphNet (Taylor-FO) configuration taken at `fraction` of the units, scaled to the budget."""
+    """The MorphNet (Taylor-FO) configuration taken at `fraction` of the filters, scaled to the budget."""
     if isinstance(trajectory, (str, Path)):
         rows, recorded_start = read_trajectory_source(trajectory)
         start_widths = start_widths if start_widths is not None else recorded_start
@@ -173,37 +174,27 @@ def morphnet_baseline(arch, trajectory: str | Path | Sequence[Mapping[str, Any]]
 # ----------------------------------------------------------------------------------------------------
 
 
-def _producers(nodes: Sequence[Any], symbol_of: dict[str, str]) -> None:
-    """Map every conv / linear layer whose output width is a bare symbol to that symbol."""
-    for node in nodes:
-        if isinstance(node, ir.Residual):
-            _producers(node.body, symbol_of)
-            _producers(node.shortcut, symbol_of)
-        elif isinstance(node, ir.Conv) and isinstance(node.out_ch, Sym):
-            symbol_of[node.name] = node.out_ch.name
-        elif isinstance(node, ir.Linear) and isinstance(node.out_features, Sym):
-            symbol_of[node.name] = node.out_features.name
-
-
 def l1_filter_norms(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per searchable symbol, the L1 norm of each output filter, summed over every layer producing it.
+    """Per channel space (searchable symbol, or derived width: pyns.channels), the L1 norm of each output
+    filter, summed over every layer producing it.
 
     A filter's L1 norm is the sum of the absolute values of its weights (Li et al. eq. 1: sum over input
-    channels and kernel positions). `model` is a pyns-built network (it carries its IR and widths).
+    channels and kernel positions). The filters of a space are the conv / linear layers whose output it is
+    (depthwise convs and projection shortcuts included); a squeeze-excite's reduced width has the filters
+    of its reducing 1x1 conv. `model` is a pyns-built network (it carries its IR and widths).
     """
-    searchable = {s.name for s in model.ir.searchable}
-    symbol_of: dict[str, str] = {}
-    _producers(model.ir.layers, symbol_of)
+    cmap = channel_map(model.ir, model.widths)
+    modules = {m.pyns_layer.name: m for m in model.modules() if getattr(m, "pyns_layer", None) is not None}
     norms: dict[str, torch.Tensor] = {}
-    for module in model.modules():
-        node = getattr(module, "pyns_layer", None)
-        symbol = symbol_of.get(getattr(node, "name", None))
-        if symbol is None or symbol not in searchable:
-            continue
-        weight = module.weight.detach().float()
-        per_filter = weight.abs().reshape(weight.shape[0], -1).sum(dim=1).cpu()  # [out, in, kh, kw] -> [out]
-        norms[symbol] = norms[symbol] + per_filter if symbol in norms else per_filter
-    missing = sorted(searchable - set(norms))
+    for space_id, space in cmap.spaces.items():
+        weights = [modules[name].weight for name in space.layers if name in modules]
+        if space.se_reduce is not None and space.se_reduce in modules:
+            weights.append(modules[space.se_reduce].conv_reduce.weight)
+        for weight in weights:
+            weight = weight.detach().float()
+            per_filter = weight.abs().reshape(weight.shape[0], -1).sum(dim=1).cpu()  # [out, in, kh, kw] -> [out]
+            norms[space_id] = norms[space_id] + per_filter if space_id in norms else per_filter
+    missing = sorted(s.name for s in model.ir.searchable if s.name not in norms)
     if missing:
         raise RunError(f"no conv or linear layer produces width(s) {', '.join(missing)}, so their filters "
                        "cannot be ranked by L1 norm")
@@ -212,27 +203,29 @@ def l1_filter_norms(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def li_keep_sets(model: nn.Module, widths: Mapping[str, int]) -> dict[str, list[int]]:
     """For each searchable symbol, the sorted indices of its `widths[symbol]` filters with the largest L1
-    norms (ties: the lower index stays). Tied symbols are ranked by their summed norms and keep the same
+    norms (ties: the lower index stays); for each derived width that the new widths change, likewise its
+    own filters with the largest L1 norms. Tied symbols are ranked by their summed norms and keep the same
     channels; they must be given the same width."""
+    from pyns.neuralscale.prune.shrink import derived_keep, top_positions
+
     norms = l1_filter_norms(model)
+    cmap = channel_map(model.ir, model.widths)
     keep: dict[str, list[int]] = {}
-    for group in ir.tied_groups(model.ir, model.widths):
-        targets = {int(widths[s]) for s in group}
+    for group in cmap.symbol_classes():
+        symbols = [s for s in group if cmap.spaces[s].symbol is not None]
+        targets = {int(widths[s]) for s in symbols}
         if len(targets) != 1:
-            raise BudgetError(f"widths {', '.join(group)} are joined by an identity add and must stay equal, "
-                              f"got {', '.join(str(widths[s]) for s in group)}")
+            raise BudgetError(f"widths {', '.join(symbols)} are joined by an identity add and must stay equal, "
+                              f"got {', '.join(str(widths[s]) for s in symbols)}")
         target = targets.pop()
-        current = int(model.widths[group[0]])
+        current = int(model.widths[symbols[0]])
         if not 1 <= target <= current:
-            raise BudgetError(f"cannot prune `{group[0]}` from {current} to {target} filters: L1 pruning only "
+            raise BudgetError(f"cannot prune `{symbols[0]}` from {current} to {target} filters: L1 pruning only "
                               "removes filters, so the target must be between 1 and the trained width")
-        score = sum(norms[s] for s in group)
-        # Stable descending sort: equal norms keep their original order, so the lower index wins a tie.
-        order = torch.sort(score, descending=True, stable=True).indices[:target]
-        kept = sorted(int(i) for i in order)
-        for symbol in group:
-            keep[symbol] = kept
-    return keep
+        kept = top_positions(sum(norms[s] for s in group if s in norms), target)
+        for space in group:
+            keep[space] = kept
+    return derived_keep(model, keep, norms, cmap)
 
 
 @dataclass
@@ -244,6 +237,7 @@ class LiResult:
     keep: dict[str, list[int]]  # per searchable symbol: indices of the trained network's filters kept
     scale: ScaleResult  # the budget solve that fixed how many filters each width keeps
     dropped_layers: list[str] = field(default_factory=list)  # shortcuts no longer built (widths became equal)
+    approximate_layers: list[str] = field(default_factory=list)  # grouped convs whose first channels were kept
 
 
 def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1.0,
@@ -256,7 +250,7 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     `model` may also be the torch module `arch` was imported from (a pretrained torchvision or timm
     network): its weights are copied into the pyns network first (`arch.build(weights=model)`).
     """
-    from pyns.neuralscale.prune.shrink import shrink_network
+    from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, shrink_network
 
     if not hasattr(model, "widths") and depth == 1.0 and resolution is None:
         model = arch.build(weights=model)  # not a pyns-built network: rank the real weights it holds
@@ -271,13 +265,13 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
                           f"(params {full_cost.params:,}, MACs {full_cost.macs:,}): L1 pruning cannot make it "
                           "larger; choose a smaller budget")
     keep = li_keep_sets(model, scale.widths)
-    positions = {s: idx for s, idx in keep.items() if len(idx) != trained[s]}
-    if positions:
-        pruned, _, report = shrink_network(model, positions)
-        dropped = list(report.dropped)
-    else:
-        pruned, dropped = copy.deepcopy(model), []
-    return LiResult(pruned, {s: len(keep[s]) for s in arch.searchable}, keep, scale, dropped)
+    pruned, _, report = shrink_network(model, keep)
+    if report.approximate:
+        warnings.warn(f"Li et al. pruning kept the first channels of grouped conv(s) {', '.join(report.approximate)} "
+                      "(their groups change size)", ApproximateShrinkWarning, stacklevel=2)
+    widths = {s: len(keep[s]) for s in arch.searchable}
+    return LiResult(pruned, widths, {s: keep[s] for s in arch.searchable}, scale, list(report.dropped),
+                    list(report.approximate))
 
 
 def _budget_text(scale: ScaleResult) -> str:

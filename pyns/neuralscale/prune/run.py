@@ -1,26 +1,45 @@
 """The pruning loop (NeuralScale Algorithm 1) with physical shrinking, trajectories and exact resume.
 
 `prune(arch, train_set, config, out_dir)` pre-trains the gated network for `warmup_epochs`, then every
-`prune_every` minibatches ranks all units by their Taylor importance, removes the `units_per_step` least
-important ones and, in the default `mode="shrink"`, rebuilds the network smaller (pyns.neuralscale.prune.shrink), so
-training gets cheaper as it goes. `mode="masked"` keeps the full network and zeroes gates instead: the
-reference code's way, kept for the benchmark that measures what shrinking saves.
+`prune_every` minibatches ranks all units by their Taylor importance (pyns.neuralscale.prune.importance),
+removes the `units_per_step` least important ones and, in the default `mode="shrink"`, rebuilds the
+network smaller (pyns.neuralscale.prune.shrink), so training gets cheaper as it goes. A unit is one
+channel of a class of searchable widths (widths joined by identity adds lose the same channel); a width
+derived from them (an expansion `6 * in`, a squeeze-excite's reduced width) follows the new widths and
+keeps its own most important channels. `mode="masked"` keeps the full network and zeroes gates instead:
+the reference code's way, kept for the benchmark that measures what shrinking saves. Both modes prune
+the same network (shortcuts pinned at the start widths: pyns.neuralscale.prune.structure) and remove
+the same channels.
+
+What the trajectory counts: `filters` are the output channels of every layer producing a searchable
+width (the paper's "neurons (filters) of the network"; a tied width counts once per producing layer),
+and the 95% stop (`stop_fraction`) counts filters removed; `prunable_units` are the channels the ranking
+chooses from (a tied class's channel once). Recording starts once every searchable width has lost a
+unit, widths that start at their floor (min_width or a declared `[min = N]`) excepted; a run that stops
+without recording a row is an error that says why.
 
 The run folder (config.json, trajectory.jsonl, checkpoint.pt, ...; crash-safe: every file is written
-atomically or appended one line at a time) is described in pyns.neuralscale.prune.runfolder.
+atomically or appended one line at a time) is described in pyns.neuralscale.prune.runfolder. The
+checkpoint is written at the start, at most every `checkpoint_interval_s` seconds (after a prune step or
+at the end of a warm-up epoch), always at the end, and on Ctrl-C (the first Ctrl-C finishes the
+minibatch, saves and stops; a second stops at once; a KeyboardInterrupt raised by `callback` counts as
+a first Ctrl-C).
 
 Resuming (`resume=True`) reloads checkpoint.pt, rewrites trajectory.jsonl from the rows it holds (so a
 row appended after the last checkpoint is dropped and recomputed) and continues; on the same machine and
 thread count the trajectory is then identical to an uninterrupted run with the same seed.
 
-τ and MACs always come from the cost engine (`Arch.count`) at the current widths, never from counting
-modules. In masked mode they describe the network the widths define, not the full-size module in memory.
+τ and MACs always come from the cost engine at the current widths, never from counting modules. In
+masked mode they describe the network the widths define, not the full-size module in memory.
 """
 from __future__ import annotations
 
 import dataclasses
 import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +49,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyns import ir
 from pyns.errors import RunError
-from pyns.train.distributed import parse_device
 from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
 from pyns.neuralscale.prune.defaults import warn as warn_schedule
 from pyns.neuralscale.prune.floors import unit_floors
-from pyns.neuralscale.prune.importance import Group, gates_by_symbol, group_importance, select_units
+from pyns.neuralscale.prune.importance import TaylorCollector, gates_by_symbol, select_units
 from pyns.neuralscale.prune.progress import PruneProgress
 from pyns.neuralscale.prune.runfolder import (
     ARCH_FILE,
@@ -59,7 +76,8 @@ from pyns.neuralscale.prune.schedule import (
     recording_started,
     target_units,
 )
-from pyns.neuralscale.prune.shrink import mask_network, shrink_network
+from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network, shrink_network, top_positions
+from pyns.neuralscale.prune.structure import PrunedNetwork
 from pyns.runfiles import (
     append_jsonl,
     atomic_torch_save,
@@ -71,6 +89,7 @@ from pyns.runfiles import (
     restore_rng_state,
     write_jsonl,
 )
+from pyns.train.distributed import parse_device
 
 __all__ = [
     "MODES",
@@ -82,11 +101,12 @@ __all__ = [
 
 MODES = ("shrink", "masked")
 _CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: derived-width keep sets, filters, the class importance sums
 # Settings that may change between an interrupted run and its resumption without changing what was
-# already computed: a longer epoch cap extends the run; the data root only says where the files are.
-# "schedule" holds what the settings imply (the bound on steps moves with max_epochs), not settings.
-_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "schedule")
+# already computed: a longer epoch cap extends the run; the data root only says where the files are;
+# how often checkpoints are written changes no result. "schedule" holds what the settings imply (the
+# bound on steps moves with max_epochs), not settings.
+_RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "prune.checkpoint_interval_s", "schedule")
 
 
 def load_prune_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -99,8 +119,11 @@ class PruneState:
     """Everything about the loop's position that is not a tensor of the model or optimizer."""
 
     widths: dict[str, int]  # current width of every symbol (searchable ones shrink)
-    kept: dict[str, list[int]]  # per searchable symbol: surviving channel indices of the start network
-    total_units: int  # units (channels of tied groups) at the start
+    # per channel space (searchable symbols and derived spaces, pyns.channels): surviving channel
+    # indices of the start network
+    kept: dict[str, list[int]]
+    total_filters: int  # filters of the searchable widths at the start (what the stop fraction counts)
+    total_units: int  # channels the ranking chose from at the start (a tied class's channel once)
     epoch: int = 0  # epoch of the next minibatch (0-based, warm-up included)
     minibatches: int = 0  # minibatches trained so far
     since_prune: int = 0  # minibatches whose importance and loss are collected for the next prune step
@@ -144,6 +167,34 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(derive_seed(seed, "prune-torch"))
 
 
+class _DeferredInterrupt:
+    """While active (main thread only), the first Ctrl-C only sets `requested`: the loop finishes the
+    minibatch, checkpoints and stops, so the checkpoint is taken at a consistent point. A second
+    Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+
+
 class _Pruner:
     def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
                  widths: Mapping[str, int], progress: bool,
@@ -158,6 +209,8 @@ class _Pruner:
         if not self.searchable:
             raise RunError(f"{arch.name} has no searchable widths: there is nothing to prune")
         self.initial = dict(widths)
+        self.net = PrunedNetwork(arch, widths)
+        self._plan_classes()
         augment = resolve_augment(config.augment, train_set.name)
         self.loader = BatchLoader(train_set, config.batch_size, train=True, augment=augment, device=device,
                                   seed=config.seed)
@@ -167,14 +220,40 @@ class _Pruner:
         self.rows: list[dict[str, Any]] = []
         self.model: Any = None
         self.optimizer: Any = None
+        self.collector: TaylorCollector | None = None
         self.state: PruneState | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._shown_loss: float | None = None  # the progress bar's last loss
+        self._last_save = time.monotonic()
+        self._warned_approximate = False
+
+    def _plan_classes(self) -> None:
+        """Which symbol classes the ranking may take units from: not those at their floor from the start
+        (they can never lose one, so recording does not wait for them) nor those tied to a fixed width."""
+        net = self.net
+        self.declared = net.floors(self.config.min_width)
+        self.rankable: list[int] = []
+        self.exempt: set[str] = set()
+        floors = self._floors(self.initial, every_class=True)
+        for index, members in enumerate(net.symbol_classes):
+            width = net.width(members[0], self.initial)
+            if width <= floors[index] or any(m in net.cmap.frozen for m in members):
+                self.exempt.update(net.cmap.spaces[m].symbol for m in members if net.cmap.spaces[m].symbol)
+            else:
+                self.rankable.append(index)
+
+    def _floors(self, widths: Mapping[str, int], every_class: bool = False) -> list[int]:
+        """Per rankable class (or every symbol class), the width it may not go below: its declared floor,
+        raised where a derived layer (an SE's round(0.25 * c)) would reach 0 first (prune/floors.py)."""
+        net = self.net
+        groups = [[m for m in members if net.cmap.spaces[m].symbol] for members in net.symbol_classes]
+        floors = unit_floors(net.network, groups, self.arch.widths(widths), self.declared)
+        return floors if every_class else [floors[k] for k in self.rankable]
 
     # -- set-up --------------------------------------------------------------------------------------
 
     def _build(self, widths: Mapping[str, int]):
-        model = self.arch.build(widths, gates=True).to(self.device)
+        model = self.net.build(widths).to(self.device)
         missing = sorted(set(self.searchable) - set(gates_by_symbol(model)))
         if missing:
             raise RunError(f"searchable width(s) {', '.join(missing)} of {self.arch.name} have no pruning gate "
@@ -185,12 +264,6 @@ class _Pruner:
         c = self.config
         return torch.optim.SGD(model.parameters(), lr=lr_at(c, 0), momentum=c.momentum, weight_decay=c.weight_decay)
 
-    def _groups(self) -> list[Group]:
-        # A shrunk network is the network of its current widths, whose tied groups can only merge (a
-        # projection that vanishes when two widths become equal); a masked one keeps its start structure.
-        widths = self.state.widths if self.mode == "shrink" else self.initial
-        return [tuple(g) for g in ir.tied_groups(self.arch.network, widths)]
-
     def start_fresh(self) -> None:
         _seed_everything(self.config.seed)
         self.model = self._build(self.initial)
@@ -198,19 +271,18 @@ class _Pruner:
             from pyns.neuralscale.prune.start_weights import load_start_weights
             load_start_weights(self.model, self.arch, self.start_weights)
         self.optimizer = self._optimizer(self.model)
-        groups = [tuple(g) for g in ir.tied_groups(self.arch.network, self.initial)]
-        self.state = PruneState(widths=dict(self.initial),
-                                kept={s: list(range(self.initial[s])) for s in self.searchable},
-                                total_units=sum(self.initial[g[0]] for g in groups))
+        kept = {space: list(range(self.net.width(space, self.initial))) for space in self.net.cmap.spaces}
+        self.state = PruneState(widths=dict(self.initial), kept=kept, total_filters=self.net.filters(self.initial),
+                                total_units=self.net.units(self.initial))
         self.rows = []
         write_jsonl(self.out / TRAJECTORY_FILE, [])
+        self.checkpoint()  # a run folder always holds a checkpoint to resume from
 
     def restore(self, path: Path) -> None:
         payload = load_prune_checkpoint(path)
         self.state = PruneState(**payload["state"])
         widths = self.state.widths if self.mode == "shrink" else self.initial
-        with torch.random.fork_rng(devices=[]):  # the RNG state is restored below anyway
-            self.model = self._build(widths)
+        self.model = self._build(widths)
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError as err:
@@ -222,7 +294,9 @@ class _Pruner:
             # Saved right after an epoch's last batch: the uninterrupted run went on to the next epoch.
             self.state.epoch += 1
             self.loader.epoch = self.state.epoch
-        restore_rng_state(payload["rng"])
+        if payload["collector"] is not None:
+            self._attach_collector().load_state_dict(payload["collector"])
+        restore_rng_state(payload["rng"])  # last: building the model above drew random numbers
         self.loss_sum.fill_(self.state.loss_sum)
         self.rows = list(payload["rows"])
         write_jsonl(self.out / TRAJECTORY_FILE, self.rows)  # drops rows past the checkpoint
@@ -236,71 +310,118 @@ class _Pruner:
             "rows": self.rows,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "collector": self.collector.state_dict() if self.collector is not None else None,
             "rng": capture_rng_state(),
             "loader": self.loader.state_dict(),
         }, self.out / CHECKPOINT_FILE)
+        self._last_save = time.monotonic()
+
+    def _maybe_checkpoint(self, started: float) -> None:
+        if time.monotonic() - self._last_save >= self.config.checkpoint_interval_s:
+            self.state.seconds = time.perf_counter() - started
+            self.checkpoint()
+
+    # -- importance ----------------------------------------------------------------------------------
+
+    def _attach_collector(self) -> TaylorCollector:
+        """A fresh importance collector on the current model's gates (the gates' own per-gate sums are
+        switched off: the collector forms the class scores)."""
+        if self.collector is not None:
+            self.collector.detach()
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.accumulate = False
+        self.collector = TaylorCollector(self.model, self.net.classes)
+        return self.collector
+
+    def _detach_collector(self) -> None:
+        if self.collector is not None:
+            self.collector.detach()
+        self.collector = None
+        for gates in gates_by_symbol(self.model).values():
+            for gate in gates:
+                gate.accumulate = False
+
+    def _importance(self, index: int) -> torch.Tensor:
+        """Importance of the live channels of class `index` of `self.net.classes`, in their order."""
+        values = self.collector.importance(index)
+        if self.mode == "masked":  # the masked network keeps its full width: read the live channels
+            values = values[torch.as_tensor(self.state.kept[self.net.classes[index][0]], dtype=torch.long)]
+        return values
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> None:
         c, s = self.config, self.state
-        pruning_units = target_units(c, s.total_units)
+        target = target_units(c, s.total_filters)
         started = time.perf_counter() - s.seconds
         s.stop_reason = None  # an epoch limit reached before may have been raised on resume
-        try:
-            while not s.done:
-                if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
-                    s.stop_reason = STOP_EPOCH_LIMIT
-                    break
-                pruning = s.epoch >= c.warmup_epochs
-                if pruning:
-                    self.progress.start("pruning", pruning_units, s.removed_units, "unit")
-                else:
-                    self.progress.start("warm-up", c.warmup_epochs * len(self.loader), s.minibatches, "batch")
-                self._set_epoch_mode(pruning)
-                for x, y in self.loader:
-                    loss = self._train_step(x, y)
-                    s.minibatches += 1
+        with _DeferredInterrupt() as interrupt:
+            try:
+                while not s.done:
+                    if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
+                        s.stop_reason = STOP_EPOCH_LIMIT
+                        break
+                    pruning = s.epoch >= c.warmup_epochs
                     if pruning:
-                        self.loss_sum += loss
-                        s.since_prune += 1
-                        if s.since_prune == c.prune_every:
+                        self.progress.start("pruning", target, s.total_filters - self._filters(), "filter")
+                    else:
+                        self.progress.start("warm-up", c.warmup_epochs * len(self.loader), s.minibatches, "batch")
+                    self._set_epoch_mode(pruning)
+                    for x, y in self.loader:
+                        loss = self._train_step(x, y, pruning)
+                        s.minibatches += 1
+                        if pruning:
+                            self.loss_sum += loss
+                            s.since_prune += 1
+                            if s.since_prune == c.prune_every:
+                                s.seconds = time.perf_counter() - started
+                                self._show(self._prune_step())
+                                if not s.done:
+                                    self._maybe_checkpoint(started)
+                        elif self.progress.bar is not None:
+                            # The loss only every 10 minibatches: reading it synchronises with the device.
+                            self._show(1, float(loss.item()) if s.minibatches % 10 == 0 else None)
+                        if self.callback is not None:
+                            try:
+                                self.callback(s, self.model)
+                            except KeyboardInterrupt:  # at a consistent point, as a deferred Ctrl-C
+                                interrupt.requested = True
+                        if interrupt.requested:
                             s.seconds = time.perf_counter() - started
-                            advanced = self._prune_step()
-                            self._show(advanced)
-                            if not s.done and s.step % c.checkpoint_every == 0:
-                                self.checkpoint()
-                    elif self.progress.bar is not None:
-                        # The loss only every 10 minibatches: reading it synchronises with the device.
-                        self._show(1, float(loss.item()) if s.minibatches % 10 == 0 else None)
-                    if self.callback is not None:
-                        self.callback(s, self.model)
+                            self.checkpoint()
+                            raise KeyboardInterrupt
+                        if s.done:
+                            break
                     if s.done:
                         break
-                if s.done:
-                    break
-                s.epoch += 1
-                if not pruning:
-                    s.seconds = time.perf_counter() - started
-                    self.checkpoint()
-        finally:
-            self.progress.close()
+                    s.epoch += 1
+                    if not pruning:
+                        self._maybe_checkpoint(started)
+            finally:
+                self.progress.close()
         s.seconds = time.perf_counter() - started
         self.checkpoint()
+
+    def _filters(self) -> int:
+        return self.net.filters(self.state.widths)
 
     def _set_epoch_mode(self, pruning: bool) -> None:
         lr = lr_at(self.config, self.state.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for gates in gates_by_symbol(self.model).values():
-            for gate in gates:
-                gate.accumulate = pruning  # importance is only needed once pruning starts
+        if pruning and self.collector is None:
+            self._attach_collector()  # importance is only needed once pruning starts
+        elif not pruning:
+            self._detach_collector()
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, collect: bool) -> torch.Tensor:
         self.model.train()
         loss = F.cross_entropy(self.model(x), y)  # batch mean: E of SPEC §5, whose dE/dz is the signal
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if collect:
+            self.collector.end_minibatch()
         self.optimizer.step()
         return loss.detach().to(torch.float64)
 
@@ -308,94 +429,124 @@ class _Pruner:
         s = self.state
         if self.progress.bar is None:
             return
-        params = self.rows[-1]["params"] if self.rows else self.arch.count(s.widths).params
+        params = self.rows[-1]["params"] if self.rows else self.net.count(s.widths)[0]
         if loss is None:
             loss = self.rows[-1]["loss"] if self.rows and s.epoch >= self.config.warmup_epochs else self._shown_loss
         self._shown_loss = loss
         self.progress.show(advance, s.epoch, params, s.widths, loss)
 
     def _prune_step(self) -> int:
-        """Rank, remove, rebuild or mask, log a row; returns the number of units removed."""
-        selection, groups = self._rank()
+        """Rank, remove, rebuild or mask, log a row; returns the number of filters removed."""
+        selection = self._rank()
         if selection is None:
             return 0
-        keep_positions = self._drop_units(selection, groups)
+        before = self._filters()
+        keep_positions = self._drop_units(selection)
         note = self._rebuild(keep_positions)
         self._log_step(note)
-        return selection.count
+        return before - self._filters()
 
     def _rank(self):
-        """The units to remove this step (global ranking under the per-group floors), or (None, groups)
-        with the stop reason set when nothing may be removed."""
+        """The units to remove this step (global ranking under the per-class floors), or None with the
+        stop reason set when nothing may be removed."""
         c, s = self.config, self.state
-        groups = self._groups()
-        importances = group_importance(self.model, groups, s.kept if self.mode == "masked" else None)
-        minimum = {sym.name: sym.minimum for sym in self.arch.symbols}
-        declared = [max(c.min_width, *(minimum[name] for name in group)) for group in groups]
-        # Raised where a derived layer (an SE's round(0.25 * c)) would reach 0 first (prune/floors.py).
-        floors = unit_floors(self.arch.network, groups, s.widths, declared)
-        selection = select_units(importances, c.units_per_step, floors)
+        importances = [self._importance(k) for k in self.rankable]
+        selection = select_units(importances, c.units_per_step, self._floors(s.widths))
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
-            return None, groups
+            return None
         if selection.count == 0:
             s.done, s.stop_reason = True, STOP_NOTHING_LEFT
-            return None, groups
-        return selection, groups
+            return None
+        return selection
 
-    def _drop_units(self, selection, groups: list[Group]) -> dict[str, list[int]]:
-        """Bookkeeping: the surviving start indices and widths per symbol; returns the channels to keep, by
-        current position for a shrunk network, by start index for a masked one."""
-        s = self.state
+    def _keep(self, members, local: list[int], keep_positions: dict[str, list[int]]) -> None:
+        """Keep the channels at `local` (positions into the live ones) of every space in `members`."""
+        s, spaces = self.state, self.net.cmap.spaces
+        for space in members:
+            current = s.kept[space]
+            s.kept[space] = [current[i] for i in local]
+            if spaces[space].symbol is not None:
+                s.widths[spaces[space].symbol] = len(local)
+            keep_positions[space] = local if self.mode == "shrink" else s.kept[space]
+
+    def _drop_units(self, selection) -> dict[str, list[int]]:
+        """Bookkeeping: the surviving start indices and widths per space; returns the channels to keep, by
+        current position for a shrunk network, by start index for a masked one. Derived widths that the
+        new widths change keep their own most important channels."""
+        s, net = self.state, self.net
         keep_positions: dict[str, list[int]] = {}
         for group_index, removed in selection.removed.items():
+            members = net.symbol_classes[self.rankable[group_index]]
             gone = set(removed)
-            for symbol in groups[group_index]:
-                current = s.kept[symbol]
-                local = [i for i in range(len(current)) if i not in gone]
-                s.kept[symbol] = [current[i] for i in local]
-                s.widths[symbol] = len(local)
-                keep_positions[symbol] = local if self.mode == "shrink" else s.kept[symbol]
+            self._keep(members, [i for i in range(len(s.kept[members[0]])) if i not in gone], keep_positions)
         s.removed_units += selection.count
+        offset = len(net.symbol_classes)
+        for index, members in enumerate(net.derived_classes):
+            width, live = net.width(members[0], s.widths), len(s.kept[members[0]])
+            if width > live:
+                raise RunError(f"the derived width of {members[0]} grows from {live} to {width} as the widths "
+                               "shrink; pruning can only remove channels")
+            if width < live:
+                self._keep(members, top_positions(self._importance(offset + index), width), keep_positions)
         return keep_positions
 
     def _rebuild(self, keep_positions: dict[str, list[int]]) -> dict[str, Any]:
-        """Shrink (or mask) the network to the kept channels and reset the gates' importance; returns the
-        notes for the trajectory row."""
+        """Shrink (or mask) the network to the kept channels and start a fresh importance collection;
+        returns the notes for the trajectory row."""
         note: dict[str, Any] = {}
         if self.mode == "shrink":
+            if self.collector is not None:
+                self.collector.detach()
+                self.collector = None
             self.model, self.optimizer, report = shrink_network(self.model, keep_positions, self.optimizer)
-            self._set_epoch_mode(True)
-            if report.dropped:
-                note["dropped_layers"] = report.dropped
-                self.progress.write(f"step {self.state.step + 1}: widths became equal, so layer(s) "
-                                    f"{', '.join(report.dropped)} are no longer built (identity add instead)")
+            if report.approximate:
+                note["approximate_layers"] = report.approximate
+                if not self._warned_approximate:
+                    message = (f"layer(s) {', '.join(report.approximate)} are grouped convs whose groups change "
+                               "size: their first channels are kept, so the shrunk network is not the masked one")
+                    warnings.warn(message, ApproximateShrinkWarning, stacklevel=2)
+                    self.progress.write(f"warning: {message}")
+                    self._warned_approximate = True
         else:
-            mask_network(self.model, keep_positions)
-        for gates in gates_by_symbol(self.model).values():
-            for gate in gates:
-                gate.reset_importance()
+            # The masked network is still the start network: name every space that has lost channels
+            # so far (a derived width that shrank at an earlier step must keep its mask now too).
+            kept = self.state.kept
+            mask_network(self.model, {space: kept[space] for space in kept
+                                      if len(kept[space]) < self.net.width(space, self.initial)})
+        self._attach_collector()
         return note
 
     def _log_step(self, note: dict[str, Any]) -> None:
         """Append the step's trajectory row and apply the stop-fraction rule."""
         c, s = self.config, self.state
         s.step += 1
-        s.recording = s.recording or recording_started(self.initial, s.widths, self.searchable)
-        cost = self.arch.count(s.widths)
+        s.recording = s.recording or recording_started(self.initial, s.widths, self.searchable, self.exempt)
+        params, macs = self.net.count(s.widths)
+        filters = self._filters()
         row = {
-            "step": s.step, "epoch": s.epoch, "minibatch": s.minibatches, "params": cost.params,
-            "macs": cost.macs, "widths": {name: s.widths[name] for name in self.searchable},
+            "step": s.step, "epoch": s.epoch, "minibatch": s.minibatches, "params": params,
+            "macs": macs, "widths": {name: s.widths[name] for name in self.searchable},
             "loss": float(self.loss_sum.item()) / s.since_prune, "lr": self.optimizer.param_groups[0]["lr"],
-            "units": s.total_units - s.removed_units, "recording": s.recording, "time_s": round(s.seconds, 3),
-            **note,
+            "filters": filters, "prunable_units": self.net.units(s.widths), "recording": s.recording,
+            "time_s": round(s.seconds, 3), **note,
         }
         self.rows.append(row)
         append_jsonl(self.out / TRAJECTORY_FILE, row)
         self.loss_sum.zero_()
         s.since_prune = 0
-        if s.removed_units >= target_units(c, s.total_units):
+        if s.total_filters - filters >= target_units(c, s.total_filters):
             s.done, s.stop_reason = True, STOP_FRACTION_REACHED
+
+    def nothing_recorded(self) -> str:
+        """Why a finished run recorded no row (for the error)."""
+        s = self.state
+        never = [n for n in self.searchable if n not in self.exempt and s.widths[n] >= self.initial[n]]
+        return (f"the pruning run stopped ({s.stop_reason}) after {s.step} prune step(s) without recording a "
+                f"row: recording starts once every searchable width has lost a unit (widths at their floor "
+                f"from the start excepted), and {', '.join(never) or 'no width'} never lost one. Remove more "
+                "units per step, prune for longer (a larger stop fraction, --skip-at-min-width), or start "
+                "from wider widths")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -466,11 +617,14 @@ def prune(arch, train_set, config: PruneConfig, out_dir: str | Path, *,
         if not pruner.state.done:
             pruner.run()
         s = pruner.state
-        cost = arch.count(s.widths)
+        params, macs = pruner.net.count(s.widths)
+        recorded = sum(1 for r in pruner.rows if r["recording"])
         summary = {"done": s.done, "stop_reason": s.stop_reason, "steps": s.step, "epochs": s.epoch,
-                   "minibatches": s.minibatches, "removed_units": s.removed_units, "total_units": s.total_units,
-                   "recorded_rows": sum(1 for r in pruner.rows if r["recording"]), "widths": s.widths,
-                   "params": cost.params, "macs": cost.macs, "seconds": round(s.seconds, 3), "mode": mode}
+                   "minibatches": s.minibatches, "total_filters": s.total_filters, "filters": pruner._filters(),
+                   "removed_units": s.removed_units, "total_units": s.total_units, "recorded_rows": recorded,
+                   "widths": s.widths, "params": params, "macs": macs, "seconds": round(s.seconds, 3), "mode": mode}
         atomic_write_json(out / SUMMARY_FILE, summary)
-        return PruneResult(out, pruner.rows, dict(s.widths), cost.params, cost.macs, s.done, s.stop_reason, s.step,
+        if s.done and recorded == 0:
+            raise RunError(pruner.nothing_recorded())
+        return PruneResult(out, pruner.rows, dict(s.widths), params, macs, s.done, s.stop_reason, s.step,
                            s.seconds, plan)

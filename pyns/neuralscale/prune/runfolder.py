@@ -7,13 +7,16 @@ The run folder (crash-safe: every file is written atomically or appended one lin
     versions.json      pyns, torch, numpy, Python and platform versions
     trajectory.jsonl   one row per prune step: step (1, 2, ...), epoch (0-based, warm-up included),
                        minibatch (trained so far), params (τ), macs, widths {symbol: int} after the
-                       step, loss (mean train loss of the step's Q minibatches), lr, units (left),
-                       recording, time_s (training time so far); fit_power_law uses the rows with
-                       recording = true. A step after which a projection shortcut vanished also has
-                       dropped_layers.
-    checkpoint.pt      model, optimizer, pruning state (widths, kept channel indices, counters), RNG,
-                       loader position and the rows so far; written after every prune step and at the
-                       end of every warm-up epoch
+                       step, loss (mean train loss of the step's Q minibatches), lr, filters (left:
+                       output channels of the layers producing searchable widths, what the stop
+                       fraction counts), prunable_units (left: channels the ranking chooses from, a
+                       tied class's channel once), recording, time_s (training time so far);
+                       fit_power_law uses the rows with recording = true. A step that had to keep the
+                       first channels of a grouped conv also has approximate_layers.
+    checkpoint.pt      model, optimizer, pruning state (widths, kept channel indices of every channel
+                       space, counters), the importance sums, RNG, loader position and the rows so far;
+                       written at the start, at most every checkpoint_interval_s seconds (after a prune
+                       step or a warm-up epoch), at the end and on Ctrl-C
     summary.json       written at the end: why the run stopped, final widths and costs
     .pyns-lock         held (flock) by the process running the prune: a second one is refused (pyns.runlock)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ class PruneConfig:
     # paper's 10 (the paper's value from ~1,000 units up; VGG11 on CIFAR has 2,752), so that every network
     # gets ~95 prune steps (pyns.neuralscale.prune.defaults).
     units_per_step: int | None = None
-    stop_fraction: float = 0.95  # stop once this fraction of the units is gone
+    stop_fraction: float = 0.95  # stop once this fraction of the filters is gone (pyns.channels.count_filters)
     min_width: int = 1  # no width may drop below this
     # What to do when one of the lowest-ranked units sits in a group already at min_width: the paper
     # stops the run ("a layer would drop below 1"); False skips that unit and ranks on.
@@ -71,7 +71,10 @@ class PruneConfig:
     # `--augment` spec such as "crop,flip,rotate=20" / its parsed dict (pyns.data.augment_spec)
     augment: bool | str | dict = True
     seed: int = 0
-    checkpoint_every: int = 1  # prune steps between checkpoints (epoch ends of the warm-up always save)
+    # Seconds between checkpoints, at most (checked after every prune step and warm-up epoch; the end of
+    # the run and Ctrl-C always save). A checkpoint of a large network can take as long as a prune step,
+    # so one every step would double the run; a minute loses at most a minute of work to a crash.
+    checkpoint_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,7 +98,8 @@ class PruneConfig:
             (self.min_width >= 1, f"min_width must be >= 1, got {self.min_width}"),
             (self.max_epochs is None or self.max_epochs >= 0,
              f"max_epochs must be >= 0 or unset, got {self.max_epochs}"),
-            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1 prune step, got {self.checkpoint_every}"),
+            (self.checkpoint_interval_s >= 0,
+             f"checkpoint_interval_s must be >= 0 seconds, got {self.checkpoint_interval_s}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -133,13 +137,18 @@ def lr_at(config: PruneConfig, epoch: int) -> float:
     return config.prune_lr / config.lr_decay ** ((epoch - config.warmup_epochs) // config.lr_decay_every)
 
 
-def recording_started(initial: Mapping[str, int], widths: Mapping[str, int], searchable: Sequence[str]) -> bool:
+def recording_started(initial: Mapping[str, int], widths: Mapping[str, int], searchable: Sequence[str],
+                      exempt: Collection[str] = ()) -> bool:
     """Whether every searchable width has lost at least one unit (SPEC §5: only then is (τ, φ) recorded,
-    because a layer nobody has pruned yet says nothing about how its width scales with τ)."""
-    return all(widths[name] < initial[name] for name in searchable)
+    because a layer nobody has pruned yet says nothing about how its width scales with τ).
+
+    `exempt` widths are left out: those at their floor from the start (min_width, or a declared
+    `[min = N]`), which can never lose a unit and would otherwise keep recording from ever starting."""
+    return all(widths[name] < initial[name] for name in searchable if name not in exempt)
 
 
 def target_units(config: PruneConfig, total_units: int) -> int:
-    """Units whose removal ends the run: the first whole number at or above stop_fraction x total."""
+    """Filters (or any count) whose removal ends the run: the first whole number at or above
+    stop_fraction x total. The pruner applies it to filters, as the paper does (pyns.channels.count_filters)."""
     # 1e-9 keeps an exact product like 0.95 * 100 = 95.00000000000001 from rounding up to 96.
     return max(1, math.ceil(config.stop_fraction * total_units - 1e-9))

@@ -1,29 +1,35 @@
 """Physical shrinking: rebuild a gated network at smaller widths and carry the surviving state over.
 
 `shrink_network(model, keep, optimizer)` builds the network again from its IR at the widths the keep
-sets imply (pyns.builder.build_module) and copies, for every surviving channel, the weights, biases,
-BatchNorm running statistics and the optimizer's per-parameter state (SGD momentum buffers, Adam
-moments, ...). `mask_network(model, keep)` is its masked counterpart: same widths, gates zeroed on the
-removed channels. For searchable widths the two are the same function (the test suite checks it): a
-gate follows every BN / producer of a searchable width, so a masked channel is zero on every path it
-takes, identity shortcuts included.
+sets imply (pyns.builder.build_module, on the meta device: nothing is initialised only to be overwritten)
+and copies, for every surviving channel, the weights, biases, BatchNorm running statistics and the
+optimizer's per-parameter state (SGD momentum buffers, Adam moments, ...). `mask_network(model, keep)` is
+its masked counterpart: same widths, gates zeroed on the removed channels.
 
-Channel index mapping, from the IR expressions of each layer:
+What the shrink guarantees: for the same keep sets, the shrunk network computes what the masked network
+computes (outputs in train and eval mode, and the SGD steps that follow; equal up to float rounding, as
+a convolution over fewer channels sums in another order), on every architecture whose convs are plain or
+depthwise. The keep sets name surviving channels per *channel space* (pyns.channels): every searchable
+symbol, and every derived width (an expression such as MobileNetV2's expansion `6 * in`, EfficientNet's
+`make_divisible(6 * in)` or a squeeze-excite's reduced width) whose value changes. A derived width has
+channels of its own, so which of them survive is chosen by their own importance (`derived_keep`, from a
+score per channel: Taylor importance in the pruner, L1 norm in Li et al.); a change in a derived width
+without a keep set is an error, never a silent truncation. The builder places a gate on every derived
+space too, so the masked network masks exactly what the shrunk one removes.
 
-- a dimension whose size is a searchable symbol `s` keeps the positions `keep[s]`;
-- a constant or unchanged dimension is copied whole;
-- a Linear right after a Flatten of C x H x W features (channel-major) keeps, for each kept channel c,
-  the H*W features c*HW .. c*HW + HW-1;
-- a depthwise conv keeps its channels by the same map as its input (one filter per channel);
-- a *derived* width that changed (an expression such as MobileNetV2's expansion `6 * in`, or SE's
-  reduced width) has no natural correspondence with the old channels: the first k are kept. Such layers
-  are listed in `ShrinkReport.approximate`; there the shrunk network is *not* function-preserving.
+Two cases are not function-preserving, and both are reported in the `ShrinkReport` the caller gets:
 
-If pruning makes two widths equal so that a projection shortcut is no longer built (`project_when`
-becomes 0), the new network adds the identity instead: a different architecture. Its old projection
-layers are dropped and listed in `ShrinkReport.dropped`. This is accepted on purpose: the network pyns
-prunes is always exactly the network the widths describe (what the cost engine counts and what
-`Arch.build` will later build).
+- `approximate`: grouped convs that are not depthwise and whose group size changes (a channel cannot
+  keep its group): the first channels of each dimension are kept;
+- `approximate` also lists the torch importer's layers that the channel map cannot follow exactly when
+  their channels change (`ChannelMap.rerouted`: channel shuffles, slices across a space, LayerNorm,
+  which normalises over all channels), and layers on a concat's output that have no gate of their own
+  (a BatchNorm or biased depthwise conv there turns a masked 0 into its bias); a concat itself is
+  exact: its channels are its branches' spaces at their offsets;
+- `dropped`: when two widths become equal so that a projection shortcut is no longer built
+  (`project_when` becomes 0), the shrunk network adds the identity instead: a different architecture.
+  The pruner avoids this by pruning a network whose shortcuts are pinned (pyns.channels.pin_shortcuts);
+  Li et al. accept it, as the network they return is the one the widths describe.
 """
 from __future__ import annotations
 
@@ -34,19 +40,27 @@ import torch
 from torch import nn
 
 from pyns import ir
-from pyns.dsl.expr import Expr, Op, Sym, evaluate
+from pyns.channels import ChannelMap, channel_map
+from pyns.dsl.expr import evaluate, to_source
 from pyns.errors import PynsError
 
-__all__ = ["ShrinkReport", "mask_network", "normalize_keep", "shrink_network"]
+__all__ = [
+    "ApproximateShrinkWarning", "ShrinkReport", "derived_keep", "mask_network", "normalize_keep", "shrink_network",
+    "top_positions",
+]
 
 IndexPlan = dict[str, dict[str, list[torch.Tensor | None]]]  # layer -> tensor name -> index per dim
+
+
+class ApproximateShrinkWarning(UserWarning):
+    """A shrink that kept the first channels of some layers (grouped convs): not function-preserving."""
 
 
 @dataclass
 class ShrinkReport:
     """Layers that a shrink did not carry over exactly."""
 
-    approximate: list[str] = field(default_factory=list)  # derived widths changed: first k channels kept
+    approximate: list[str] = field(default_factory=list)  # grouped (not depthwise) convs: first k kept
     dropped: list[str] = field(default_factory=list)  # old layers with no counterpart (vanished shortcuts)
 
     @property
@@ -54,161 +68,177 @@ class ShrinkReport:
         return not self.approximate and not self.dropped
 
 
-def normalize_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Check keep sets against the model's widths: sorted unique int64 positions per searchable symbol.
+def top_positions(score: torch.Tensor, count: int) -> list[int]:
+    """Ascending positions of the `count` largest scores (ties: the lower position stays)."""
+    order = torch.sort(score.to(torch.float64).cpu(), descending=True, stable=True).indices[:count]
+    return sorted(int(i) for i in order)
 
-    Symbols whose keep set is every channel are dropped from the result (nothing to do for them).
-    """
-    widths: Mapping[str, int] = model.widths
-    searchable = {s.name for s in model.ir.searchable}
-    out: dict[str, torch.Tensor] = {}
-    for symbol, positions in keep.items():
-        if symbol not in searchable:
-            raise PynsError(f"cannot shrink `{symbol}`: it is not a searchable width of {model.ir.name} "
-                            f"(searchable: {', '.join(sorted(searchable))})")
-        index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-        unique = torch.unique(index)  # sorted
-        width = widths[symbol]
-        if unique.numel() != index.numel():
-            raise PynsError(f"the keep set of `{symbol}` lists a channel twice")
-        if unique.numel() < 1 or int(unique[0]) < 0 or int(unique[-1]) >= width:
-            raise PynsError(f"the keep set of `{symbol}` must name 1 to {width} channels in 0..{width - 1}")
-        if unique.numel() != width:
-            out[symbol] = unique
-    for group in ir.tied_groups(model.ir, widths):
-        sets = [out.get(s) for s in group]
-        first = sets[0]
-        if any((s is None) != (first is None) or (s is not None and not torch.equal(s, first)) for s in sets):
-            raise PynsError(f"widths {', '.join(group)} are joined by an identity add and must keep the "
-                            "same channels")
+
+def _new_env(model: nn.Module, cmap: ChannelMap, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, int]:
+    env = dict(model.widths)
+    for space_id, positions in keep.items():
+        space = cmap.spaces.get(space_id)
+        if space is not None and space.symbol is not None:
+            env[space.symbol] = len(positions)
+    return env
+
+
+def derived_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor],
+                 scores: Mapping[str, torch.Tensor], cmap: ChannelMap | None = None) -> dict[str, list[int]]:
+    """`keep` (surviving channels of searchable symbols) completed with the survivors of every derived
+    width that the new symbol widths change: the channels with the largest `scores` (one score per
+    channel, per derived space id; the spaces of a class joined by identity adds are summed and keep the
+    same channels). Positions are into `model`'s current channels."""
+    cmap = cmap or channel_map(model.ir, model.widths)
+    env = _new_env(model, cmap, keep)
+    out = {k: [int(i) for i in torch.as_tensor(v).reshape(-1).tolist()] for k, v in keep.items()}
+    for members in cmap.derived_classes():
+        old, new = cmap.width(members[0], model.widths), cmap.width(members[0], env)
+        if new == old or any(m in keep for m in members):
+            continue
+        missing = [m for m in members if m not in scores]
+        if missing:
+            raise PynsError(f"no score for derived width(s) {', '.join(missing)}, so their surviving channels "
+                            "cannot be chosen")
+        total = sum(scores[m].to(torch.float64).cpu() for m in members)
+        kept = top_positions(total, new)
+        for member in members:
+            out[member] = kept
     return out
 
 
+def normalize_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor],
+                   cmap: ChannelMap | None = None) -> dict[str, torch.Tensor]:
+    """Check keep sets against the model: sorted unique int64 positions per channel space (a searchable
+    symbol, or a derived space id of pyns.channels).
+
+    Spaces joined by an identity add must keep the same channels; a derived width that the new symbol
+    widths change must have a keep set of its new width (see `derived_keep`), and derived spaces joined
+    to a symbol follow its keep set. Spaces whose keep set is every channel are dropped from the result.
+    """
+    cmap = cmap or channel_map(model.ir, model.widths)
+    old_env = dict(model.widths)
+    out: dict[str, torch.Tensor] = {}
+    for space_id, positions in keep.items():
+        if space_id not in cmap.spaces:
+            searchable = sorted(s.name for s in model.ir.searchable)
+            raise PynsError(f"cannot shrink `{space_id}`: it is not a searchable width or a derived channel "
+                            f"space of {model.ir.name} (searchable: {', '.join(searchable)})")
+        index = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        unique = torch.unique(index)  # sorted
+        width = cmap.width(space_id, old_env)
+        if unique.numel() != index.numel():
+            raise PynsError(f"the keep set of `{space_id}` lists a channel twice")
+        if unique.numel() < 1 or int(unique[0]) < 0 or int(unique[-1]) >= width:
+            raise PynsError(f"the keep set of `{space_id}` must name 1 to {width} channels in 0..{width - 1}")
+        out[space_id] = unique
+    new_env = _new_env(model, cmap, out)
+    for members in cmap.classes:
+        symbols = [m for m in members if cmap.spaces[m].symbol is not None]
+        listed = symbols + [m for m in members if m in out and m not in symbols]
+        sets = [out.get(m) for m in listed]
+        first = sets[0] if sets else None
+        if any((s is None) != (first is None) or (s is not None and not torch.equal(s, first)) for s in sets):
+            raise PynsError(f"widths {', '.join(listed)} are joined by an identity add and must keep the "
+                            "same channels")
+        old = cmap.width(members[0], old_env)
+        for member in members:
+            new = cmap.width(member, new_env)
+            given = out.get(member, first)
+            if member in cmap.frozen and new != old:
+                raise PynsError(f"`{member}` is joined by an identity add to a width that never changes, so "
+                                "it cannot be pruned")
+            if given is None and new != old:
+                raise PynsError(f"the derived width `{to_source(cmap.spaces[member].width)}` of {member} "
+                                f"changes from {old} to {new}: name its surviving channels too (derived_keep "
+                                "chooses them by a score of its own)")
+            if given is not None and given.numel() != new:
+                raise PynsError(f"the keep set of `{member}` names {given.numel()} channels, but its width "
+                                f"`{to_source(cmap.spaces[member].width)}` becomes {new}")
+            if given is not None:
+                out[member] = given
+    return {k: v for k, v in out.items() if v.numel() != cmap.width(k, old_env)}
+
+
 # ----------------------------------------------------------------------------------------------------
-# Index plan from the IR
+# Index plan from the channel map
 # ----------------------------------------------------------------------------------------------------
 
 
 class _Planner:
-    def __init__(self, old_env: Mapping[str, int], new_env: Mapping[str, int], keep: Mapping[str, torch.Tensor]):
-        self.old_env, self.new_env, self.keep = old_env, new_env, keep
+    def __init__(self, cmap: ChannelMap, old_env: Mapping[str, int], new_env: Mapping[str, int],
+                 keep: Mapping[str, torch.Tensor]):
+        self.cmap, self.old_env, self.new_env, self.keep = cmap, old_env, new_env, keep
         self.plan: IndexPlan = {}
         self.approximate: set[str] = set()
-        self.flatten: ir.Flatten | None = None  # the last Flatten seen, for the Linear right after it
-        self.concat_sums: set[Expr] = set()  # widths that are a concat's sum of branch widths
 
-    # --- concat (torch importer): a concat's channels are its branches' channels, in order ---
-    def _concat_channels(self, expr: Expr, layer: str) -> torch.Tensor | None:
-        parts: list[Expr] = []
-
-        def split(e: Expr) -> None:
-            if isinstance(e, Op) and e.op == "add" and e in self.concat_sums:
-                split(e.args[0])
-                split(e.args[1])
-            else:
-                parts.append(e)
-
-        split(expr)
+    def index(self, space: str | None) -> torch.Tensor | None:
+        """Positions to keep along a dimension in `space` (a space or a concat's composite); None = all."""
+        if space is None:
+            return None
+        if space not in self.cmap.composites:
+            return self.keep.get(space)
         maps, offset, changed = [], 0, False
-        for part in parts:
-            index = self.channels(part, layer)
+        for segment, width in self.cmap.composites[space]:  # each branch's channels at its offset
+            index = None if segment is None else self.keep.get(segment)
+            size = int(evaluate(width, self.old_env))
             changed |= index is not None
-            if index is None:
-                index = torch.arange(int(evaluate(part, self.new_env)))
-            maps.append(index + offset)
-            offset += int(evaluate(part, self.old_env))
+            maps.append((torch.arange(size) if index is None else index) + offset)
+            offset += size
         return torch.cat(maps) if changed else None
 
-    def channels(self, expr: Expr, layer: str) -> torch.Tensor | None:
-        """Positions to keep along a dimension of size `expr`; None = all of them."""
-        if isinstance(expr, Sym) and expr.name in self.keep:
-            return self.keep[expr.name]
-        if isinstance(expr, Op) and expr.op == "add" and self.concat_sums and expr in self.concat_sums:
-            return self._concat_channels(expr, layer)
-        old, new = int(evaluate(expr, self.old_env)), int(evaluate(expr, self.new_env))
-        if old == new:
-            return None
-        if isinstance(expr, Sym):  # only searchable symbols change, and those are in keep
-            raise PynsError(f"{layer}: width `{expr.name}` changed without a keep set")
-        self.approximate.add(layer)  # derived width: no channel correspondence, keep the first `new`
-        return torch.arange(new)
+    def changes(self, role: str | None) -> bool:
+        return any(s in self.keep for s in self.cmap.segments(role))
 
-    def visit(self, nodes: list[ir.Node]) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Concat):  # --- concat (torch importer) ---
-                total = node.out_ch  # ((b1 + b2) + b3) ...: every partial sum is a concat prefix
-                for _ in node.branches[1:]:
-                    if not (isinstance(total, Op) and total.op == "add"):
-                        break
-                    self.concat_sums.add(total)
-                    total = total.args[0]
-                for branch in node.branches:
-                    self.visit(branch)
-            elif isinstance(node, ir.Residual):
-                self.visit(node.body)
-                self.visit(node.shortcut)
-            elif isinstance(node, ir.Flatten):
-                self.flatten = node
-            elif isinstance(node, ir.Conv):
-                self.conv(node)
+    def visit(self, layers: Mapping[str, nn.Module]) -> None:
+        for name, module in layers.items():
+            node, roles = module.pyns_layer, self.cmap.layers.get(name, {})
+            if isinstance(node, ir.Conv):
+                self.conv(node, roles)
             elif isinstance(node, ir.BatchNorm):
-                c = self.channels(node.channels, node.name)
-                self.plan[node.name] = {name: [c] for name in ("weight", "bias", "running_mean", "running_var")}
-            elif isinstance(node, ir.Linear):
-                self.linear(node)
-            elif isinstance(node, (ir.Shuffle, ir.Slice)):  # --- torch importer layers ---
-                # Removing channels moves the later ones to other shuffle groups / split parts: the
-                # shrunk network routes channels differently from the masked one.
-                width = node.channels if isinstance(node, ir.Shuffle) else node.in_ch
-                if int(evaluate(width, self.old_env)) != int(evaluate(width, self.new_env)):
-                    self.approximate.add(node.name)
+                c = self.index(roles.get("channels"))
+                self.plan[name] = {t: [c] for t in ("weight", "bias", "running_mean", "running_var")}
+                if roles.get("channels") in self.cmap.composites and c is not None:
+                    # No gate after a BN on a concat's output: a masked channel leaves it as beta,
+                    # not 0, so the masked network is not the shrunk one.
+                    self.approximate.add(name)
             elif isinstance(node, (ir.LayerNorm, ir.Scale)):
-                c = self.channels(node.channels, node.name)
-                self.plan[node.name] = {"weight": [c], "bias": [c], "gamma": [c]}
+                c = self.index(roles.get("channels"))
+                self.plan[name] = {"weight": [c], "bias": [c], "gamma": [c]}
             elif isinstance(node, ir.ChannelLinear):
-                out_map, in_map = self.channels(node.out_ch, node.name), self.channels(node.in_ch, node.name)
-                self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
+                out_map, in_map = self.index(roles.get("out")), self.index(roles.get("in"))
+                self.plan[name] = {"weight": [out_map, in_map], "bias": [out_map]}
+            elif isinstance(node, ir.Linear):
+                out_map, channel_map_ = self.index(roles.get("out")), self.index(roles.get("in"))
+                hw = self.cmap.flatten_hw.get(name, 1)
+                # Flatten of [C, H, W] is channel-major: feature index = c * HW + (h * W + w).
+                in_map = None if channel_map_ is None else (
+                    channel_map_[:, None] * hw + torch.arange(hw)[None, :]).reshape(-1)  # [k, HW] -> [k*HW]
+                self.plan[name] = {"weight": [out_map, in_map], "bias": [out_map]}
             elif isinstance(node, ir.SqueezeExcite):
-                c = self.channels(node.channels, node.name)
-                r = self.channels(node.reduced, node.name)
-                self.plan[node.name] = {"conv_reduce.weight": [r, c], "conv_reduce.bias": [r],
-                                        "conv_expand.weight": [c, r], "conv_expand.bias": [c]}
+                c, r = self.index(roles.get("channels")), self.index(roles.get("reduced"))
+                self.plan[name] = {"conv_reduce.weight": [r, c], "conv_reduce.bias": [r],
+                                   "conv_expand.weight": [c, r], "conv_expand.bias": [c]}
 
-    def conv(self, node: ir.Conv) -> None:
-        groups = int(evaluate(node.groups, self.old_env))
-        cin = int(evaluate(node.in_ch, self.old_env))
-        cout = int(evaluate(node.out_ch, self.old_env))
-        if groups == 1:
-            out_map, in_map = self.channels(node.out_ch, node.name), self.channels(node.in_ch, node.name)
-        elif groups == cin == cout:
-            # Depthwise: filter c reads only input channel c, so both follow the input's map; the
-            # per-group input dimension has size 1.
-            out_map, in_map = self.channels(node.in_ch, node.name), None
-            if node.out_ch != node.in_ch and self.channels(node.out_ch, node.name) is not None:
-                self.approximate.add(node.name)
-        else:
+    def conv(self, node: ir.Conv, roles: Mapping[str, str | None]) -> None:
+        out_map, in_map = self.index(roles.get("out")), self.index(roles.get("in"))
+        if node.name in self.cmap.grouped:
             # A grouped conv whose groups change size: channels cannot keep their groups; first k.
-            new_groups = int(evaluate(node.groups, self.new_env))
-            new_in = int(evaluate(node.in_ch, self.new_env)) // new_groups
-            new_out = int(evaluate(node.out_ch, self.new_env))
-            out_map = None if new_out == cout else torch.arange(new_out)
-            in_map = None if new_in == cin // groups else torch.arange(new_in)
+            def size(expr, env) -> int:
+                return int(evaluate(expr, env))
+
+            new_in = size(node.in_ch, self.new_env) // size(node.groups, self.new_env)
+            old_in = size(node.in_ch, self.old_env) // size(node.groups, self.old_env)
+            new_out, old_out = size(node.out_ch, self.new_env), size(node.out_ch, self.old_env)
+            out_map = None if new_out == old_out else torch.arange(new_out)
+            in_map = None if new_in == old_in else torch.arange(new_in)
             if out_map is not None or in_map is not None:
                 self.approximate.add(node.name)
-        self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
-
-    def linear(self, node: ir.Linear) -> None:
-        out_map = self.channels(node.out_features, node.name)
-        flat = self.flatten
-        if flat is not None and node.in_features == flat.features:
-            # Flatten of [C, H, W] is channel-major: feature index = c * HW + (h * W + w).
-            channel_map = self.channels(flat.channels, node.name)
-            hw = int(evaluate(flat.features, self.old_env)) // int(evaluate(flat.channels, self.old_env))
-            in_map = None if channel_map is None else (
-                channel_map[:, None] * hw + torch.arange(hw)[None, :]).reshape(-1)  # [k, HW] -> [k*HW]
-        else:
-            in_map = self.channels(node.in_features, node.name)
-        self.flatten = None
+        elif int(evaluate(node.groups, self.old_env)) > 1:  # not grouped (above), so depthwise
+            # (a plain conv may read and write the same space, e.g. conv(d) conv(d): that is no reason)
+            in_map = None  # depthwise: filter c reads input channel c only; its input dimension has size 1
+            if node.bias and roles["in"] in self.cmap.composites and out_map is not None:
+                self.approximate.add(node.name)  # ungated bias on a concat's output (see BatchNorm)
         self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
 
 
@@ -238,36 +268,38 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 def shrink_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor],
                    optimizer: torch.optim.Optimizer | None = None,
                    ) -> tuple[nn.Module, torch.optim.Optimizer | None, ShrinkReport]:
-    """A new network keeping channels `keep[symbol]` (positions into `model`'s channels) of the listed
-    searchable symbols, with weights, BN statistics and (when `optimizer` is given) a new optimizer of
-    the same type, hyper-parameters and per-parameter state restricted to the kept channels.
+    """A new network keeping channels `keep[space]` (positions into `model`'s channels) of the listed
+    channel spaces (searchable symbols, and the derived spaces whose width changes: see `derived_keep`),
+    with weights, BN statistics and (when `optimizer` is given) a new optimizer of the same type,
+    hyper-parameters and per-parameter state restricted to the kept channels.
 
     `model` must be a pyns.builder.Network; it is left untouched. Gates of the new network are fresh
-    (z = 1, no importance collected). Tied symbols must keep the same channels.
+    (z = 1, no importance collected). Spaces joined by identity adds must keep the same channels.
     """
     from pyns.builder import build_module
     from pyns.gate import TaylorGate
 
-    keep_index = normalize_keep(model, keep)
+    cmap = channel_map(model.ir, model.widths)
+    keep_index = normalize_keep(model, keep, cmap)
     old_env = dict(model.widths)
-    new_env = {**old_env, **{s: int(index.numel()) for s, index in keep_index.items()}}
-    has_gates = any(isinstance(m, TaylorGate) for m in model.modules())
+    new_env = _new_env(model, cmap, keep_index)
+    old_gates = [m for m in model.modules() if isinstance(m, TaylorGate)]
     reference = next(model.parameters())
-    # The new module's random init is overwritten below; forking keeps the global RNG stream where it
-    # was, so a shrinking run and a masked run draw the same random numbers afterwards.
-    with torch.random.fork_rng(devices=[]):
-        new_model = build_module(model.ir, new_env, gates=has_gates)
-    new_model.to(device=reference.device, dtype=reference.dtype)
+    # Built on the meta device: shapes only, nothing initialised (and no random numbers drawn, so a
+    # shrinking run and a masked run keep the same RNG stream). Every tensor is then installed from
+    # the old network's kept channels, so no memory is filled only to be overwritten.
+    new_model = build_module(model.ir, new_env, gates=bool(old_gates), device="meta")
     new_model.train(model.training)
 
-    planner = _Planner(old_env, new_env, keep_index)
-    planner.visit(model.ir.layers)
     old_layers, new_layers = _layers(model), _layers(new_model)
+    planner = _Planner(cmap, old_env, new_env, keep_index)
+    planner.visit(old_layers)
+    # Shuffles, slices across a space and LayerNorms whose channels change: see pyns.channels.
+    planner.approximate.update(name for name, role in cmap.rerouted.items() if planner.changes(role))
     report = ShrinkReport(approximate=sorted(planner.approximate),
                           dropped=sorted(set(old_layers) - set(new_layers)))
 
     param_pairs: list[tuple[nn.Parameter, nn.Parameter, list[torch.Tensor | None]]] = []
-    copied: set[int] = set()
     with torch.no_grad():
         for name, new_module in new_layers.items():
             old_module = old_layers.get(name)
@@ -275,22 +307,38 @@ def shrink_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
                 raise PynsError(f"layer `{name}` of the shrunk network has no counterpart in the old one")
             maps = planner.plan.get(name, {})
             old_tensors = dict(old_module.named_parameters()) | dict(old_module.named_buffers())
-            fresh = {f"{n}." for n, m in new_module.named_modules() if n and isinstance(m, TaylorGate)}
-            for tensor_name, new_tensor in list(new_module.named_parameters()) + list(new_module.named_buffers()):
-                if any(tensor_name.startswith(prefix) for prefix in fresh):
-                    continue  # a gate inside the layer (squeeze-excite's, torch importer): fresh, like all gates
-                index_maps = maps.get(tensor_name, [])
-                value = _take(old_tensors[tensor_name], index_maps)
-                if value.shape != new_tensor.shape:
-                    raise PynsError(f"shrinking `{name}.{tensor_name}` gave shape {tuple(value.shape)}, "
-                                    f"expected {tuple(new_tensor.shape)}")
-                new_tensor.copy_(value)
-                copied.add(id(new_tensor))
-                if isinstance(new_tensor, nn.Parameter):
-                    param_pairs.append((old_tensors[tensor_name], new_tensor, index_maps))
-    missing = [n for n, p in new_model.named_parameters() if id(p) not in copied]
+            for owner_name, owner in new_module.named_modules():
+                if isinstance(owner, TaylorGate):
+                    continue  # a gate inside the layer (a squeeze-excite's reduced gate): fresh below
+                for kind in ("_parameters", "_buffers"):
+                    for short, meta in list(getattr(owner, kind).items()):
+                        if meta is None:
+                            continue
+                        tensor_name = f"{owner_name}.{short}" if owner_name else short
+                        old_tensor = old_tensors[tensor_name]
+                        index_maps = maps.get(tensor_name, [])
+                        value = _take(old_tensor.detach(), index_maps)
+                        if value.shape != meta.shape:
+                            raise PynsError(f"shrinking `{name}.{tensor_name}` gave shape {tuple(value.shape)}, "
+                                            f"expected {tuple(meta.shape)}")
+                        if value is old_tensor or value.data_ptr() == old_tensor.data_ptr():
+                            value = value.clone()  # an unchanged tensor: the old network keeps its own
+                        if kind == "_parameters":
+                            param = nn.Parameter(value, requires_grad=old_tensor.requires_grad)
+                            owner._parameters[short] = param
+                            param_pairs.append((old_tensor, param, index_maps))
+                        else:
+                            owner._buffers[short] = value
+        z_dtype = old_gates[0].z.dtype if old_gates else torch.float32
+        for gate in new_model.modules():
+            if isinstance(gate, TaylorGate):
+                c, device = gate.num_channels, reference.device
+                gate.z = torch.ones(c, dtype=z_dtype, device=device)
+                gate.importance = torch.zeros(c, dtype=torch.float64, device=device)
+                gate.batches = torch.zeros((), dtype=torch.int64, device=device)
+    missing = [n for n, t in list(new_model.named_parameters()) + list(new_model.named_buffers()) if t.is_meta]
     if missing:
-        raise PynsError(f"shrinking left parameters without a source: {', '.join(missing)}")
+        raise PynsError(f"shrinking left tensors without a source: {', '.join(missing)}")
 
     new_optimizer = None if optimizer is None else _shrink_optimizer(optimizer, new_model, param_pairs)
     return new_model, new_optimizer, report
@@ -322,14 +370,14 @@ def _shrink_optimizer(optimizer: torch.optim.Optimizer, new_model: nn.Module,
 
 @torch.no_grad()
 def mask_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> None:
-    """Zero every gate of each listed symbol outside `keep[symbol]`, in place (the masked counterpart of
-    `shrink_network` with the same arguments)."""
+    """Zero every gate of each listed channel space outside `keep[space]`, in place: the masked
+    counterpart of `shrink_network` with the same arguments (derived spaces included)."""
     from pyns.neuralscale.prune.importance import gates_by_symbol
 
     keep_index = normalize_keep(model, keep)
     gates = gates_by_symbol(model)
-    for symbol, index in keep_index.items():
-        for gate in gates.get(symbol, []):
+    for space, index in keep_index.items():
+        for gate in gates.get(space, []):
             alive = torch.zeros_like(gate.z, dtype=torch.bool)
             alive[index.to(gate.z.device)] = True
             gate.z.masked_fill_(~alive, 0.0)
