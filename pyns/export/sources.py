@@ -32,6 +32,7 @@ from pyns.neuralscale.prune.run import load_prune_checkpoint
 from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE as PRUNE_CHECKPOINT_FILE
 from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
 from pyns.runfiles import load_config, read_jsonl
+from pyns.torch_import.layer_map import map_from_text
 from pyns.train.loop import BEST_MODEL_FILE, CHECKPOINT_FILE, load_checkpoint
 from pyns.train.run import ARCH_FILE, RUN_FILE, read_result
 
@@ -109,8 +110,6 @@ def _from_arch(name: str, weights: str | None, settings: Mapping[str, Any], dept
 def _pyns_named(arch: Arch, state: Mapping[str, torch.Tensor], provenance: dict[str, Any]):
     """A state_dict named as the torch model an imported arch came from (its `.arch` text carries the
     importer's layer map) becomes one named as the pyns network; one named that way already is kept."""
-    from pyns.torch_import.layer_map import map_from_text  # local: the importer is only needed for this
-
     with torch.random.fork_rng(devices=[]):  # throwaway builds must not move the caller's RNG
         if set(state) == set(arch.build().state_dict()) or not (arch.torch_layers or map_from_text(arch.source.text)):
             return state
