@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pyns import ir
+from pyns import _core, ir
 from pyns.cost import oracle
 from pyns.cost.program import compile_program
 from pyns.dsl.declarations import ArchSource, collect, suggest
@@ -21,6 +21,7 @@ from pyns.dsl.source import read as read_source
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
+from pyns.scaling.solve import solve_budget
 from pyns.ties import check_identity_adds, identity_adds
 
 
@@ -118,8 +119,6 @@ class Arch:
     def _make_counter(self, depth: float, resolution: int | None):
         """The C++ fast path of count() for one (depth, resolution), or None when it cannot check every
         identity add itself (an add between width expressions rather than two symbols)."""
-        from pyns import _core
-
         network, program, _ = self.compiled(depth, resolution)
         names = network.symbol_names
         ties = []
@@ -226,7 +225,6 @@ class Arch:
         """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): the largest network of the
         method's family within budget, then filled with single channels (fill=False: the family
         solution); both are in the result. See pyns.scaling.solve."""
-        from pyns.scaling.solve import solve_budget
         return solve_budget(self, params, macs, profile=profile, method=method, config=config,
                             nearest=nearest, depth=depth, resolution=resolution, fill=fill)
 
@@ -236,13 +234,14 @@ class Arch:
         """A torch module at these widths. `weights=model` copies the parameters and buffers of the torch
         module this Arch was imported from (or one with the same structure, or its state_dict) into the
         default-width build."""
-        from pyns.builder import build_module
+        from pyns.builder import build_module  # local: defers torch for the CLI's quick commands
         full = self.widths(widths)
         if weights is not None and (full != self.defaults or depth != 1.0):
             raise PynsError("weights can only be loaded into the default widths at depth 1 "
                             "(build, then prune or shrink, to get a smaller network from them)")
         module = build_module(self.ir(depth, resolution), full, gates=gates, init=init)
         if weights is not None:
+            # local: defers torch (the importer's package imports it)
             from pyns.torch_import.layer_map import map_from_text
             from pyns.torch_import.weights import load_weights
             # Read from text: the map the importer wrote into it, else (None) map by importing `weights` again.

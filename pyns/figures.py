@@ -8,7 +8,10 @@ stay quick.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
+
+from pyns.runfiles import atomic_write_bytes
 
 __all__ = ["new_figure", "save_png", "plain_log_axis", "legend_outside"]
 
@@ -17,6 +20,7 @@ DPI = 120  # a 6.4 x 4.8 inch figure at 120 dpi: ~770 x 580 pixels, readable in 
 
 def new_figure(size: tuple[float, float] = (6.4, 4.8)):
     """A Figure with constrained layout, attached to an Agg canvas."""
+    # local: defers matplotlib for the CLI's quick commands
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -27,8 +31,6 @@ def new_figure(size: tuple[float, float] = (6.4, 4.8)):
 
 def save_png(figure, path: str | Path) -> Path:
     """Write `figure` as PNG atomically (a reader never sees half a file); returns the path."""
-    from pyns.runfiles import atomic_write_bytes
-
     with io.BytesIO() as buffer:
         figure.savefig(buffer, format="png")
         atomic_write_bytes(path, buffer.getvalue())
@@ -52,9 +54,7 @@ _MINOR_DIGITS = ((1.2, (2, 3, 4, 5, 6, 8)), (2.5, (2, 3, 5)), (4.0, (3,)))
 def plain_log_axis(axis) -> None:
     """Label a log-scaled axis in plain numbers (20k, 40, 1.5M: never 4×10^1): every decade, plus as many
     minor ticks as the axis has room for (see `_MINOR_DIGITS`)."""
-    import math
-
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator  # local: defers matplotlib
 
     def minor(value: float, _position) -> str:
         if value <= 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Union
 
-from pyns.dsl.expr import Const, Expr, Number, evaluate
+from pyns.dsl.expr import Const, Expr, Number, Sym, evaluate
 from pyns.errors import SourcePos
 
 
@@ -251,8 +251,6 @@ def tied_groups(network: Network, widths: Mapping[str, Number]) -> list[list[str
 
     Channels that meet in an add must be pruned together, so a group shrinks as one unit.
     """
-    from pyns.dsl.expr import Sym
-
     parent = {s.name: s.name for s in network.searchable}
 
     def find(a: str) -> str:

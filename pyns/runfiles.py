@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pyns.errors import OutputError, RunError
 # The one atomic writer lives in pyns.safewrite (it also guards devices, FIFOs and symlinks); these
 # names are re-exported because every run-folder module imports them from here.
@@ -66,7 +68,7 @@ def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 2) -> No
 def load_versioned_checkpoint(path: PathLike, kind: str, version: int, what: str) -> dict[str, Any]:
     """torch.load a checkpoint (tensors on the CPU, weights only) whose payload says `format: kind` and
     `version: version`; anything else — damaged, foreign or from another pyns version — is a RunError."""
-    import torch
+    import torch  # local: defers torch for the CLI's quick commands
 
     target = Path(path)
     if not target.exists():
@@ -264,8 +266,7 @@ def capture_rng_state() -> dict[str, Any]:
 
     Plain values (no numpy arrays) keep checkpoints loadable with `torch.load(weights_only=True)`.
     """
-    import numpy as np
-    import torch
+    import torch  # local: defers torch for the CLI's quick commands
 
     version, internal, gauss_next = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
@@ -289,8 +290,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Put back a state returned by `capture_rng_state` (CUDA generators as far as devices exist)."""
-    import numpy as np
-    import torch
+    import torch  # local: defers torch for the CLI's quick commands
 
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))

@@ -305,7 +305,7 @@ class _WriteErrors:
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj, path)` atomically: an interrupted save keeps the previous file intact."""
-    import torch
+    import torch  # local: defers torch for the CLI's quick commands
 
     with atomic_writer(path, "wb") as handle:
         recorder = _WriteErrors(handle)

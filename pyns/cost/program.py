@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyns import ir
+from pyns import _core, ir
 from pyns.cost.formulas import counted_layers
 from pyns.dsl.expr import Const, Expr, Sym, op
 
@@ -63,8 +63,6 @@ class ProgramBuilder:
 
 def compile_program(network: ir.Network):
     """-> (pyns._core.CostProgram, layer names). Inputs are the values of `network.symbol_names`."""
-    from pyns import _core
-
     builder = ProgramBuilder(network.symbol_names)
     outputs = []
     names = []

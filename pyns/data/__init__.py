@@ -11,7 +11,7 @@ def __getattr__(name: str):
     # `from pyns.data import load_dataset` (the documented path) without importing torch for
     # `pyns.data.names`, which the command-line parser needs at start-up.
     if name == "load_dataset":
-        from pyns.data.datasets import load_dataset
+        from pyns.data.datasets import load_dataset  # local: defers torch (see above)
 
         return load_dataset
     raise AttributeError(f"module 'pyns.data' has no attribute {name!r}")

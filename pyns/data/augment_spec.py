@@ -91,7 +91,7 @@ def _fields(setting: Any, dataset: str) -> tuple[dict[str, Any], bool]:
 
 def resolve_augment(setting: Any, dataset: str):
     """The `pyns.data.augment.Augment` for a setting (see the module doc), or None for no augmentation."""
-    from pyns.data.augment import Augment
+    from pyns.data.augment import Augment  # local: defers torch; this module is torch-free
 
     fields, _ = _fields(setting, dataset)
     aug = Augment(**fields)

@@ -154,7 +154,7 @@ def _pil_mode(channels: int | None) -> str:
 def _decode_file(path: Path, mode: str, resolution: int | None) -> np.ndarray:
     """One image as uint8 [H, W, C]: converted to `mode`; with a resolution, the shorter side is resized
     to it and the centre square cropped (keeps the aspect ratio, unlike a plain resize)."""
-    from PIL import Image
+    from PIL import Image  # local: defers PIL to the readers of image files
 
     try:
         with Image.open(path) as opened:
@@ -331,7 +331,7 @@ def _read_imagefolder(root: Path | None, split: str, resolution: int | None, cha
 
 def _read_digits(root: Path | None, split: str, resolution: int | None, channels: int | None,
                  options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int, list[str]]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # local: defers sklearn to the digits data set
 
     bunch = load_digits()
     values = bunch.images.astype(np.int64)  # [1797, 8, 8], integers 0..16

@@ -82,6 +82,7 @@ class Bundle:
 
     def state_dict(self):
         """The weights as tensors (CPU)."""
+        # local: defers safetensors and torch, so `import pyns` (which imports this module) stays quick
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
@@ -92,9 +93,10 @@ class Bundle:
 
     def build(self, device: str = "cpu"):
         """The network with the bundle's weights, in eval mode (the module's `.manifest` is the manifest)."""
+        # local: defers torch, so `import pyns` (which imports this module) stays quick
         import torch
 
-        from pyns.export.weights import fit_state_dict
+        from pyns.export.weights import fit_state_dict  # local: imports torch
 
         with torch.device("meta"):  # no initialisation: every tensor comes from the weights
             model = self.arch.build(depth=self.depth_mult)
@@ -239,6 +241,7 @@ def bundle_bytes(concrete, model, source: dict[str, Any] | None = None) -> tuple
     `source` adds provenance: optional "arch" and "weights" entries merged into those sections, and
     "source", "accuracy", "recipe", "data", "notes". The bytes are read back and checked before returning.
     """
+    # local: defers torch and safetensors, so `import pyns` (which imports this module) stays quick
     import torch
     from safetensors.torch import save as save_safetensors
 

@@ -75,7 +75,7 @@ def export_onnx(model: torch.nn.Module, shape: Sequence[int], path: str | Path, 
     data = onnx_bytes(model, shape, opset)
     notes: list[str] = []
     try:
-        import onnxruntime
+        import onnxruntime  # local: onnxruntime is optional (outputs unverified without it)
     except ImportError:
         onnxruntime = None
     if onnxruntime is None:

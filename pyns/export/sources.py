@@ -26,7 +26,15 @@ from pyns.errors import ExportError
 from pyns.export.arch_text import ConcreteArch, concrete_arch, sha256_text
 from pyns.export.bundle import is_bundle, open_bundle
 from pyns.export.weights import fit_state_dict, read_weight_file
-from pyns.runfiles import load_config
+from pyns.gate import TaylorGate
+from pyns.neuralscale.prune import load_run_arch, load_run_config, shrink_network
+from pyns.neuralscale.prune.run import load_prune_checkpoint
+from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE as PRUNE_CHECKPOINT_FILE
+from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND, TRAJECTORY_FILE
+from pyns.runfiles import load_config, read_jsonl
+from pyns.torch_import.layer_map import map_from_text
+from pyns.train.loop import BEST_MODEL_FILE, CHECKPOINT_FILE, load_checkpoint
+from pyns.train.run import ARCH_FILE, RUN_FILE, read_result
 
 __all__ = ["ExportSource", "resolve_source", "CHECKPOINTS"]
 
@@ -102,8 +110,6 @@ def _from_arch(name: str, weights: str | None, settings: Mapping[str, Any], dept
 def _pyns_named(arch: Arch, state: Mapping[str, torch.Tensor], provenance: dict[str, Any]):
     """A state_dict named as the torch model an imported arch came from (its `.arch` text carries the
     importer's layer map) becomes one named as the pyns network; one named that way already is kept."""
-    from pyns.torch_import.layer_map import map_from_text  # local: the importer is only needed for this
-
     with torch.random.fork_rng(devices=[]):  # throwaway builds must not move the caller's RNG
         if set(state) == set(arch.build().state_dict()) or not (arch.torch_layers or map_from_text(arch.source.text)):
             return state
@@ -119,8 +125,6 @@ def _pyns_named(arch: Arch, state: Mapping[str, torch.Tensor], provenance: dict[
 
 def _train_run_arch(folder: Path, run: dict[str, Any], result: dict[str, Any] | None, settings: Mapping[str, Any],
                     notes: list[str]) -> Arch:
-    from pyns.train.run import ARCH_FILE
-
     source = run.get("source")
     text_path = folder / ARCH_FILE
     if isinstance(source, dict) and text_path.is_file():
@@ -139,9 +143,6 @@ def _train_run_arch(folder: Path, run: dict[str, Any], result: dict[str, Any] | 
 
 
 def _from_train_run(folder: Path, checkpoint: str, settings: Mapping[str, Any]) -> ExportSource:
-    from pyns.train.loop import BEST_MODEL_FILE, CHECKPOINT_FILE, load_checkpoint
-    from pyns.train.run import RUN_FILE, read_result
-
     if checkpoint not in CHECKPOINTS:
         raise ExportError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     run = load_config(folder, RUN_FILE) or {}
@@ -190,8 +191,6 @@ def _from_train_run(folder: Path, checkpoint: str, settings: Mapping[str, Any]) 
 
 def _plain_state(gated: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state of a gated pruning network without its gates (an ungated build has Identity in their place)."""
-    from pyns.gate import TaylorGate
-
     for name, module in gated.named_modules():
         if isinstance(module, TaylorGate) and not bool((module.z == 1).all()):
             raise ExportError(f"the pruning checkpoint's gate {name} still masks channels; its network is not the "
@@ -201,15 +200,11 @@ def _plain_state(gated: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _from_prune_run(folder: Path, step: int | None) -> ExportSource:
-    from pyns.neuralscale.prune import load_run_arch, load_run_config, shrink_network
-    from pyns.neuralscale.prune.run import load_prune_checkpoint
-    from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
-    from pyns.runfiles import read_jsonl
-
     config = load_run_config(folder)
     arch = load_run_arch(folder)
     notes: list[str] = []
-    payload = load_prune_checkpoint(folder / CHECKPOINT_FILE) if (folder / CHECKPOINT_FILE).is_file() else None
+    checkpoint_path = folder / PRUNE_CHECKPOINT_FILE
+    payload = load_prune_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None
     saved_step = int(payload["state"]["step"]) if payload is not None else None
     wanted = saved_step if step is None else step
     if wanted is None:
@@ -274,10 +269,6 @@ def resolve_source(source: str, *, weights: str | None = None, checkpoint: str =
     `settings` ({"params", "variant", "policy"}) apply to an architecture source; `depth` and
     `resolution` only to an architecture (a run folder or bundle already fixes them).
     """
-    from pyns.neuralscale.prune.runfolder import CONFIG_FILE, RUN_KIND
-    from pyns.train.loop import CHECKPOINT_FILE
-    from pyns.train.run import ARCH_FILE, RUN_FILE
-
     settings = dict(settings or {})
     path = Path(source)
     fixed = is_bundle(path) or path.is_dir()

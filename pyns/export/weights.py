@@ -44,6 +44,7 @@ def read_weight_file(path: str | Path) -> WeightFile:
     if not path.is_file():
         raise ExportError(f"there is no weights file at {path}")
     if path.suffix == ".safetensors":
+        # local: defers safetensors to the files that need it
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -26,6 +26,7 @@ kept in the iteration's summary row and returned in `DescentResult.warnings`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -243,7 +244,6 @@ def is_descent_run(run_dir: str | Path) -> bool:
     if not path.exists():
         return False
     try:
-        import json
         return json.loads(path.read_text()).get("kind") == RUN_KIND
     except (OSError, ValueError):
         return False

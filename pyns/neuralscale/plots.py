@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from pyns.errors import RunError
 from pyns.figures import legend_outside, new_figure, plain_log_axis, save_png
+from pyns.scaling.profile import Profile
 
 FIGURE_FILE = "descent_widths.png"
 FIGURE2_FILE = "figure2.png"
@@ -19,8 +22,6 @@ _MAX_LEGEND_ITERATIONS = 8  # beyond this many lines a legend is a wall of text:
 
 def _least_squares_laws(rows: list[dict], symbols: list[str]) -> dict[str, tuple[float, float]]:
     """OLS of ln φ on (1, ln τ) per symbol: used only when the run has no readable profile.json."""
-    import numpy as np
-
     tau = np.log([row["params"] for row in rows])
     laws = {}
     for symbol in symbols:
@@ -32,10 +33,8 @@ def _least_squares_laws(rows: list[dict], symbols: list[str]) -> dict[str, tuple
 
 def figure2(folder: str | Path):
     """Figure 2 of a pruning run folder as a matplotlib Figure."""
-    import numpy as np
-
+    # local: the pruning package imports torch; deferred so the plots import without it
     from pyns.neuralscale.prune.runfolder import load_run_config, read_trajectory
-    from pyns.scaling.profile import Profile
 
     folder = Path(folder)
     config = load_run_config(folder)
@@ -58,7 +57,7 @@ def figure2(folder: str | Path):
     fig = new_figure((8.0, 5.5))
     ax = fig.add_subplot(1, 1, 1)
     many = len(symbols) > 10
-    import matplotlib
+    import matplotlib  # local: defers matplotlib for the CLI's quick commands
 
     colors = matplotlib.colormaps["viridis" if many else "tab10"]
     tau_all = np.array([row["params"] for row in rows], dtype=float)
@@ -100,13 +99,13 @@ def plot_figure2(folder: str | Path, out: str | Path | None = None) -> Path:
 
 def descent_figure(run_dir: str | Path):
     """Figure 3 of a descent run folder (its summary.jsonl) as a matplotlib Figure."""
-    from pyns.neuralscale.descent import read_summary
+    from pyns.neuralscale.descent import read_summary  # local: descent imports torch (via the pruner)
 
     rows = read_summary(run_dir)
     symbols = list(rows[0]["start_widths"])
     fig = new_figure((max(6.4, 0.45 * len(symbols) + 2.0), 4.4))
     ax = fig.add_subplot(1, 1, 1)
-    import matplotlib
+    import matplotlib  # local: defers matplotlib for the CLI's quick commands
 
     cmap = matplotlib.colormaps["viridis"]
     labelled = len(rows) <= _MAX_LEGEND_ITERATIONS
@@ -123,6 +122,7 @@ def descent_figure(run_dir: str | Path):
     if labelled:
         legend_outside(fig, ax, fontsize=8)
     else:
+        # local: defers matplotlib for the CLI's quick commands
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pyns.cost import oracle
 from pyns.dsl.expr import make_divisible
 from pyns.scaling.solve import (ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, WIDTH_CAP, FamilySpec,
                                 fill_steps)
@@ -70,8 +71,6 @@ def py_solve(arch, spec: FamilySpec, params: float | None, macs: float | None, *
              depth: float = 1.0, resolution: int | None = None):
     """The C++ bisection step for step, over the pure-Python cost oracle (valid when the cost is
     non-decreasing in t, as the C++ solver proves before bisecting). -> (status, widths, params, macs)."""
-    from pyns.cost import oracle
-
     network = arch.ir(depth, resolution)
     fits = lambda p, m: (params is None or p <= params) and (macs is None or m <= macs)  # noqa: E731
 
@@ -241,8 +240,6 @@ def py_fill(arch, spec: FamilySpec, widths: dict[str, int], t: float, params: fl
             *, depth: float = 1.0, resolution: int | None = None) -> tuple[dict[str, int], int, int, int]:
     """The fill after a solve (see pyns.scaling.solve), move for move as the C++ makes it, costed by the
     pure-Python oracle. -> (filled widths, params, macs, moves)."""
-    from pyns.cost import oracle
-
     network = arch.ir(depth, resolution)
     names = list(spec.symbols)
     w = [int(widths[s]) for s in names]

@@ -40,6 +40,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pyns import _core
+from pyns.dsl.expr import Sym
 from pyns.errors import BudgetError, ProfileError
 from pyns.scaling.budget import Budget, parse_budget
 from pyns.scaling.profile import Profile, ScalingWarning
@@ -217,8 +219,6 @@ def _law(sym, method: str, base: Mapping[str, int], profile: Profile | None, pol
 def _check_tied_laws(arch, network, laws) -> None:
     """Symbols joined by an identity add must get one law, or the family holds networks that cannot be
     built (a DSLError-style positioned error at the residual)."""
-    from pyns.dsl.expr import Sym
-
     index = {name: i for i, name in enumerate(network.symbol_names)}
     for node in identity_adds(network):
         if isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym):
@@ -264,8 +264,6 @@ _FAMILIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def cpp_family(arch, spec: FamilySpec, depth: float = 1.0, resolution: int | None = None):
-    from pyns import _core
-
     cache = _FAMILIES.setdefault(arch, {})
     key = (spec, float(depth), resolution)
     if key not in cache:

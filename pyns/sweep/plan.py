@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyns.errors import ProfileError, PynsError
+from pyns.neuralscale.baselines import morphnet_baseline, uniform_baseline
+from pyns.scaling.profile import Profile, ScalingWarning
+from pyns.scaling.solve import solve_budget
 from pyns.train.run import ArchSpec, DataSpec
 
 __all__ = ["METHODS", "FULL", "FALLBACK_NOTE", "SWEEP_KIND", "SweepConfig", "Cell", "parse_ratios", "sweep_budgets",
@@ -137,10 +141,6 @@ class Cell:
 
 def _solve(arch, config: SweepConfig, method: str, budget: int, cache: dict[str, Any]) -> tuple[dict, dict]:
     """(widths, how) of a method at a budget."""
-    from pyns.neuralscale.baselines import morphnet_baseline, uniform_baseline
-    from pyns.scaling.profile import Profile
-    from pyns.scaling.solve import solve_budget
-
     kwargs = {config.metric: budget}
     if method == "uniform":
         result = uniform_baseline(arch, **kwargs)
@@ -179,10 +179,6 @@ def plan_cells(arch, config: SweepConfig) -> tuple[list[Cell], list[str]]:
     at once. li cells exist only for budgets below the full network (pruning cannot grow a network).
     The solves' ScalingWarnings are in each cell's how["warnings"]; `sweep_warnings` lists them.
     """
-    import warnings
-
-    from pyns.scaling.profile import ScalingWarning
-
     config.validate()
     budgets = sweep_budgets(arch, config.ratios, config.metric)
     full_cost = arch.count()

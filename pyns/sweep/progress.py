@@ -28,7 +28,7 @@ class CellProgress:
         self.started_at = time.perf_counter()
         self.trained = 0
         if enabled and total:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # local: defers tqdm until a bar is shown
 
             # disable=None: no bar when stderr is not a terminal (a log file gets the per-cell lines only)
             self.bar = tqdm(total=total, initial=done_before, desc="sweep cells", unit="cell",
@@ -65,7 +65,7 @@ class CellProgress:
     def note(self, text: str) -> None:
         """A line that is not a finished cell (e.g. a cell another process trains), above the bar."""
         if self.bar is not None:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # local: defers tqdm until a bar is shown
 
             tqdm.write(text, file=sys.stderr)
         else:
@@ -77,7 +77,7 @@ class CellProgress:
         self.trained += 0 if skipped else 1
         line = f"[{self.done}/{self.total}] {text}"
         if self.bar is not None:  # the bar is on only when the lines are (not --quiet)
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # local: defers tqdm until a bar is shown
 
             self.bar.update(1)
             tqdm.write(line, file=sys.stderr)  # above the bar, which redraws below it

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyns.figures import legend_outside, new_figure, plain_log_axis, save_png
 from pyns.runfiles import atomic_write_text
 from pyns.scaling.budget import human
 from pyns.sweep.plan import FULL, METHODS
@@ -156,8 +157,6 @@ def read_table_csv(path: str | Path) -> list[dict[str, Any]]:
 def sweep_figures(rows: Sequence[Mapping[str, Any]]):
     """(Figure 4, Figure 5) as matplotlib Figures: best accuracy (mean ± std over seeds) against params and
     against latency, one line per method."""
-    from pyns.figures import legend_outside, new_figure, plain_log_axis
-
     figures = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for x_key, x_label, title in (
@@ -201,8 +200,6 @@ def sweep_figures(rows: Sequence[Mapping[str, Any]]):
 
 def write_figures(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
     """Figure 4 (accuracy vs params) and Figure 5 (accuracy vs latency) as PNG files in `out_dir`."""
-    from pyns.figures import save_png
-
     fig4, fig5 = sweep_figures(rows)
     out = Path(out_dir)
     return save_png(fig4, out / FIGURE_PARAMS), save_png(fig5, out / FIGURE_LATENCY)

@@ -35,9 +35,11 @@ cells, serially or on Ray, and the whole sweep.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +48,18 @@ from typing import Any
 import torch
 
 from pyns.sweep.progress import CellProgress
+from pyns.data.arrays import derive_seed
 from pyns.errors import BudgetError, PynsError, RunError
+from pyns.neuralscale.baselines import li_finetune_recipe, li_prune
 from pyns.runfiles import atomic_write_json, compare_configs, load_config
 from pyns.runlock import RunBusy, describe_holder, lock_folder
 from pyns.safewrite import make_folder
+from pyns.scaling.profile import ScalingWarning
 from pyns.sweep.plan import SWEEP_KIND, Cell, SweepConfig, plan_cells, sweep_warnings
 from pyns.sweep.report import FIGURE_LATENCY, FIGURE_PARAMS, TABLE_CSV, TABLE_MD, aggregate, write_figures, write_table
+from pyns.train.checkpoint import load_checkpoint
+from pyns.train.loop import CHECKPOINT_FILE
+from pyns.train.recipe import TrainRecipe
 from pyns.train.run import ArchSpec, DataSpec, read_result, run_training
 
 __all__ = [
@@ -94,8 +102,6 @@ _DATA_CACHE: dict[str, Any] = {}  # serial sweeps load the data set once, not on
 
 
 def _load_for(arch_spec: ArchSpec, data_spec: DataSpec) -> tuple[Any, Any, Any]:
-    import json
-
     key = json.dumps([dataclasses.asdict(arch_spec), dataclasses.asdict(data_spec)], sort_keys=True, default=str)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one sweep at a time: keep at most one data set in memory
@@ -128,12 +134,6 @@ def run_cell(spec: Mapping[str, Any], progress: bool = False, wait: bool = True)
 
 
 def _train_cell(spec: Mapping[str, Any], folder: Path, progress: bool) -> dict[str, Any]:
-    from pyns.neuralscale.baselines import li_finetune_recipe, li_prune
-    from pyns.data.arrays import derive_seed
-    from pyns.train.loop import CHECKPOINT_FILE
-    from pyns.train.checkpoint import load_checkpoint
-    from pyns.train.recipe import TrainRecipe
-
     cell = Cell(**spec["cell"])
     arch_spec, data_spec = ArchSpec(**spec["arch"]), DataSpec(**spec["data"])
     arch, train_set, test_set = _load_for(arch_spec, data_spec)
@@ -262,7 +262,7 @@ def _run_serial(specs: Sequence[dict[str, Any]], progress: bool, tracker: CellPr
 
 def _import_ray():
     try:
-        import ray
+        import ray  # local: Ray is optional, needed only by the ray executor
     except ImportError:
         raise PynsError("the ray executor needs Ray, which is not installed: pip install ray") from None
     return ray
@@ -359,8 +359,4 @@ def run_sweep(config: SweepConfig, out_dir: str | Path, *, executor: str = "seri
 
 
 def _issue(text: str) -> None:
-    import warnings
-
-    from pyns.scaling.profile import ScalingWarning
-
     warnings.warn(text, ScalingWarning, stacklevel=3)

@@ -12,6 +12,7 @@ import math
 from pyns.arch import Arch
 from pyns.errors import BudgetError, DSLError
 from pyns.policies import scale_resolution
+from pyns.scaling.solve import cpp_family, family_spec, solve_budget
 from pyns.tinynet.cost import CostPath
 
 __all__ = ["GIANT_ALPHA", "GIANT_BETA", "GIANT_GAMMA", "giant_multipliers", "solve_width", "solve_giant",
@@ -60,8 +61,6 @@ def solve_width(arch: Arch, budget: float, depth: float, resolution: int):
     The solver reports the smallest multiplier giving its widths; the next breakpoint of any width on the
     same family (where the next wider network, which no longer fits, begins) closes the interval.
     """
-    from pyns.scaling.solve import cpp_family, family_spec, solve_budget
-
     # TinyNet's width dimension is the multiplier itself: the family solution, not filled.
     result = solve_budget(arch, macs=budget, method="uniform", depth=depth, resolution=resolution, fill=False)
     family = cpp_family(arch, family_spec(arch, "uniform", depth=depth, resolution=resolution), depth, resolution)

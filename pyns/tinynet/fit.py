@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pyns.arch import loads
 from pyns.errors import ProfileError, PynsError, RunError
 from pyns.tinynet.pareto import non_dominated_sort, pareto_top
 from pyns.runfiles import atomic_write_json, atomic_write_text, load_config
@@ -122,8 +123,6 @@ class FitReport:
 
 def _classes(run: SampleRun) -> int | None:
     """The sampled network's number of outputs (the data set's classes), from the folder's arch copy."""
-    from pyns.arch import loads
-
     try:
         arch = loads((run.folder / "arch.arch").read_text(encoding="utf-8"), variant=run.config.get("variant"),
                      **run.config.get("params", {}))

@@ -45,6 +45,7 @@ from pyns.safewrite import make_folder
 from pyns.tinynet.cost import CostPath, stage_repeats, with_policy
 from pyns.tinynet.formula import sample_multipliers
 from pyns.tinynet.options import DEFAULT_BAND, DEFAULT_RANGE, EXECUTOR_ALIASES, EXECUTORS
+from pyns.train.recipe import TrainRecipe
 
 __all__ = [
     "KIND", "Cell", "CellResult", "SampleJob", "EXECUTORS", "plan_cells", "short_recipe", "sample_tiny",
@@ -177,8 +178,6 @@ def short_recipe(epochs: int = 10, *, lr: float = 0.1, batch_size: int = 128, se
                  **overrides: Any):
     """The sampling recipe: SPEC §5's SGD (momentum 0.5, weight decay 5e-4) for a few epochs, the learning
     rate divided by 10 at half and three quarters of the run (when it is long enough to have them)."""
-    from pyns.train.recipe import TrainRecipe
-
     milestones = tuple(sorted({m for m in (epochs // 2, (3 * epochs) // 4) if 1 <= m < epochs}))
     return TrainRecipe(lr=lr, batch_size=batch_size, epochs=epochs, milestones=milestones, seed=seed,
                        **overrides)
@@ -215,7 +214,7 @@ def cell_dir(run_dir: str | Path, cell: Cell) -> Path:
 @lru_cache(maxsize=4)  # consecutive cells often share a resolution; a few splits in memory at most
 def _dataset(name: str, root: str | None, split: str, resolution: int, channels: int,
              options: tuple[tuple[str, Any], ...] = ()):
-    from pyns.data.datasets import load_dataset
+    from pyns.data.datasets import load_dataset  # local: defers torch; this module is torch-free
 
     return load_dataset(name, root, split, resolution=resolution, channels=channels, **dict(options))
 
@@ -243,11 +242,11 @@ def run_cell(job: SampleJob, cell: Cell, *, progress: bool = False, wait: bool =
 
 
 def _train_cell(job: SampleJob, cell: Cell, folder: Path, progress: bool) -> CellResult:
+    # local: defers torch, which this module (and `pyns tiny` solving) does without
     import torch
 
     from pyns.data.arrays import derive_seed
     from pyns.train.loop import CHECKPOINT_FILE, make_loaders, train
-    from pyns.train.recipe import TrainRecipe
 
     arch = job.arch()
     started = time.perf_counter()
@@ -317,7 +316,7 @@ def _ray_cell(job: SampleJob, cell: Cell, wait: bool) -> CellResult | None:  # m
 
 def _require_ray():
     try:
-        import ray
+        import ray  # local: Ray is optional, needed only by --executor ray
     except ImportError:
         raise PynsError("--executor ray needs Ray, which is not installed: pip install ray "
                         "(or pip install 'pyns[ray]'), or use --executor serial") from None
@@ -361,7 +360,7 @@ def _fingerprint(text: str) -> str:
 def _fit_classes(arch: Arch, data: str, root: str | None, explicit: bool,
                  options: Mapping[str, Any] | None = None) -> Arch:
     """Give the classifier as many outputs as the data set has classes, unless `classes` was set explicitly."""
-    from pyns.data.datasets import load_dataset
+    from pyns.data.datasets import load_dataset  # local: defers torch; this module is torch-free
 
     test = load_dataset(data, root, "test", resolution=arch.resolution, channels=arch.network.in_channels,
                         **dict(options or {}))
@@ -440,7 +439,7 @@ def sample_tiny(arch: Arch, out_dir: str | Path, *, data: str, root: str | Path 
     if pending:
         if executor == "ray":
             if gpus_per_cell is None:
-                import torch
+                import torch  # local: defers torch; this module is torch-free
                 gpus_per_cell = 1.0 if torch.cuda.is_available() else 0.0
             _run_ray(job, pending, report, ray_address, gpus_per_cell)
         else:

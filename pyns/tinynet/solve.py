@@ -32,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyns.arch import Arch, load
+from pyns.arch import Arch, load, loads
 from pyns.errors import BudgetError, DSLError, PynsError
 from pyns.policies import scale_resolution
+from pyns.runfiles import atomic_write_text
 from pyns.scaling.budget import Budget, parse_budget
+from pyns.scaling.resolved import resolved_text
+from pyns.scaling.solve import ScaleResult
 from pyns.tinynet.baselines import (
     giant_multipliers,
     solve_depth_only,
@@ -272,10 +275,6 @@ def _bake_depth(arch: Arch, depth: float) -> str:
 def resolved_tiny_text(arch: Arch, result: TinyResult) -> str:
     """A self-contained .arch of `result`: repeat counts, input resolution and widths written in, so
     `pyns count FILE` (no multipliers) gives exactly result.params and result.macs."""
-    from pyns.arch import loads
-    from pyns.scaling.resolved import resolved_text
-    from pyns.scaling.solve import ScaleResult
-
     arch = with_policy(arch, result.policy)
     baked = loads(_bake_depth(arch, result.d), filename=arch.source.filename, variant=arch.variant,
                   policy=arch.policy.name, **arch.params)
@@ -299,8 +298,6 @@ def resolved_tiny_text(arch: Arch, result: TinyResult) -> str:
 
 def write_resolved_tiny(path: str | Path, arch: Arch, result: TinyResult) -> str:
     """Write `resolved_tiny_text` atomically; returns the text."""
-    from pyns.runfiles import atomic_write_text
-
     text = resolved_tiny_text(arch, result)
     atomic_write_text(path, text)
     return text

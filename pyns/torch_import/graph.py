@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -80,8 +81,6 @@ def where(node: fx.Node) -> str:
 
 def _user_frame(stack: str) -> tuple[str, str] | None:
     """The innermost frame of the recorded stack that is the model's code, not torch's machinery."""
-    import os
-
     torch_dir = os.path.dirname(torch.__file__) + os.sep
     lines = [line.strip() for line in stack.strip().splitlines()]
     frames = [(lines[i], lines[i + 1] if i + 1 < len(lines) else "") for i in range(len(lines))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from pyns.arch import loads
 from pyns.torch_import.convert import import_text
 from pyns.torch_import.emit import sanitize
 
@@ -20,8 +21,6 @@ def from_torch(model: nn.Module, input_size=(3, 224, 224), *, name: str | None =
     `repeats=True` folds consecutive identical blocks into `repeat(n)` (depth multipliers act on them;
     their widths are shared); `repeats=False` keeps one width symbol per coupled group of every layer,
     the finest search space (Torch-Pruning's group granularity)."""
-    from pyns.arch import loads
-
     text, layers = import_text(model, input_size, name, policy, repeats)
     arch = loads(text, filename=f"{sanitize(name or type(model).__name__.lower())}.arch")
     arch.torch_layers = layers

@@ -7,6 +7,8 @@ timm's own feature extractor does.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import fx, nn
 import torch.nn.functional as F
@@ -16,12 +18,10 @@ from pyns.errors import PynsError
 
 
 def _timm_leaves() -> tuple[type, ...]:
-    import sys
-
     if "timm" not in sys.modules:  # no timm model can exist then; importing timm would cost seconds
         return ()
     try:
-        from timm.layers import _fx
+        from timm.layers import _fx  # local: timm is optional, and imported only when already loaded
     except Exception:  # noqa: BLE001 - timm absent or broken: plain torch modules only
         return ()
     try:

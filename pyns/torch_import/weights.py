@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pyns.errors import PynsError
+from pyns.torch_import.convert import import_text
 
 
 def weighted_layers(built: nn.Module) -> list[nn.Module]:
@@ -47,7 +48,6 @@ def load_weights(built: nn.Module, source: nn.Module | Mapping[str, torch.Tensor
             raise PynsError("this architecture has no record of the module each layer was imported from "
                             "(no `# pyns-torch-layers:` lines), so a state_dict cannot be mapped onto it; "
                             "pass the model itself, or import it again with `pyns import`")
-        from pyns.torch_import.convert import import_text
         net = built.ir
         layers = import_text(source, (net.in_channels, net.resolution, net.resolution))[1]
     state = source.state_dict() if isinstance(source, nn.Module) else source

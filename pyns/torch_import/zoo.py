@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+import torch
+
+from pyns.dsl.declarations import suggest
 from pyns.errors import PynsError
 
 
@@ -20,13 +23,11 @@ def import_torchvision():
     with torch.library and the import is retried.
     """
     try:
-        import torchvision
+        import torchvision  # local: torchvision is optional (and this import may have to be retried)
         return torchvision
     except (RuntimeError, ImportError) as err:
         if "torchvision::" not in str(err) and "nms" not in str(err):
             raise PynsError(f"cannot import torchvision: {err}") from None
-    import torch
-
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]  # the half-initialised package from the failed attempt
     schema = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"  # torchvision/csrc/ops/nms.cpp
@@ -34,15 +35,13 @@ def import_torchvision():
         if not hasattr(torch.ops.torchvision, op) or not _has_op(f"torchvision::{op}"):
             torch.library.define(f"torchvision::{op}", schema)
     try:
-        import torchvision
+        import torchvision  # local: the retry, once the operator schemas exist
     except Exception as err:  # noqa: BLE001 - any failure here is the user's environment
         raise PynsError(f"cannot import torchvision: {err}") from None
     return torchvision
 
 
 def _has_op(qualname: str) -> bool:
-    import torch
-
     try:
         torch._C._dispatch_find_schema_or_throw(qualname, "")
         return True
@@ -62,7 +61,6 @@ def load_model(spec: str):
         try:
             model = tv.models.get_model(name, weights=None)
         except (ValueError, KeyError):
-            from pyns.dsl.declarations import suggest
             raise PynsError(f"torchvision has no classification model `{name}`"
                             + suggest(name, tv.models.list_models(module=tv.models))) from None
     elif source == "timm":
@@ -71,7 +69,7 @@ def load_model(spec: str):
         except PynsError:
             pass
         try:
-            import timm
+            import timm  # local: timm is optional
         except ImportError as err:
             raise PynsError(f"cannot import timm: {err}") from None
         try:
@@ -87,8 +85,6 @@ def load_model(spec: str):
         if factory is None or not callable(factory):
             raise PynsError(f"`{source}` has no callable `{name}`")
         model = factory()
-    import torch
-
     if not isinstance(model, torch.nn.Module):
         raise PynsError(f"`{spec}` gave a {type(model).__name__}, not a torch.nn.Module")
     return model.eval(), name.replace(".", "_")

@@ -35,7 +35,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def open_tensorboard(folder: Path) -> Any:
     """A SummaryWriter, or None when tensorboard is not installed (it is optional)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # local: tensorboard is optional
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(folder))
@@ -51,7 +51,7 @@ class EpochProgress:
     def start(self, total: int, epoch: int, epochs: int) -> None:
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # local: defers tqdm until a bar is shown
 
         self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True, unit="batch")
 
@@ -69,7 +69,7 @@ class EpochProgress:
 
     def write(self, line: str) -> None:
         if self.enabled:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # local: defers tqdm until a bar is shown
 
             tqdm.write(line)
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyns.train.distributed import DistContext, all_reduce_sum, default_device, setup_distributed
+from pyns.data.augment import BatchLoader, default_augment
 from pyns.errors import RunError
 from pyns.runfiles import (
     append_jsonl,
@@ -129,8 +130,6 @@ def make_loaders(
     `augment` defaults to the data set's standard augmentation (`pyns.data.augment.default_augment`); pass None
     for none. The loader seed defaults to the recipe's seed.
     """
-    from pyns.data.augment import BatchLoader, default_augment
-
     ctx = setup_distributed(None if device is None else torch.device(device).type)
     if recipe.batch_size % ctx.world_size:
         raise RunError(

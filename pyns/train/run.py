@@ -15,8 +15,15 @@ from typing import Any
 
 import torch
 
+from pyns.arch import load as load_arch
+from pyns.data.augment_spec import describe_run_augment, resolve_augment
+from pyns.data.datasets import load_dataset
+from pyns.dsl.expr import evaluate
 from pyns.errors import DataError, RunError
 from pyns.runfiles import atomic_write_json, load_config
+from pyns.train.distributed import distributed_context
+from pyns.train.latency import measure_latency
+from pyns.train.loop import make_loaders, train
 
 __all__ = ["DataSpec", "ArchSpec", "run_training", "read_result", "RESULT_FILE", "RUN_FILE", "ARCH_FILE",
            "LATENCY_METHOD"]
@@ -42,8 +49,6 @@ class DataSpec:
 
     def load(self, split: str, arch) -> Any:
         """One split, converted to the arch's input size and channel count."""
-        from pyns.data.datasets import load_dataset
-
         return load_dataset(self.name, self.root, split, resolution=arch.resolution,
                             channels=arch.network.in_channels, **self.options)
 
@@ -59,18 +64,14 @@ class ArchSpec:
 
     def load(self, classes: int | None = None):
         """The arch; its `classes` parameter follows `classes` (the data set's) unless set explicitly."""
-        from pyns.arch import load
-
-        arch = load(self.name, variant=self.variant, policy=self.policy, **self.params)
+        arch = load_arch(self.name, variant=self.variant, policy=self.policy, **self.params)
         if classes is not None and "classes" not in self.params and "classes" in arch.source.params:
             if arch.network.params.get("classes") != classes:
-                arch = load(self.name, variant=self.variant, policy=self.policy, **self.params, classes=classes)
+                arch = load_arch(self.name, variant=self.variant, policy=self.policy, **self.params, classes=classes)
         return arch
 
     def load_for(self, data: DataSpec):
         """(arch, train set, test set), the arch's outputs matched to the data set's classes."""
-        from pyns.dsl.expr import evaluate
-
         probe = self.load()
         train_set = data.load("train", probe)
         arch = self.load(train_set.num_classes)
@@ -103,11 +104,6 @@ def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_
     `info`; `complete: true` marks it finished. Under torchrun only rank 0 measures and writes; the
     other ranks return None. `device=None` picks the GPU of this process where there is one.
     """
-    from pyns.data.augment_spec import describe_run_augment, resolve_augment
-    from pyns.train.latency import measure_latency
-    from pyns.train.distributed import distributed_context
-    from pyns.train.loop import make_loaders, train
-
     widths = dict(getattr(model, "widths", arch.defaults))
     counted = arch.count(widths)
     params = _params_of(model)
