@@ -21,7 +21,6 @@ from pyns.dsl.source import read as read_source
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
-from pyns.scaling.solve import solve_budget
 from pyns.ties import check_identity_adds, identity_adds
 
 
@@ -225,6 +224,9 @@ class Arch:
         """Widths meeting a params and/or MACs budget (e.g. "0.58M", "0.25x"): the largest network of the
         method's family within budget, then filled with single channels (fill=False: the family
         solution); both are in the result. See pyns.scaling.solve."""
+        # local: the core does not import the scaling layer above it; this convenience method reaches up
+        from pyns.scaling.solve import solve_budget
+
         return solve_budget(self, params, macs, profile=profile, method=method, config=config,
                             nearest=nearest, depth=depth, resolution=resolution, fill=fill)
 
