@@ -30,6 +30,8 @@ from torch import nn
 from pyns.channels import channel_map, count_filters, pin_shortcuts
 from pyns.data.names import canonical_name
 from pyns.errors import BudgetError, RunError
+from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, derived_keep, shrink_network, top_positions
+from pyns.runfiles import load_config, read_jsonl
 from pyns.scaling.solve import ScaleResult, solve_budget
 
 __all__ = [
@@ -100,7 +102,6 @@ def read_trajectory_source(source: str | Path) -> tuple[list[dict[str, Any]], di
     `iter-XX/`, or a descent run folder, whose `iter-00/` is used). The start widths come from the
     folder's config.json (`start_widths`) when there is one.
     """
-    from pyns.runfiles import load_config, read_jsonl
 
     path = Path(source)
     if path.is_dir() and not (path / "trajectory.jsonl").exists() and (path / "iter-00" / "trajectory.jsonl").exists():
@@ -206,7 +207,6 @@ def li_keep_sets(model: nn.Module, widths: Mapping[str, int]) -> dict[str, list[
     norms (ties: the lower index stays); for each derived width that the new widths change, likewise its
     own filters with the largest L1 norms. Tied symbols are ranked by their summed norms and keep the same
     channels; they must be given the same width."""
-    from pyns.neuralscale.prune.shrink import derived_keep, top_positions
 
     norms = l1_filter_norms(model)
     cmap = channel_map(model.ir, model.widths)
@@ -250,7 +250,6 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     `model` may also be the torch module `arch` was imported from (a pretrained torchvision or timm
     network): its weights are copied into the pyns network first (`arch.build(weights=model)`).
     """
-    from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, shrink_network
 
     if not hasattr(model, "widths") and depth == 1.0 and resolution is None:
         model = arch.build(weights=model)  # not a pyns-built network: rank the real weights it holds

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pyns.errors import RunError
+from pyns.gate import TaylorGate
 
 __all__ = ["RULES", "Group", "Selection", "TaylorCollector", "gates_by_symbol", "select_units"]
 
@@ -42,7 +43,6 @@ RULES = ("per-gate", "summed")  # how the gates of one class combine; the first 
 def gates_by_symbol(model: nn.Module) -> dict[str, list[nn.Module]]:
     """Every TaylorGate of the model, by the channel space it masks (the builder sets `.symbol`: a
     searchable symbol's name or a derived space's id)."""
-    from pyns.gate import TaylorGate
 
     out: dict[str, list[nn.Module]] = {}
     for module in model.modules():

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from tqdm.auto import tqdm
+
 __all__ = ["PruneProgress", "width_summary"]
 
 
@@ -34,7 +36,6 @@ class PruneProgress:
         if not self.enabled or self.phase == phase:
             return
         self.close()
-        from tqdm.auto import tqdm
 
         self.phase = phase
         self.bar = tqdm(total=total, initial=done, desc=phase, unit=unit, dynamic_ncols=True, disable=None)

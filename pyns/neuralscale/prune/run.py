@@ -49,6 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyns.data.arrays import derive_seed
+from pyns.data.augment import BatchLoader
+from pyns.data.augment_spec import resolve_augment
 from pyns.errors import RunError
 from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
 from pyns.neuralscale.prune.defaults import warn as warn_schedule
@@ -77,6 +80,7 @@ from pyns.neuralscale.prune.schedule import (
     target_units,
 )
 from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network, shrink_network, top_positions
+from pyns.neuralscale.prune.start_weights import resolve_start_weights
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from pyns.runfiles import (
     append_jsonl,
@@ -160,8 +164,6 @@ class PruneResult:
 
 
 def _seed_everything(seed: int) -> None:
-    from pyns.data.arrays import derive_seed
-
     random.seed(derive_seed(seed, "prune-python"))
     np.random.seed(derive_seed(seed, "prune-numpy") % 2**32)
     torch.manual_seed(derive_seed(seed, "prune-torch"))
@@ -199,8 +201,6 @@ class _Pruner:
     def __init__(self, arch, train_set, config: PruneConfig, mode: str, device: torch.device, out: Path,
                  widths: Mapping[str, int], progress: bool,
                  callback: Callable[[PruneState, Any], None] | None, start_weights=None):
-        from pyns.data.augment import BatchLoader
-        from pyns.data.augment_spec import resolve_augment
 
         self.arch, self.config, self.mode, self.device, self.out = arch, config, mode, device, out
         self.callback = callback
@@ -562,7 +562,6 @@ def _resolve_weights(arch, weights, start: Mapping[str, int]):
         raise RunError("pruning from given weights starts at the default widths, but the start widths set "
                        + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "")
                        + ": drop --widths/--ratio (the run prunes from there)")
-    from pyns.neuralscale.prune.start_weights import resolve_start_weights
     return resolve_start_weights(weights)
 
 

@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
+import pyns
+from pyns.arch import loads
 from pyns.errors import RunError
 from pyns.neuralscale.profile import TRAJECTORY_FILE, fit_power_law, read_trajectory
 from pyns.neuralscale.prune.schedule import PruneConfig
-from pyns.runfiles import load_config, read_jsonl
+from pyns.runfiles import load_config
 from pyns.runlock import FolderLock, folder_is_empty, lock_folder
 from pyns.safewrite import make_folder
 
@@ -73,8 +75,6 @@ RUN_KIND = "prune"  # config.json's "kind": lets `pyns plot` and `pyns fit` reco
 
 
 def versions() -> dict[str, str]:
-    import pyns
-
     return {"pyns": pyns.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0], "platform": platform.platform()}
 
@@ -123,7 +123,6 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 def load_run_arch(run_dir: str | Path):
     """The Arch a pruning run used, from the source copy in the folder and the saved settings."""
-    from pyns.arch import loads
 
     config = load_run_config(run_dir)
     path = Path(run_dir) / ARCH_FILE

@@ -40,9 +40,12 @@ import torch
 from torch import nn
 
 from pyns import ir
+from pyns.builder import build_module
 from pyns.channels import ChannelMap, channel_map
 from pyns.dsl.expr import evaluate, to_source
 from pyns.errors import PynsError
+from pyns.gate import TaylorGate
+from pyns.neuralscale.prune.importance import gates_by_symbol
 
 __all__ = [
     "ApproximateShrinkWarning", "ShrinkReport", "derived_keep", "mask_network", "normalize_keep", "shrink_network",
@@ -276,8 +279,6 @@ def shrink_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
     `model` must be a pyns.builder.Network; it is left untouched. Gates of the new network are fresh
     (z = 1, no importance collected). Spaces joined by identity adds must keep the same channels.
     """
-    from pyns.builder import build_module
-    from pyns.gate import TaylorGate
 
     cmap = channel_map(model.ir, model.widths)
     keep_index = normalize_keep(model, keep, cmap)
@@ -372,7 +373,6 @@ def _shrink_optimizer(optimizer: torch.optim.Optimizer, new_model: nn.Module,
 def mask_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> None:
     """Zero every gate of each listed channel space outside `keep[space]`, in place: the masked
     counterpart of `shrink_network` with the same arguments (derived spaces included)."""
-    from pyns.neuralscale.prune.importance import gates_by_symbol
 
     keep_index = normalize_keep(model, keep)
     gates = gates_by_symbol(model)

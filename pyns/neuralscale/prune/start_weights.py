@@ -20,7 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyns.errors import RunError
+from pyns.errors import PynsError, RunError
+from pyns.gate import TaylorGate
+from pyns.torch_import.layer_map import map_from_text
+from pyns.torch_import.weights import load_weights, weighted_layers
 
 __all__ = ["StartWeights", "resolve_start_weights", "load_start_weights"]
 
@@ -69,7 +72,6 @@ def resolve_start_weights(weights) -> StartWeights:
 
 def _gate_free_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A built layer's tensors without those of pruning gates inside it (a squeeze-excite's)."""
-    from pyns.gate import TaylorGate
 
     gates = [name + "." for name, m in module.named_modules() if isinstance(m, TaylorGate)]
     return {k: v for k, v in module.state_dict().items() if not any(k.startswith(g) for g in gates)}
@@ -77,8 +79,6 @@ def _gate_free_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _copy_built(dst: nn.Module, src: nn.Module) -> None:
-    from pyns.torch_import.weights import weighted_layers
-
     for a, b in zip(weighted_layers(dst), weighted_layers(src), strict=True):
         theirs = _gate_free_state(b)
         for key, tensor in _gate_free_state(a).items():
@@ -88,9 +88,6 @@ def _copy_built(dst: nn.Module, src: nn.Module) -> None:
 def load_start_weights(model: nn.Module, arch, start: StartWeights) -> None:
     """Copy `start` into `model`, the gated default-width build of `arch`; RunError naming the tensor and
     the shapes when they do not fit."""
-    from pyns.errors import PynsError
-    from pyns.torch_import.layer_map import map_from_text
-    from pyns.torch_import.weights import load_weights
 
     source = start.source
     if not isinstance(source, nn.Module):

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pyns.builder import build_module
 from pyns.channels import ChannelMap, channel_map, count_filters, pin_shortcuts
+from pyns.cost.program import compile_program
 
 __all__ = ["PrunedNetwork"]
 
@@ -26,8 +28,6 @@ class PrunedNetwork:
     """`arch` with shortcuts pinned at `start` widths: count, build, channel classes and filters."""
 
     def __init__(self, arch, start: Mapping[str, int]):
-        from pyns.cost.program import compile_program
-
         self.arch = arch
         self.network = pin_shortcuts(arch.network, arch.widths(start))
         self.program, _ = compile_program(self.network)
@@ -44,8 +44,6 @@ class PrunedNetwork:
         return int(params), int(macs)
 
     def build(self, widths: Mapping[str, int]):
-        from pyns.builder import build_module
-
         return build_module(self.network, self.arch.widths(widths), gates=True)
 
     def width(self, space: str, widths: Mapping[str, int]) -> int:
