@@ -30,8 +30,9 @@ from torch import nn
 from pyns.channels import channel_map, count_filters, pin_shortcuts
 from pyns.data.names import canonical_name
 from pyns.errors import BudgetError, RunError
+from pyns.neuralscale.profile import read_trajectory
 from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, derived_keep, shrink_network, top_positions
-from pyns.runfiles import load_config, read_jsonl
+from pyns.runfiles import load_config
 from pyns.scaling.solve import ScaleResult, solve_budget
 
 __all__ = [
@@ -110,7 +111,7 @@ def read_trajectory_source(source: str | Path) -> tuple[list[dict[str, Any]], di
     if not file.is_file():
         raise RunError(f"no pruning trajectory at {source}: expected a trajectory.jsonl file, or a prune or "
                        "descent run folder holding one")
-    rows = read_jsonl(file)
+    rows = read_trajectory(file)
     config = load_config(file.parent, "config.json") if (file.parent / "config.json").exists() else None
     start = config.get("start_widths") if isinstance(config, dict) else None
     return rows, ({k: int(v) for k, v in start.items()} if isinstance(start, dict) else None)
