@@ -201,7 +201,9 @@ class TaylorGate(nn.Module):
     Buffers, not parameters (SPEC §3: gates do not count as params): `z` (ones [C], float32),
     `importance` (float64 [C], sum of squared per-minibatch dE/dz) and `batches` (int64 scalar,
     minibatches summed into `importance`). Input [N, C, *spatial] in any float dtype, NCHW or
-    channels_last. Set `accumulate = False` to stop collecting (the gradient still flows).
+    channels_last. Set `accumulate = False` to stop collecting (the gradient still flows); a gate
+    that collects nothing (accumulate False, neither attribute below set, z not trained) runs as plain
+    autograd, and as the identity while z is all ones (what a shrunk network's gates are).
     Two attributes (not buffers; None by default) let the pruner's
     pyns.neuralscale.prune.importance.TaylorCollector pool gates whose channels are removed together:
     `taylor_sum`, a float64 [C] tensor the backward adds each minibatch's dE/dz into, and
@@ -220,19 +222,44 @@ class TaylorGate(nn.Module):
         self.register_buffer("batches", torch.zeros((), dtype=torch.int64, device=device))
         self.taylor_sum: torch.Tensor | None = None
         self.taylor_squares: torch.Tensor | None = None
+        self._ones_cache: tuple[torch.Tensor, int, bool] | None = None  # (z, its version, all ones)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise PynsError(f"The gate expects an input [N, C, ...] with C = {self.num_channels} "
                             f"channels, got shape {tuple(x.shape)}.")
-        if torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad):
+        collecting = self.accumulate or self.taylor_squares is not None or self.taylor_sum is not None
+        training = torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad)
+        if training and (collecting or self.z.requires_grad):
             if self.taylor_squares is not None:
                 squares, batches = self.taylor_squares, None  # the collector counts minibatches itself
             else:
                 squares = self.importance if self.accumulate else None
                 batches = self.batches if self.accumulate else None
             return GateFunction.apply(x, self.z, squares, batches, self.taylor_sum)
+        if training and self._all_ones():
+            # Nothing to collect and z = 1 (a shrunk network, or any gate before masking): y = x and
+            # dE/dx = dE/dy exactly, so the gate is skipped: no multiply, no copy of the activation,
+            # no backward node. (Outside training the product stays, so that traced and exported
+            # graphs keep the gate.)
+            return x
+        # Nothing to collect: plain autograd (grad * z), without the fused kernel's dE/dz reduction.
         return x * self.z.to(x.dtype).view(_channel_shape(x))
+
+    def _all_ones(self) -> bool:
+        """Whether every z is 1, re-checked (one reduction) only after z was replaced or written to:
+        a tensor's version counter moves with every in-place write (masking, load_state_dict)."""
+        z = self.z
+        try:
+            version = z._version
+        except RuntimeError:  # an inference tensor has no version counter: do not cache
+            return False
+        cached = getattr(self, "_ones_cache", None)  # absent on gates unpickled from older versions
+        if cached is not None and cached[0] is z and cached[1] == version:
+            return cached[2]
+        ones = bool(torch.all(z == 1))
+        self._ones_cache = (z, version, ones)
+        return ones
 
     def reset_importance(self) -> None:
         """Forget the collected importance (called after every prune step)."""

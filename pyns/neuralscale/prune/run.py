@@ -57,6 +57,7 @@ from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
 from pyns.neuralscale.prune.defaults import warn as warn_schedule
 from pyns.neuralscale.prune.floors import unit_floors
 from pyns.neuralscale.prune.importance import TaylorCollector, gates_by_symbol, select_units
+from pyns.neuralscale.prune.producer_taylor import ProducerTaylorCollector
 from pyns.neuralscale.prune.progress import PruneProgress
 from pyns.neuralscale.prune.runfolder import (
     ARCH_FILE,
@@ -325,13 +326,14 @@ class _Pruner:
 
     def _attach_collector(self) -> TaylorCollector:
         """A fresh importance collector on the current model's gates (the gates' own per-gate sums are
-        switched off: the collector forms the class scores)."""
+        switched off: the collector forms the class scores). Gates right after a BN / conv / linear
+        take dE/dz from that layer's parameter gradients and run as the identity (prune/producer_taylor.py)."""
         if self.collector is not None:
             self.collector.detach()
         for gates in gates_by_symbol(self.model).values():
             for gate in gates:
                 gate.accumulate = False
-        self.collector = TaylorCollector(self.model, self.net.classes)
+        self.collector = ProducerTaylorCollector(self.model, self.net.classes)
         return self.collector
 
     def _detach_collector(self) -> None:
