@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +80,11 @@ def main() -> None:
           f"{len(data)} synthetic {arch.resolution}x{arch.resolution} images, batch {args.batch_size}, "
           f"Q={args.every}, {args.units} units/step, device {args.device}, {torch.get_num_threads()} threads")
 
+    # The first optimizer a process builds imports torch._dynamo (1.5-2 s here): pay it before timing,
+    # or it lands in whichever run comes first.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+    load_before = _load()
     runs: dict[str, list[tuple]] = {"shrink": [], "masked": []}
     with tempfile.TemporaryDirectory() as tmp:
         # Alternating repeats, best time per mode: other work on a shared machine only ever adds time.
@@ -93,19 +99,22 @@ def main() -> None:
         """Training time from the first prune step to the last (the rows carry cumulative time)."""
         return rows[-1]["time_s"] - rows[0]["time_s"] if len(rows) > 1 else math.nan
 
-    print(f"\nbest of {args.repeats} run(s) per mode")
-    print(f"{'mode':<8} {'steps':>5} {'minibatches':>11} {'wall s':>8} {'CPU s':>8} {'pruning s':>10} "
-          f"{'final params':>13} {'final MACs':>12}")
+    print(f"\nbest of {args.repeats} run(s) per mode (load average before / after: {load_before} / "
+          f"{_load()}); 'to step 1': training time before the first prune step (warm-up and Q minibatches at "
+          f"the start widths, the same work in both modes)")
+    print(f"{'mode':<8} {'steps':>5} {'minibatches':>11} {'wall s':>8} {'CPU s':>8} {'to step 1':>10} "
+          f"{'pruning s':>10} {'final params':>13} {'final MACs':>12}")
     best = {}
     for mode, entries in runs.items():
         result = entries[0][0]
         wall = min(e[1] for e in entries)
         cpu = min(e[2] for e in entries)
         pruning = min(pruning_time(e[0].rows) for e in entries)
+        first = min(e[0].rows[0]["time_s"] for e in entries)
         best[mode] = (wall, cpu, pruning)
         minibatches = result.rows[-1]["minibatch"] if result.rows else 0
-        print(f"{mode:<8} {result.steps:>5} {minibatches:>11} {wall:>8.1f} {cpu:>8.1f} {pruning:>10.1f} "
-              f"{result.params:>13,} {result.macs:>12,}")
+        print(f"{mode:<8} {result.steps:>5} {minibatches:>11} {wall:>8.1f} {cpu:>8.1f} {first:>10.1f} "
+              f"{pruning:>10.1f} {result.params:>13,} {result.macs:>12,}")
     (s_wall, s_cpu, s_prune), (m_wall, m_cpu, m_prune) = best["shrink"], best["masked"]
     print(f"\nshrinking vs masking: {m_wall / s_wall:.2f}x faster wall, {m_cpu / s_cpu:.2f}x less CPU time, "
           f"{m_prune / s_prune:.2f}x faster over the pruning phase")
@@ -124,6 +133,14 @@ def main() -> None:
               f"so the rounding is largest, relative to the value, for exactly the least important units, and "
               f"SGD amplifies differences step by step; a smaller --lr keeps the runs together longer.")
     print(f"repeated shrinking runs reproduce the first exactly: {repeat_same}")
+
+
+def _load() -> str:
+    """The 1-minute load average (a shared machine's other work inflates wall times, not CPU times)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 def _rows_equal(a: list[dict], b: list[dict]) -> bool:

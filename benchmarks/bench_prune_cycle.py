@@ -15,6 +15,7 @@ library alternately, best of `--repeats` runs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -30,23 +31,32 @@ from pyns.neuralscale.prune.run import prune
 from pyns.neuralscale.prune.schedule import PruneConfig
 
 
-def pyns_cycles(arch, widths, data, args) -> list[float]:
-    stamps: list[float] = []
+def _stamp() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _cycles(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds between consecutive stamps, the first interval (which builds) left out."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps[1:], stamps[2:])]
+
+
+def pyns_cycles(arch, widths, data, args) -> list[tuple[float, float]]:
+    stamps: list[tuple[float, float]] = []
 
     def callback(state, model):
         if state.since_prune == 0 and state.step > len(stamps) - 1:
-            stamps.append(time.perf_counter())
+            stamps.append(_stamp())
 
     config = PruneConfig(warmup_epochs=0, batch_size=args.batch_size, prune_every=args.every,
                          units_per_step=args.units, stop_at_min_width=False, augment=False, seed=args.seed,
                          checkpoint_interval_s=1e9, stop_fraction=0.99)
     with tempfile.TemporaryDirectory() as tmp:
-        stamps.append(time.perf_counter())
+        stamps.append(_stamp())
         try:
             prune(arch, data, config, Path(tmp) / "run", widths=widths, callback=_stop_after(callback, args.cycles))
         except _Enough:
             pass
-    return [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    return _cycles(stamps)
 
 
 class _Enough(Exception):
@@ -61,7 +71,7 @@ def _stop_after(callback, cycles: int):
     return wrapped
 
 
-def torch_pruning_cycles(arch, widths, data, args) -> list[float]:
+def torch_pruning_cycles(arch, widths, data, args) -> list[tuple[float, float]]:
     import torch_pruning as tp
 
     torch.manual_seed(args.seed)
@@ -82,7 +92,7 @@ def torch_pruning_cycles(arch, widths, data, args) -> list[float]:
 
     optimizer = optimizer_for(model)
     loader = BatchLoader(data, args.batch_size, train=True, augment=None, device="cpu", seed=args.seed)
-    stamps = [time.perf_counter()]
+    stamps = [_stamp()]
     seen = 0
     while len(stamps) < steps + 1:
         for x, y in loader:
@@ -95,10 +105,10 @@ def torch_pruning_cycles(arch, widths, data, args) -> list[float]:
             if seen % args.every == 0:
                 pruner.step()  # Taylor importance from the last minibatch's gradients, then prune
                 optimizer = optimizer_for(model)
-                stamps.append(time.perf_counter())
+                stamps.append(_stamp())
                 if len(stamps) >= steps + 1:
                     break
-    return [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    return _cycles(stamps)
 
 
 def main() -> None:
@@ -115,6 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # the one-time torch._dynamo import, untimed
     print(f"one prune cycle = {args.every} minibatches of {args.batch_size} + one step removing ~{args.units} "
           f"channels; median over {args.cycles} cycles, best of {args.repeats} runs, {torch.get_num_threads()} threads")
     for name in args.arch:
@@ -123,14 +134,25 @@ def main() -> None:
         samples = args.batch_size * args.every * (args.cycles + 2)
         data = load_dataset("synthetic", split="train", resolution=arch.resolution,
                             channels=arch.network.in_channels, num_samples=samples, num_classes=10, seed=args.seed)
-        best = {"pyns": float("inf"), "torch-pruning": float("inf")}
+        best = {"pyns": [float("inf")] * 2, "torch-pruning": [float("inf")] * 2}  # [wall, CPU]
+        load_before = _load()
         for _ in range(args.repeats):
-            best["pyns"] = min(best["pyns"], statistics.median(pyns_cycles(arch, widths, data, args)))
-            best["torch-pruning"] = min(best["torch-pruning"],
-                                        statistics.median(torch_pruning_cycles(arch, widths, data, args)))
-        print(f"{name} at width ratio {args.ratio} ({arch.count(widths).params:,} params): pyns {best['pyns']:.3f} s, "
-              f"Torch-Pruning {best['torch-pruning']:.3f} s per cycle: pyns/Torch-Pruning = "
-              f"{best['pyns'] / best['torch-pruning']:.2f}x")
+            for library, run in (("pyns", pyns_cycles), ("torch-pruning", torch_pruning_cycles)):
+                cycles = run(arch, widths, data, args)
+                for k in range(2):
+                    best[library][k] = min(best[library][k], statistics.median(c[k] for c in cycles))
+        (p_wall, p_cpu), (t_wall, t_cpu) = best["pyns"], best["torch-pruning"]
+        print(f"{name} at width ratio {args.ratio} ({arch.count(widths).params:,} params; load average {load_before} "
+              f"/ {_load()}): pyns {p_wall:.3f} s wall / {p_cpu:.3f} s CPU, Torch-Pruning {t_wall:.3f} s / "
+              f"{t_cpu:.3f} s per cycle: pyns/Torch-Pruning = {p_wall / t_wall:.2f}x wall, {p_cpu / t_cpu:.2f}x CPU")
+
+
+def _load() -> str:
+    """The 1-minute load average (a shared machine's other work inflates wall times, not CPU times)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":

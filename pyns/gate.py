@@ -12,6 +12,12 @@ where the package was built with one): it writes grad_input = grad_out * z[c], f
 the float64 `importance` buffer and counts the minibatch, with no temporary the size of the activation.
 Eager torch (`gate_backward_reference`) is the fallback for anything else and the test oracle.
 
+A gate that collects nothing (the pruner's, see below) costs nothing: while z is all ones it returns
+its input (no multiply, no copy, no backward node), otherwise plain autograd computes grad * z. The
+pruner reads dE/dz for gates right after a BN / conv / linear off that layer's parameter gradients
+(pyns.neuralscale.prune.producer_taylor: the same quantity, summed in another order) and uses this
+module's backward only for the others.
+
 The C++ never sees a tensor (SPEC §2): this module checks shapes, strides and dtypes and passes
 `data_ptr()` integers.
 """
