@@ -201,7 +201,8 @@ class _Planner:
             elif isinstance(node, ir.BatchNorm):
                 c = self.index(roles.get("channels"))
                 self.plan[name] = {t: [c] for t in ("weight", "bias", "running_mean", "running_var")}
-                if roles.get("channels") in self.cmap.composites and c is not None:
+                if (roles.get("channels") in self.cmap.composites and c is not None
+                        and roles.get("channels") not in self.cmap.gated_composites):
                     # No gate after a BN on a concat's output: a masked channel leaves it as beta,
                     # not 0, so the masked network is not the shrunk one.
                     self.approximate.add(name)
