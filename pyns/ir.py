@@ -97,7 +97,8 @@ class Dropout:
 
 @dataclass
 class SqueezeExcite:
-    """Global pool, 1x1 conv down to `reduced` (+bias), act, 1x1 conv back up (+bias), gate, multiply."""
+    """Global pool, 1x1 conv down to `reduced` (+bias), [BatchNorm,] act, 1x1 conv back up (+bias), gate,
+    multiply. `bn`: a BatchNorm (eps 1e-5) on the reduced channels before the act (timm's ReXNet)."""
 
     name: str
     channels: Expr
@@ -105,6 +106,7 @@ class SqueezeExcite:
     act: str
     gate: str
     pos: SourcePos | None = None
+    bn: bool = False
 
 
 @dataclass

@@ -32,6 +32,7 @@ MODELS = [
     ("timm:regnety_004", 64), ("timm:lcnet_050", 64), ("timm:resnet18d", 64), ("timm:resnet50d", 64),
     ("timm:resnet26d", 64), ("torchvision:convnext_tiny", 32), ("timm:convnext_atto", 32),
     ("timm:convnext_nano", 32), ("timm:ghostnet_100", 64), ("timm:cspresnet50", 64),
+    ("timm:rexnet_100", 64), ("timm:rexnet_130", 64), ("timm:mixnet_s", 64), ("timm:mixnet_m", 64),
 ]
 HEAVY = {"torchvision:vgg11_bn", "torchvision:vgg13_bn", "torchvision:vgg16_bn", "torchvision:vgg19_bn",
          "torchvision:wide_resnet50_2", "torchvision:resnet101"}  # >40M params: slow to build twice

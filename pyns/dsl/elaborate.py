@@ -43,7 +43,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
     "layernorm": (("eps",), {"eps": 1e-6}, ()),
     "channel_linear": (("out", "bias"), {"bias": 1}, ()),
     "scale": ((), {}, ()),
-    "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
+    "se": (("reduced", "act", "gate", "bn"), {"reduced": None, "act": "relu", "gate": "sigmoid", "bn": 0},
+           ("act", "gate")),
     **{a: ((), {}, ()) for a in ACTIVATIONS},
 }
 # always = 1: keep the projection even where stride and widths would allow the identity (imported nets).

@@ -96,7 +96,8 @@ class Emitter:
             elif o.kind == "dropout":
                 text = f"dropout({a['p']:g})"
             elif o.kind == "se":
-                text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
+                text = (f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']}"
+                        + (", bn = 1" if len(a["paths"]) > 2 else "") + ")")
             elif o.kind == "residual":
                 out += self.residual_lines(o, names, depth, comments)
                 continue
@@ -115,7 +116,7 @@ class Emitter:
             else:  # pragma: no cover - graph.py produces only the kinds above
                 raise PynsError(f"internal: no .arch form for op kind {o.kind}")
             if comments and o.kind == "se":
-                text = f"{pad + text:<48} # {a['paths'][0]}, {a['paths'][1]}"
+                text = f"{pad + text:<48} # {', '.join(a['paths'])}"
             elif comments and o.kind == "scale":
                 text = f"{pad + text:<48} # {a['param']}"
             elif comments and o.path and o.kind != "act":
@@ -147,6 +148,8 @@ class Emitter:
                 head = f"{head:<48} # {_block_path(o.node)}"
             return ([head] + self.lines(o.body, names, depth + 1, comments) + [pad + "    shortcut {"]
                     + self.lines(o.shortcut, names, depth + 2, comments) + [pad + "    }", pad + "}"])
+        if o.attrs.get("partial"):
+            args.append("shortcut = partial")  # the input added into the first channels of the body's output
         if o.shortcut:
             conv = o.shortcut[0]
             args.append("shortcut = " + ("conv_bn" if len(o.shortcut) == 2 else "conv"))
