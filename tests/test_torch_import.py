@@ -178,3 +178,26 @@ def test_parameter_outside_known_layers_is_an_error():
 def test_non_square_input_is_an_error():
     with pytest.raises(pyns.PynsError, match="square"):
         pyns.from_torch(_Scaled(), (3, 16, 20))
+
+
+def test_rexnet_partial_residuals_grow_the_stage_width(one_thread):
+    """ReXNet's `cat([x[:, :in] + shortcut, x[:, in:]])` is a partial residual whose last conv writes the
+    stage's width so far plus the block's own extra width: scaling one block's extra keeps the rest."""
+    arch = pyns.from_torch(make_model("timm:rexnet_100"), (3, 64, 64))
+    text = arch.to_text()
+    assert text.count("residual(shortcut = partial)") == 11  # every stride-1 block whose width grows
+    assert "conv(features_1_conv_pwl_conv + features_2_conv_pwl_conv, 1)" in text
+    widths = {**arch.defaults, "features_7_conv_pwl_conv": 3}
+    model = arch.build(widths).eval()  # eval: the squeeze-excite BatchNorm sees one value per channel
+    assert sum(p.numel() for p in model.parameters()) == arch.count(widths).params
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_mixnet_splits_are_refined_to_common_boundaries(one_thread):
+    """blocks.4.0: an expansion in two parts of 240 read by a depthwise mixed conv in three parts of 160:
+    the 480 channels become four widths 160 | 80 | 80 | 160, and each part is a sum of them."""
+    arch = pyns.from_torch(make_model("timm:mixnet_s"), (3, 64, 64))
+    names = ["blocks_4_0_conv_pw_0_0", "blocks_4_0_conv_pw_0_1", "blocks_4_0_conv_pw_1_0", "blocks_4_0_conv_pw_1_1"]
+    assert [arch.defaults[n] for n in names] == [160, 80, 80, 160]
+    text = arch.to_text()
+    assert f"conv({names[0]} + {names[1]}, 1)" in text and f"slice({names[0]}, {names[1]} + {names[2]})" in text

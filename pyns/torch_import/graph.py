@@ -257,11 +257,12 @@ class Analyzer:
             pos += w
         return out or None
 
-    def refine(self, segs: list[int], cuts, node: fx.Node) -> list[int] | None:
+    def refine(self, segs: list[int], cuts, node: fx.Node, keep_name: bool = False) -> list[int] | None:
         """Split the groups of `segs` that a boundary in `cuts` falls inside (MixNet's mixed convs split one
         tensor at boundaries that cut through each other's parts; ReXNet adds into its first `in`
         channels): each part becomes a group of its own, and every conv producing the group then writes
-        its width as their sum. None (nothing changed) when such a group is not a fresh one."""
+        its width as their sum. None (nothing changed) when such a group is not a fresh one. `keep_name`: the
+        last part keeps the group's name (ReXNet's extra width; the first part joins the block input's)."""
         pos, plan = 0, []
         for r in segs:
             w = self.roots[r].width
@@ -277,7 +278,8 @@ class Analyzer:
             for i in range(len(edges) - 1):
                 k = len(self.parent)
                 self.parent[k] = k
-                self.roots[k] = Root(f"{root.name}_{i}", edges[i + 1] - edges[i], root.index)
+                last = keep_name and i == len(edges) - 2
+                self.roots[k] = Root(root.name if last else f"{root.name}_{i}", edges[i + 1] - edges[i], root.index)
                 parts.append(k)
             self.expand[r] = parts
         return self.segments(node)
@@ -571,7 +573,7 @@ class Analyzer:
                 attrs["aligned"] = True
             elif kind == "cslice":
                 segs = self._range(self.segments(ins[0]), attrs["lo"], attrs["hi"])
-                if segs is None and self.refine(self.segments(ins[0]), (attrs["lo"], attrs["hi"]), ins[0]):
+                if segs is None and self.refine(self.segments(ins[0]), (attrs["lo"], attrs["hi"]), ins[0], True):
                     segs = self._range(self.segments(ins[0]), attrs["lo"], attrs["hi"])
                 if segs is None:
                     raise unsupported(node, "a channel slice that cuts a width which follows another")
