@@ -201,3 +201,15 @@ def test_mixnet_splits_are_refined_to_common_boundaries(one_thread):
     assert [arch.defaults[n] for n in names] == [160, 80, 80, 160]
     text = arch.to_text()
     assert f"conv({names[0]} + {names[1]}, 1)" in text and f"slice({names[0]}, {names[1]} + {names[2]})" in text
+
+
+def test_rexnet_state_dict_loads_through_the_text_layer_map(one_thread):
+    """The squeeze-excite's BatchNorm travels in the `# pyns-torch-layers:` map (`se=fc1+fc2+bn`), so an
+    Arch read back from text takes the model's state_dict with no module at hand."""
+    model = make_model("timm:rexnet_100")
+    text = pyns.from_torch(model, (3, 64, 64)).to_text()
+    assert "se=features.3.se.fc1+features.3.se.fc2+features.3.se.bn" in text
+    net = pyns.loads(text).build(weights=model.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5, rtol=1e-5)
