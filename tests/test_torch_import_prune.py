@@ -165,3 +165,16 @@ def test_prune_shrinks_rexnet_and_mixnet(spec, tmp_path, one_thread):
     result = prune(arch, data, config, tmp_path / "run", widths=start, callback=check)
     assert all(exact) and sizes[-1] < sizes[0]
     assert any(result.rows[-1]["widths"][s] < start[s] for s in arch.searchable)
+
+
+@pytest.mark.parametrize("spec", ["timm:rexnet_100", "timm:mixnet_s", "timm:cspresnet50"])
+def test_li_l1_prune_ranks_widths_written_as_sums(spec, one_thread):
+    """Li et al.'s L1 ranking on the original module: a width produced only inside a conv that writes several
+    (ReXNet's `conv(a + e, 1)`, a CSP split conv, a MixNet part) is ranked by those filters at its offset."""
+    from pyns.neuralscale.baselines import li_prune
+
+    model = make_model(spec)
+    arch = pyns.from_torch(model, (3, 32, 32))
+    result = li_prune(model, arch, params="0.5x")
+    assert sum(p.numel() for p in result.model.parameters()) == arch.count(result.widths).params
+    assert arch.count(result.widths).params <= arch.count().params // 2

@@ -269,8 +269,8 @@ class Analyzer:
             inner = sorted({c - pos for c in cuts if pos < c < pos + w})
             if inner:
                 root = self.roots[r]
-                if root.fixed or root.derived or root.multiple > 1:
-                    return None
+                if root.fixed or root.derived or root.multiple > 1 or any(self.find(g) == r for g, _ in self.grouped):
+                    return None  # (a grouped conv's group must stay one width: its multiple is set at the end)
                 plan.append((r, inner))
             pos += w
         for r, inner in plan:
