@@ -171,7 +171,8 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
         space = roles.get("out")
     # A concat's output (a composite of its branches' spaces) has no gate of its own: a gate masks one
     # space. Its branches' gates mask its channels; the shrink reports what they cannot cover. A conv
-    # writing several spaces at once (`conv(a + b)`) has a gate per space (SegmentGates).
+    # writing several spaces at once (`conv(a + b)`), or a concat of convs (ChannelMap.gated_composites),
+    # has a gate per space (SegmentGates).
     return None if space in cmap.composites and space not in cmap.gated_composites else space
 
 

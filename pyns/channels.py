@@ -68,7 +68,8 @@ class ChannelMap:
     # layer name -> the role (space or composite id) whose changing width makes a shrink inexact there
     rerouted: dict[str, str] = field(default_factory=dict)
     composite_layers: dict[str, list[str]] = field(default_factory=dict)  # depthwise convs on a composite
-    # composites made by one conv writing several spaces at once (`conv(a + b)`): gated per segment
+    # composites whose every channel a conv has just written: one conv writing several spaces at once
+    # (`conv(a + b)`), or a concat whose every branch ends in a conv (MixNet's mixed conv); gated per segment
     gated_composites: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -296,6 +297,8 @@ class _Tracer:
         if all(sid is None for sid, _ in merged):
             return None
         self.composites[node.name] = merged
+        if all(branch and isinstance(branch[-1], ir.Conv) for branch in node.branches):
+            self.gated_composites.add(node.name)  # a block-diagonal conv: as exact to gate as `conv(a + b)`
         return node.name
 
     def slice(self, node: ir.Slice, x: str | None) -> str | None:

@@ -1,5 +1,6 @@
-"""ReXNet's constructs written by hand: `residual(shortcut = partial)` (the input added into the first `in`
-channels of a wider body output, the rest passing) and `se(..., bn = 1)` (a BatchNorm on the squeeze).
+"""ReXNet's and MixNet's constructs written by hand: `residual(shortcut = partial)` (the input added into the
+first `in` channels of a wider body output, the rest passing), `se(..., bn = 1)` (a BatchNorm on the squeeze)
+and a mixed conv (`conv(a + b, 1)` split by `slice`s into a `concat` of convs, then one BatchNorm).
 Counts: the C++ program, the Python oracle, the built module's sum(numel) and FlopCounterMode agree;
 shrunk == masked through the partial adds; malformed uses are positioned errors (exit 2 from the CLI)."""
 from __future__ import annotations
@@ -126,3 +127,53 @@ def test_malformed_partial_residual_is_a_positioned_error(case, tmp_path, capsys
     column = int(lines[0].rsplit(":", 1)[1])
     assert lines[2].strip() == "^" and len(lines[2]) - 5 == column - 1, err
     assert message in err and "Traceback" not in err
+
+
+MIXED = """
+network mix(classes = 10, resolution = 10, in_channels = 3)
+width a = 6, b = 4, c = 5, d = 7
+body {
+    conv(a + b, 3) bn relu
+    concat {
+        branch { slice(0, a) dwconv(3) }
+        branch { slice(a, b) dwconv(5) }
+    }
+    bn relu
+    concat {
+        branch { slice(0, a) conv(c, 1) }
+        branch { slice(a, b) conv(d, 1) }
+    }
+    bn
+    gap flatten linear(classes)
+}
+"""
+
+
+def test_mixed_conv_counts_and_shrinks_exactly():
+    """Both halves of the BatchNorm after a concat of convs are gated (as after `conv(a + b)`), so removing
+    channels of a, b, c, d is the same function as masking them."""
+    arch = pyns.loads(MIXED)
+    for widths in ({}, {"a": 3, "b": 9, "c": 2, "d": 1}):
+        cost = arch.count(widths)
+        model = arch.build(widths).eval()
+        assert cost.params == sum(p.numel() for p in model.parameters())
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, 10, 10))
+        assert cost.macs == counter.get_total_flops() // 2
+        assert oracle.count(arch.network, {**arch.defaults, **widths}) == (cost.params, cost.macs)
+    torch.manual_seed(0)
+    full = arch.build(gates=True)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in full.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    keep = {"a": [1, 2, 5], "b": [0, 3], "c": [4], "d": [0, 2, 6]}
+    small, _, report = shrink_network(full, keep)
+    assert report.exact, report
+    assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
+    mask_network(full, keep)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(x), full.eval()(x), rtol=1e-5, atol=1e-5)
