@@ -213,3 +213,33 @@ def test_rexnet_state_dict_loads_through_the_text_layer_map(one_thread):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(net(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _OddGhost(torch.nn.Module):
+    """GhostNet's `cat([x1, cheap(x1)])[:, :out]` at an odd width: the slice cuts the tied group it ends in."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.primary = torch.nn.Conv2d(8, 6, 1)
+        self.cheap = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.post = torch.nn.Conv2d(11, 7, 1)
+        self.fc = torch.nn.Linear(7, 4)
+
+    def forward(self, x):
+        a = self.primary(self.stem(x))
+        return self.fc(self.post(torch.cat([a, self.cheap(a)], 1)[:, :11]).mean((2, 3)))
+
+
+def test_channel_slice_inside_a_group_refines_it(one_thread):
+    """The 6 primary channels become widths 5 + 1 (the slice keeps both copies of the first 5 and the sixth
+    once), so the slice follows any widths; counts, weights and a scaled build stay exact."""
+    model = _OddGhost().eval()
+    arch = pyns.from_torch(model, (3, 8, 8))
+    assert "conv(primary_0 + primary, 1, bias = 1)" in arch.to_text()
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(arch.build(weights=model).eval()(x), model(x), atol=1e-6)
+    result = arch.scale(params="0.5x")
+    assert sum(p.numel() for p in arch.build(result.widths).parameters()) == result.params

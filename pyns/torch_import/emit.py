@@ -79,14 +79,10 @@ class Emitter:
             elif o.kind == "scale":
                 text = "scale"
             elif o.kind == "slice" and a.get("aligned"):  # parts made of whole width groups
-                segs = self.an.segments(a["split_in"])
                 lo, hi = sum(a["sizes"][:a["part"]]), sum(a["sizes"][:a["part"] + 1])
-                before, inside, pos = [], [], 0
-                for r in segs:
-                    (before if pos < lo else inside if pos < hi else []).append(r)
-                    pos += self.an.roots[r].width
-                start = " + ".join(self.root_width(r, o.node, names) for r in before) or "0"
-                text = f"slice({start}, {' + '.join(self.root_width(r, o.node, names) for r in inside)})"
+                text = self._slice_text(self.an.segments(a["split_in"]), lo, hi, o.node, names)
+            elif o.kind == "cslice":  # x[:, lo:hi] on boundaries between width groups
+                text = self._slice_text(self.an.segments(o.in_node), a["lo"], a["hi"], o.node, names)
             elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
                 text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
             elif o.kind == "shuffle":
@@ -125,6 +121,15 @@ class Emitter:
                 text = pad + text
             out.append(text)
         return out
+
+    def _slice_text(self, segs: list[int], lo: int, hi: int, node, names) -> str:
+        """`slice(start, width)` of channels [lo, hi), each written as a sum of the width groups it spans."""
+        before, inside, pos = [], [], 0
+        for r in segs:
+            (before if pos < lo else inside if pos < hi else []).append(r)
+            pos += self.an.roots[r].width
+        start = " + ".join(self.root_width(r, node, names) for r in before) or "0"
+        return f"slice({start}, {' + '.join(self.root_width(r, node, names) for r in inside)})"
 
     @staticmethod
     def _conv_options(a) -> list[str]:

@@ -234,16 +234,7 @@ class Analyzer:
     def _aligned(self, segs: list[int], attrs) -> list[int] | None:
         """The groups making up part `attrs['part']` of a split, when its boundaries fall between groups."""
         sizes, i = attrs["sizes"], attrs["part"]
-        lo, hi = sum(sizes[:i]), sum(sizes[:i + 1])
-        out, pos = [], 0
-        for r in segs:
-            w = self.roots[r].width
-            if lo <= pos and pos + w <= hi:
-                out.append(r)
-            elif pos < hi and pos + w > lo:
-                return None  # a group straddles a boundary
-            pos += w
-        return out or None
+        return self._range(segs, sum(sizes[:i]), sum(sizes[:i + 1]))
 
     def _range(self, segs: list[int], lo: int, hi: int) -> list[int] | None:
         """The groups making up channels [lo, hi), when no group straddles lo or hi."""
@@ -269,6 +260,8 @@ class Analyzer:
             inner = sorted({c - pos for c in cuts if pos < c < pos + w})
             if inner:
                 root = self.roots[r]
+                if any(r == planned for planned, _ in plan):
+                    return None  # one group cut at two places of a tensor that holds it twice
                 if root.fixed or root.derived or root.multiple > 1 or any(self.find(g) == r for g, _ in self.grouped):
                     return None  # (a grouped conv's group must stay one width: its multiple is set at the end)
                 plan.append((r, inner))
@@ -660,10 +653,9 @@ class Analyzer:
                 ops.append(self.squeeze_excite(node, x, self.chain(x, gate)))
                 node = x
             elif kind == "cat" and self.partial(node) is not None:
-                x, y = self.partial(node)
+                x, y, head = self.partial(node)
                 fork = self.nodes[(self.anc[x] & self.anc[y]).bit_length() - 1]
-                add, rest = ins
-                for part in (add, rest, *[a for a in self.inputs(add) if self.kind[a][0] == "cslice"]):
+                for part in (*ins, head):  # the add, the passing part and the added part
                     self.visit(part)
                 if self.chain(fork, y):
                     raise unsupported(node, "a partial residual whose shortcut has layers of its own")
@@ -711,7 +703,8 @@ class Analyzer:
         return ops
 
     def partial(self, node: fx.Node):
-        """(body output, shortcut input) when `node` is ReXNet's `cat([x[:, :k] + y, x[:, k:]])`, else None."""
+        """(body output x, shortcut input y, x[:, :k]) when `node` is ReXNet's `cat([x[:, :k] + y, x[:, k:]])`,
+        else None."""
         ins = self.inputs(node)
         if len(ins) != 2 or self.kind[ins[0]][0] != "add" or self.kind[ins[1]][0] != "cslice":
             return None
@@ -720,7 +713,7 @@ class Analyzer:
             kind, attrs = self.kind[head]
             if (kind == "cslice" and head.args[0] is ins[1].args[0] and attrs["lo"] == 0
                     and attrs["hi"] == rest["lo"] and rest["hi"] == c and len(head.users) == 1):
-                return head.args[0], y
+                return head.args[0], y, head
         return None
 
     def _shuffle_in(self, node):
