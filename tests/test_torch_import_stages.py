@@ -20,6 +20,7 @@ import pyns
 from conftest import FIXTURES
 from pyns.builder import ResidualBlock
 from pyns.policies import scale_resolution
+from pyns.tinynet.cost import CostPath, stage_repeats
 from torch_models import model as make_model
 from torch_models import timm as import_timm
 from torch_models import torchvision as import_torchvision
@@ -63,6 +64,10 @@ def test_imported_efficientnet_b0_scales_to_the_released_tinynets(effnet, letter
     assert (mine.params, mine.macs) == (theirs.params, theirs.macs)
     expected = REFERENCE[f"tinynet_{letter}"]
     assert (mine.params, mine.macs) == (expected["params"], expected["macs"])
+    # the path `pyns tiny` counts (r, d, w) points by, and the stages it sees
+    assert CostPath(effnet).count(r, d, w)[:2] == (expected["params"], expected["macs"])
+    assert [(s.base, s.repeats) for s in stage_repeats(effnet, d)] == \
+        [(s.base, s.repeats) for s in stage_repeats(shipped, d)]
     tiny = import_timm().create_model(f"tinynet_{letter}", pretrained=False)
     assert mine.params == numel(tiny)
     with torch.device("meta"):  # the built network has timm's tensors, one by one
@@ -125,6 +130,25 @@ def test_imported_stages_have_the_shipped_depths(spec, shipped, stages, one_thre
         with torch.device("meta"):
             blocks = sum(isinstance(m, ResidualBlock) for m in arch.build(depth=d).modules())
         assert blocks == sum(math.ceil(n * d) for n in stages), d
+
+
+def test_regnet_y_stages_fold_with_the_squeeze_width_of_the_block_input(one_thread):
+    """RegNet-Y's squeeze width is a quarter of the *block* input (not of the layer before it): the stage
+    names its input (`let block_input = in`) and every stage is one repeat, scaled as torchvision's own
+    RegNet built with those depths."""
+    regnet = import_torchvision().models.regnet
+    arch = pyns.from_torch(make_model("torchvision:regnet_y_400mf"), (3, 64, 64), policy="efficientnet")
+    text = arch.to_text()
+    assert repeats(text) == [1, 3, 6, 6] and "se(max(1, block_input // 4)" in text
+    params = regnet.BlockParams.from_init_params(depth=16, w_0=48, w_a=27.89, w_m=2.09, group_width=8,
+                                                 se_ratio=0.25)
+    for d in (0.5, 1.0, 1.6):
+        torch.manual_seed(0)
+        reference = regnet.RegNet(regnet.BlockParams(
+            [math.ceil(n * d) for n in params.depths], params.widths, params.group_widths,
+            params.bottleneck_multipliers, params.strides, params.se_ratio))
+        cost = arch.count(depth=d)
+        assert (cost.params, cost.macs) == (numel(reference), macs(reference, 64)), d
 
 
 # ---- the conditional shortcut at scaled widths ------------------------------------------------------------

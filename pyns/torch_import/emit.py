@@ -15,10 +15,12 @@ from pyns.dsl.elaborate import LAYER_SPECS
 from pyns.dsl.names import reserved_names
 from pyns.errors import PynsError
 from pyns.torch_import.graph import Analyzer, Op, _shape, unsupported
-from pyns.torch_import.stages import Run, StageFolder
+from pyns.torch_import.stages import BLOCK_INPUT, Run, StageFolder
 
 # The language's reserved words (keywords, layers, functions, shortcuts, `in`...) and the header's parameters.
-RESERVED = set(reserved_names(LAYER_SPECS)) | {"resolution", "classes", "in_channels", "network", "policy"}
+# `block_input`: the name folded stages give their block input (pyns.torch_import.stages).
+RESERVED = set(reserved_names(LAYER_SPECS)) | {"resolution", "classes", "in_channels", "network", "policy",
+                                                BLOCK_INPUT}
 
 
 def sanitize(text: str) -> str:
@@ -35,7 +37,7 @@ class Emitter:
         # body, and the expression of a width that follows its layer's input (`make_divisible(6 * in)`).
         self.strides: dict = {}
         self.formulas: dict[int, str] = {}
-        self.abstract = False  # write every stride as `S`: signatures that ignore strides
+        self.abstract = False  # write strides as `S`, group counts as `G`: signatures that ignore them
 
     # ---- widths -------------------------------------------------------------------------------
     def width(self, node, names) -> str:
@@ -50,7 +52,9 @@ class Emitter:
         if root.derived:
             raise unsupported(node, "a width tied to one half of a channel split")
         name = names(r)
-        return f"{root.multiple} * {name}" if root.multiple > 1 else name
+        if root.multiple > 1:
+            return f"{'G' if self.abstract else root.multiple} * {name}"
+        return name
 
     # ---- one op -> lines ----------------------------------------------------------------------
     def lines(self, ops: list[Op], names, depth: int, comments: bool) -> list[str]:
@@ -63,7 +67,7 @@ class Emitter:
                 args = [self.width(o.node, names), str(a["k"])]
                 args += self._conv_options(a, self._stride(o))
                 if a["groups"] > 1:
-                    args.append(f"groups = {a['groups']}")
+                    args.append(f"groups = {'G' if self.abstract else a['groups']}")
                 text = f"conv({', '.join(args)})"
             elif o.kind == "dwconv":
                 text = f"dwconv({', '.join([str(a['k'])] + self._conv_options(a, self._stride(o)))})"
@@ -105,6 +109,8 @@ class Emitter:
                 text = f"dropout({a['p']:g})"
             elif o.kind == "se":
                 text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
+            elif o.kind == "let":  # a folded stage's name for its block input (pyns.torch_import.stages)
+                text = f"let {a['name']} = in"
             elif o.kind == "residual":
                 out += self.residual_lines(o, names, depth, comments)
                 continue

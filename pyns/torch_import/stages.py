@@ -40,6 +40,7 @@ _SAFE = {"conv", "dwconv", "bn", "act", "se", "maxpool", "avgpool", "dropout", "
 _STRIDED = {"conv", "dwconv", "maxpool", "avgpool"}
 _ROUND = 8  # EfficientNet / MobileNet round widths to multiples of 8 (make_divisible's divisor)
 _MAX_DIVISOR = 64  # squeeze widths are the layer input / 4 .. / 24 in the families covered
+BLOCK_INPUT = "block_input"  # a `let` naming the block's input width, for a rule that reads it mid-block
 
 
 @dataclass
@@ -134,26 +135,27 @@ class StageFolder:
         shape = _shape(node)
         return int(shape[-1] if self.an.layout.get(node) == "cl" else shape[1])
 
-    def _points(self, o: Op, r: int) -> tuple[int, int] | None:
-        """(layer input width, width) of a width that might follow its layer's input."""
+    def _points(self, o: Op, r: int, base=None) -> tuple[int, int] | None:
+        """(input width, width) of a width that might follow its layer's input (or the tensor `base`)."""
+        base = o.in_node if base is None else base
         root = self.an.roots[self.an.find(r)]
-        if root.fixed or root.derived or root.multiple > 1 or len(self.an.segments(o.in_node)) != 1:
+        if root.fixed or root.derived or root.multiple > 1 or len(self.an.segments(base)) != 1:
             return None
-        return self._channels(o.in_node), root.width
+        return self._channels(base), root.width
 
     @staticmethod
-    def _rule(points: list[tuple[int, int]]) -> str | None:
-        """The one rule `width = f(layer input)` that every (input, width) point obeys, or None."""
+    def _rule(points: list[tuple[int, int]], base: str = "in") -> str | None:
+        """The one rule `width = f(input)` that every (input, width) point obeys, or None."""
         if any(p is None for p in points):
             return None
         if all(w % b == 0 for b, w in points) and len({w // b for b, w in points}) == 1:
             k = points[0][1] // points[0][0]
             if k == 1:
-                return "in"
-            return f"make_divisible({k} * in)" if all(w % _ROUND == 0 for _, w in points) else f"{k} * in"
+                return base
+            return f"make_divisible({k} * {base})" if all(w % _ROUND == 0 for _, w in points) else f"{k} * {base}"
         for m in range(2, _MAX_DIVISOR + 1):
             if all(b % m == 0 and b // m == w for b, w in points):
-                return f"max(1, in // {m})"
+                return f"max(1, {base} // {m})"
         return None
 
     def _own(self, r: int, unit: int) -> bool:
@@ -178,8 +180,9 @@ class StageFolder:
             out.append(Run(j - i, self.units[i], self.units[i:j], self.keys[i], self.keys[j - 1], i))
             k += 1
         for n, run in enumerate(out):
+            after = out[n + 1].start if n + 1 < len(out) else None
             if run.count == 1 and not run.wrap:
-                alone = self._alone(run.start, out)
+                alone = self._alone(run.start, out, after)
                 if alone is not None:
                     out[n] = alone
         return out
@@ -192,6 +195,8 @@ class StageFolder:
         if first is None or not self._shortcut_holds(first):
             return None
         pairs = list(zip(_flat(first.body + first.tail), _flat(rest.body + rest.tail)))
+        if any(_settings(a) != _settings(b) for a, b in pairs):
+            return None  # another group count: the signatures ignore it, the text would not
         strides = {}
         for a, b in pairs:
             if a.kind in _STRIDED and a.attrs["s"] != b.attrs["s"]:
@@ -211,8 +216,12 @@ class StageFolder:
             if root_a.width == root_b.width:
                 joins.append((ra, rb))
                 continue
-            # A width that differs: it must follow its layer's input, and be the unit's own.
+            # A width that differs: it must follow its layer's input (or the block's: RegNet-Y's squeeze
+            # width is a quarter of the block input), and be the unit's own.
             rule = self._rule([self._points(oa, ra), self._points(ob, rb)])
+            if rule is None and oa.in_node is not first.body[0].in_node:
+                rule = self._rule([self._points(oa, ra, first.body[0].in_node),
+                                   self._points(ob, rb, rest.body[0].in_node)], BLOCK_INPUT)
             if rule is None or not self._own(self.refs[f][n], f) or not all(
                     self._own(self.refs[u][n], u) for u in range(i, j)):
                 return None
@@ -222,7 +231,7 @@ class StageFolder:
         self.em.strides.update(strides)
         for r, rule in rules.items():
             self.em.formulas[self.an.find(r)] = rule
-        unit = self._stage_unit(first, rest, self.keys[i])
+        unit = self._stage_unit(first, rest, self.keys[i], any(BLOCK_INPUT in r for r in rules.values()))
         return Run(j - i + 1, unit, self.units[f:j], self.keys[f], self.keys[j - 1], f)
 
     def _shortcut_holds(self, form: _Form) -> bool:
@@ -237,8 +246,9 @@ class StageFolder:
                 return False
         return _shape(start) != _shape(end)
 
-    def _stage_unit(self, form: _Form, like: _Form, where: str) -> list[Op]:
-        """`like`'s ops (an identity unit, the block at `where`) under `form`'s shortcut rule."""
+    def _stage_unit(self, form: _Form, like: _Form, where: str, named_input: bool = False) -> list[Op]:
+        """`like`'s ops (an identity unit, the block at `where`) under `form`'s shortcut rule; with
+        `named_input` its body starts with `let block_input = in`."""
         head = ""
         if form.kind == "none":
             head = "shortcut = none"
@@ -248,16 +258,22 @@ class StageFolder:
                 head += ", bias = 1"
         node = like.res.node if like.res is not None else like.body[-1].node
         in_node = like.res.in_node if like.res is not None else like.body[0].in_node
-        return [Op("residual", node, attrs={"head": head, "where": where}, body=like.body, in_node=in_node)] + like.tail
+        body = ([Op("let", in_node, attrs={"name": BLOCK_INPUT}, in_node=in_node)] if named_input else []) + like.body
+        return [Op("residual", node, attrs={"head": head, "where": where}, body=body, in_node=in_node)] + like.tail
 
     # ---- a stage of one block -----------------------------------------------------------------
-    def _alone(self, index: int, runs: list[Run]) -> Run | None:
+    def _alone(self, index: int, runs: list[Run], after: int | None) -> Run | None:
+        """A stage starts with a stride or a change of width (a projection, or no residual): an identity
+        block on its own continues the stage before it, and one followed by blocks of its own structure
+        is a first block that could not be folded into them; neither is a stage of one block."""
         form = self.forms[index]
-        if form is None or not self.blocks[index]:
+        if form is None or not self.blocks[index] or form.kind == "identity":
             return None
         likes = [(u, self._split(form, self.forms[u])) for u in range(len(self.units))
                  if u != index and self.forms[u] is not None and self.forms[u].kind == "identity"]
         likes = [(u, f) for u, f in likes if f is not None]
+        if any(u == after for u, _ in likes):
+            return None
         if form.kind == "none" and likes:
             form = likes[0][1]
         if not likes and not self._sole_block_of_stage(index, runs):
@@ -271,19 +287,21 @@ class StageFolder:
         for n, (o, _, r) in enumerate(mine):
             if not self._own(self.refs[index][n], index):
                 continue
-            points = [self._points(o, r)]
-            for u, _ in likes:
-                theirs = list(self._refs(_flat(self.forms[u].body + self.forms[u].tail)))
-                if len(theirs) == len(mine):
-                    points.append(self._points(theirs[n][0], theirs[n][2]))
-            if len({p[0] for p in points if p}) >= 2:  # one point fits any rule: no evidence
-                rule = self._rule(points)
-                if rule is not None:
+            for base in ("in", BLOCK_INPUT):  # the layer's input first, as in _fold_first
+                points = [self._points(o, r, None if base == "in" else form.body[0].in_node)]
+                for u, _ in likes:
+                    theirs = list(self._refs(_flat(self.forms[u].body + self.forms[u].tail)))
+                    if len(theirs) == len(mine):
+                        points.append(self._points(theirs[n][0], theirs[n][2],
+                                                   None if base == "in" else self.forms[u].body[0].in_node))
+                rule = self._rule(points, base) if len({p[0] for p in points if p}) >= 2 else None
+                if rule is not None:  # (one point fits any rule: that is no evidence)
                     rules[self.an.find(r)] = rule
+                    break
         self.em.strides.update(strides)
         self.em.formulas.update(rules)
         like = form if form.res is not None else _Form("identity", form.body, form.tail, None)
-        unit = self._stage_unit(form, like, self.keys[index])
+        unit = self._stage_unit(form, like, self.keys[index], any(BLOCK_INPUT in r for r in rules.values()))
         return Run(1, unit, [self.units[index]], self.keys[index], self.keys[index], index, wrap=True)
 
     def _sole_block_of_stage(self, index: int, runs: list[Run]) -> bool:
@@ -295,6 +313,13 @@ class StageFolder:
         outer = parent.rpartition(".")[0]
         return any(run.count > 1 and run.first.rpartition(".")[0] != parent
                    and run.first.rpartition(".")[0].rpartition(".")[0] == outer for run in runs)
+
+
+def _settings(o: Op) -> dict:
+    """An op's attributes but its stride, the tensors / module paths it refers to and a depthwise conv's
+    group count (its width)."""
+    skip = ("s", "reduced", "paths", "split_in", "param", "where") + (("groups",) if o.kind == "dwconv" else ())
+    return {k: v for k, v in o.attrs.items() if k not in skip}
 
 
 def _flat(ops: list[Op]) -> list[Op]:
