@@ -284,8 +284,11 @@ class StageFolder:
         strides = {o.node: f"first({o.attrs['s']}, 1)" for o in ops if o.kind in _STRIDED and o.attrs["s"] != 1}
         rules = {}
         mine = list(self._refs(ops))
+        out = self.an.segments(form.body[-1].node)
         for n, (o, _, r) in enumerate(mine):
-            if not self._own(self.refs[index][n], index):
+            # The block's output width is searched: in the identity blocks it is their input by definition,
+            # which says nothing of how a stage's width relates to the one before.
+            if not self._own(self.refs[index][n], index) or self.an.find(r) in out:
                 continue
             for base in ("in", BLOCK_INPUT):  # the layer's input first, as in _fold_first
                 points = [self._points(o, r, None if base == "in" else form.body[0].in_node)]
