@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import pyns
+from pyns.channels import channel_map
 from pyns.neuralscale.prune.importance import gates_by_symbol
-from pyns.neuralscale.prune.shrink import mask_network, shrink_network
+from pyns.neuralscale.prune.shrink import derived_keep, mask_network, shrink_network
 from torch_models import model as make_model
 
 
@@ -40,6 +41,11 @@ def test_shrunk_imported_network_equals_masked(spec, one_thread):
         chosen = sorted(torch.randperm(width, generator=generator)[:max(1, width // 2)].tolist())
         keep.update({s: chosen for s in group})
     assert keep
+    # Widths that follow their layer's input (a folded stage's `6 * in` expansion) change with it: their
+    # survivors are the largest of random scores, as for the shipped archs (tests/test_shrink.py).
+    cmap = channel_map(full.ir, full.widths)
+    scores = {space: torch.rand(cmap.width(space, full.widths), generator=generator) for space in cmap.spaces}
+    keep = derived_keep(full, keep, scores, cmap)
     small, _, report = shrink_network(full, keep)
     assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
     mask_network(full, keep)
