@@ -34,9 +34,10 @@ class SqueezeExcite(nn.Module):
     """`reduced_gate` masks the reduced channels (a pruning gate, or an Identity)."""
 
     def __init__(self, channels: int, reduced: int, act: str, gate: str, reduced_gate: nn.Module | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, bn: bool = False):
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True, device=device)
+        self.bn = nn.BatchNorm2d(reduced, device=device) if bn else nn.Identity()
         self.act = _ACTIVATIONS[act]()
         self.reduced_gate = reduced_gate if reduced_gate is not None else nn.Identity()
         self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True, device=device)
@@ -46,7 +47,7 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
         # The pruning gate after the activation: a masked reduced channel is then 0 into conv_expand
         # whatever act(0) is, exactly as if it were removed.
-        return x * self.gate(self.conv_expand(self.reduced_gate(self.act(self.conv_reduce(s)))))
+        return x * self.gate(self.conv_expand(self.reduced_gate(self.act(self.bn(self.conv_reduce(s))))))
 
 
 class ResidualBlock(nn.Module):
@@ -63,6 +64,28 @@ class ResidualBlock(nn.Module):
         if not self.add:
             return out
         return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class PartialResidualBlock(ResidualBlock):
+    """ReXNet's partial residual: the input added into the first channels of the body's (wider) output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        c = x.shape[1]
+        return torch.cat([out[:, :c] + x, out[:, c:]], 1)
+
+
+class SegmentGates(nn.Module):
+    """The pruning gates of a tensor whose channels are several spaces side by side (a conv writing
+    `a + b`): one gate per varying segment, at its offset; fixed segments pass unchanged."""
+
+    def __init__(self, segments: list[tuple[int, nn.Module | None]]):
+        super().__init__()
+        self.widths = [w for w, _ in segments]
+        self.gates = nn.ModuleList([g if g is not None else nn.Identity() for _, g in segments])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g(part) for g, part in zip(self.gates, torch.split(x, self.widths, 1))], 1)
 
 
 class ConcatBlock(nn.Module):
@@ -147,8 +170,19 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
     elif isinstance(node, (ir.Conv, ir.Linear, ir.ChannelLinear)) and not isinstance(following, ir.BatchNorm):
         space = roles.get("out")
     # A concat's output (a composite of its branches' spaces) has no gate of its own: a gate masks one
-    # space. Its branches' gates mask its channels; the shrink reports what they cannot cover.
-    return None if space in cmap.composites else space
+    # space. Its branches' gates mask its channels; the shrink reports what they cannot cover. A conv
+    # writing several spaces at once (`conv(a + b)`), or a concat of convs (ChannelMap.gated_composites),
+    # has a gate per space (SegmentGates).
+    return None if space in cmap.composites and space not in cmap.gated_composites else space
+
+
+def _gates_of(space: str, env, cmap: ChannelMap, gates: bool, device) -> nn.Module:
+    if not gates:
+        return nn.Identity()
+    if space not in cmap.composites:
+        return _gate(_value(cmap.spaces[space].width, env), space, device)
+    return SegmentGates([(_value(w, env), _gate(_value(w, env), sid, device) if sid is not None else None)
+                         for sid, w in cmap.composites[space]])
 
 
 def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: ChannelMap,
@@ -191,7 +225,8 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: Chan
         elif isinstance(node, ir.SqueezeExcite):
             reduced, reduced_space = _value(node.reduced, env), cmap.layers[node.name]["reduced"]
             reduced_gate = _gate(reduced, reduced_space, device) if gates and reduced_space is not None else None
-            se = SqueezeExcite(_value(node.channels, env), reduced, node.act, node.gate, reduced_gate, device)
+            se = SqueezeExcite(_value(node.channels, env), reduced, node.act, node.gate, reduced_gate, device,
+                               node.bn)
             se.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(se)
         elif isinstance(node, ir.Residual):
@@ -224,7 +259,7 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: Chan
         if space is not None:
             # An Identity holds the gate's slot in ungated models, so gated and plain models share
             # state_dict keys (weights move between them with load_state_dict).
-            modules.append(_gate(_value(cmap.spaces[space].width, env), space, device) if gates else nn.Identity())
+            modules.append(_gates_of(space, env, cmap, gates, device))
     return nn.Sequential(*modules)
 
 
@@ -239,6 +274,11 @@ def _build_residual(node: ir.Residual, env, gates, cmap: ChannelMap, device) -> 
         return ResidualBlock(body, None, True)
     if node.mode == "none":
         return ResidualBlock(body, None, not differs)
+    if node.mode == "partial":
+        a, b = _value(node.in_ch, env), _value(node.out_ch, env)
+        if b < a:
+            raise PynsError(f"{node.name}: a partial residual adds {a} input channels into a body output of {b}")
+        return PartialResidualBlock(body, None, True)
     shortcut = _build(node.shortcut, env, gates, cmap, device) if differs else None
     return ResidualBlock(body, shortcut, True)
 

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyns import ir
-from pyns.dsl.expr import Const, Expr, Sym, evaluate, symbols
+from pyns.dsl.expr import Const, Expr, Op, Sym, evaluate, symbols
 
 __all__ = ["ChannelMap", "Space", "channel_map", "count_filters", "pin_shortcuts", "residual_structure"]
 
@@ -68,6 +68,9 @@ class ChannelMap:
     # layer name -> the role (space or composite id) whose changing width makes a shrink inexact there
     rerouted: dict[str, str] = field(default_factory=dict)
     composite_layers: dict[str, list[str]] = field(default_factory=dict)  # depthwise convs on a composite
+    # composites whose every channel a conv has just written: one conv writing several spaces at once
+    # (`conv(a + b)`), or a concat whose every branch ends in a conv (MixNet's mixed conv); gated per segment
+    gated_composites: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._class_index = {space: i for i, members in enumerate(self.classes) for space in members}
@@ -121,6 +124,7 @@ class _Tracer:
         self.composites: dict[str, list[tuple[str | None, Expr]]] = {}
         self.rerouted: dict[str, str] = {}
         self.composite_layers: dict[str, list[str]] = {}
+        self.gated_composites: set[str] = set()
 
     # -- layouts: a role is a space id, a composite (concat) id, or None -------------------------------
     def layout(self, role: str | None, width: Expr) -> list[tuple[str | None, Expr]]:
@@ -188,6 +192,8 @@ class _Tracer:
             if isinstance(node, ir.Conv):
                 if _is_depthwise(node, self.env):
                     out = current  # filter c reads input channel c only: the channel index is kept
+                elif self.sum_of_spaces(node):
+                    out = node.name  # `conv(a + b)`: filters of each space side by side
                 else:
                     out = self.space(node.out_ch, node.name)
                     if int(evaluate(node.groups, self.env)) != 1:
@@ -240,6 +246,43 @@ class _Tracer:
                 self.layers[node.name] = {"channels": current}
         return current
 
+    def sum_of_spaces(self, node: ir.Conv) -> bool:
+        """A plain conv whose width is a sum of distinct searchable symbols and constants (the torch importer's
+        `conv(a + b)` before a split, ReXNet's `conv(in + e)`): its output is a composite of those spaces."""
+        terms, stack = [], [node.out_ch]
+        while stack:
+            expr = stack.pop()
+            if isinstance(expr, Op) and expr.op == "add":
+                stack += reversed(expr.args)
+            else:
+                terms.append(expr)
+        names = [t.name for t in terms if isinstance(t, Sym)]
+        if (len(terms) < 2 or int(evaluate(node.groups, self.env)) != 1 or len(set(names)) != len(names)
+                or not names or any(not isinstance(t, (Sym, Const)) or (isinstance(t, Sym) and t.name not in
+                                                                        self.searchable) for t in terms)):
+            return False
+        self.composites[node.name] = [(self.space(t, node.name) if isinstance(t, Sym) else None, t) for t in terms]
+        self.gated_composites.add(node.name)
+        return True
+
+    def partial(self, node: ir.Residual, out: str | None, x: str | None) -> None:
+        """A partial add joins the input's channels with the first `in` channels of the body's output."""
+        prefix, offset, total = [], 0, int(evaluate(node.in_ch, self.env))
+        for sid, w in self.layout(out, node.out_ch):
+            if offset >= total:
+                break
+            prefix.append((sid, w))
+            offset += int(evaluate(w, self.env))
+        mine = self.layout(x, node.in_ch)
+        widths = [[int(evaluate(w, self.env)) for _, w in side] for side in (prefix, mine)]
+        if widths[0] == widths[1]:
+            for (sa, _), (sb, _) in zip(prefix, mine):
+                self.union(sa, sb)
+            return
+        for sid, _ in prefix + mine:  # the add cuts through a space: none of these channels can be removed
+            if sid is not None:
+                self.frozen_roots.add(self.find(sid))
+
     def concat(self, node: ir.Concat, x: str | None) -> str | None:
         segments: list[tuple[str | None, Expr]] = []
         for branch in node.branches:
@@ -254,6 +297,8 @@ class _Tracer:
         if all(sid is None for sid, _ in merged):
             return None
         self.composites[node.name] = merged
+        if all(branch and isinstance(branch[-1], ir.Conv) for branch in node.branches):
+            self.gated_composites.add(node.name)  # a block-diagonal conv: as exact to gate as `conv(a + b)`
         return node.name
 
     def slice(self, node: ir.Slice, x: str | None) -> str | None:
@@ -284,7 +329,9 @@ class _Tracer:
     def residual(self, node: ir.Residual, x: str | None, hw: int) -> str | None:
         out = self.trace(node.body, x, hw)
         differs = bool(evaluate(node.project_when, self.env))
-        if node.mode == "identity" or not differs:
+        if node.mode == "partial":
+            self.partial(node, out, x)
+        elif node.mode == "identity" or not differs:
             self.union(out, x)  # identity add (mode 'none' adds only when widths agree)
         elif node.mode == "project":
             self.union(out, self.trace(node.shortcut, x, hw) if node.shortcut else x)
@@ -314,7 +361,7 @@ def channel_map(network: ir.Network, widths: Mapping[str, int]) -> ChannelMap:
     frozen = {sid for root, members in groups.items() if root in tracer.frozen_roots for sid in members}
     return ChannelMap(tracer.spaces, tracer.layers, tracer.flatten_hw, tracer.grouped,
                       [tuple(m) for m in groups.values()], frozen, tracer.composites, tracer.rerouted,
-                      tracer.composite_layers)
+                      tracer.composite_layers, tracer.gated_composites)
 
 
 def count_filters(cmap: ChannelMap, widths: Mapping[str, int]) -> int:

@@ -201,7 +201,8 @@ class _Planner:
             elif isinstance(node, ir.BatchNorm):
                 c = self.index(roles.get("channels"))
                 self.plan[name] = {t: [c] for t in ("weight", "bias", "running_mean", "running_var")}
-                if roles.get("channels") in self.cmap.composites and c is not None:
+                if (roles.get("channels") in self.cmap.composites and c is not None
+                        and roles.get("channels") not in self.cmap.gated_composites):
                     # No gate after a BN on a concat's output: a masked channel leaves it as beta,
                     # not 0, so the masked network is not the shrunk one.
                     self.approximate.add(name)
@@ -221,7 +222,8 @@ class _Planner:
             elif isinstance(node, ir.SqueezeExcite):
                 c, r = self.index(roles.get("channels")), self.index(roles.get("reduced"))
                 self.plan[name] = {"conv_reduce.weight": [r, c], "conv_reduce.bias": [r],
-                                   "conv_expand.weight": [c, r], "conv_expand.bias": [c]}
+                                   "conv_expand.weight": [c, r], "conv_expand.bias": [c],
+                                   **{f"bn.{t}": [r] for t in ("weight", "bias", "running_mean", "running_var")}}
 
     def conv(self, node: ir.Conv, roles: Mapping[str, str | None]) -> None:
         out_map, in_map = self.index(roles.get("out")), self.index(roles.get("in"))
