@@ -13,6 +13,13 @@ a conv or linear layer mixes them into new channels. Each space has a width expr
   the space (by the space's own Taylor importance, or L1 norm for Li et al.);
 - widths that depend on no searchable symbol (the input image, `classes`) never change: no space.
 
+A width `M * s` (an integer M > 1 times a searchable symbol: the torch importer's per-group width of a
+grouped conv, ResNeXt's `32 * layer1_0_conv1`) is the symbol space of `s` in M *blocks* of `s` channels
+(`Space.blocks`): the channels of block b are b*s .. (b+1)*s - 1, and a grouped conv with g groups
+(g divides M) reads and writes whole blocks. One unit of `s` removes one channel from every block, each
+block its own least important one, so every conv group keeps the same size and its channels stay in
+their group: the shrink of a grouped conv is then exact (pyns.neuralscale.prune.shrink).
+
 Concatenations (the torch importer's DenseNet / Inception / ShuffleNet blocks) make no channels of their
 own: their output is a *composite* whose id is the concat layer's name and whose channels are the
 branches' spaces side by side (`ChannelMap.composites`: segments of (space or None, width) in order), so
@@ -32,11 +39,12 @@ and the L1 baseline learn the channel structure from.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pyns import ir
-from pyns.dsl.expr import Const, Expr, Sym, evaluate, symbols
+from pyns.dsl.expr import Const, Expr, Op, Sym, evaluate, symbols
 
 __all__ = ["ChannelMap", "Space", "channel_map", "count_filters", "pin_shortcuts", "residual_structure"]
 
@@ -50,6 +58,7 @@ class Space:
     # projection shortcuts included): "the filters of the space"
     layers: list[str] = field(default_factory=list)
     se_reduce: str | None = None  # for a squeeze-excite's reduced space: the SE layer that makes it
+    blocks: int = 1  # `M * s`: M blocks of s channels that keep equal sizes (see the module docstring)
 
 
 @dataclass
@@ -83,6 +92,15 @@ class ChannelMap:
         """Classes of derived spaces only: each chooses its survivors within itself."""
         return [c for c in self.classes if not any(self.spaces[s].symbol for s in c)]
 
+    def blocks(self, space: str | None) -> int:
+        """Blocks of a space (1 for a plain space, a composite or None)."""
+        sp = self.spaces.get(space) if space is not None else None
+        return sp.blocks if sp is not None else 1
+
+    def class_blocks(self, members: tuple[str, ...]) -> int:
+        """Blocks a class's keep set must respect: every member's (their least common multiple)."""
+        return math.lcm(*(self.blocks(m) for m in members))
+
     def width(self, space: str, env: Mapping[str, int]) -> int:
         if space in self.composites:
             return sum(int(evaluate(w, env)) for _, w in self.composites[space])
@@ -101,11 +119,26 @@ def _varies(expr: Expr, searchable: set[str]) -> bool:
     return bool(symbols(expr) & searchable)
 
 
-def _is_depthwise(node: ir.Conv, env: Mapping[str, int]) -> bool:
+def blocked_form(expr: Expr, searchable: set[str]) -> tuple[str, int] | None:
+    """`M * s` or `s * M` (M an integer > 1, s a searchable symbol) -> (s, M); anything else -> None."""
+    if not (isinstance(expr, Op) and expr.op == "mul" and len(expr.args) == 2):
+        return None
+    for a, b in (expr.args, expr.args[::-1]):
+        if isinstance(a, Const) and isinstance(a.value, int) and a.value > 1 and isinstance(b, Sym) \
+                and b.name in searchable:
+            return b.name, a.value
+    return None
+
+
+def _is_depthwise(node: ir.Conv, env: Mapping[str, int], searchable: set[str]) -> bool:
     if node.groups == node.in_ch == node.out_ch and node.groups != Const(1):
         return True
     groups = int(evaluate(node.groups, env))
-    return groups > 1 and groups == int(evaluate(node.in_ch, env)) == int(evaluate(node.out_ch, env))
+    if not (groups > 1 and groups == int(evaluate(node.in_ch, env)) == int(evaluate(node.out_ch, env))):
+        return False
+    # `conv(32 * s, 3, groups = 32)` is depthwise only while s = 1: it stays a grouped conv of blocks, so
+    # the channel structure (and the gates) do not change when a per-group width reaches 1.
+    return not any(blocked_form(e, searchable) for e in (node.in_ch, node.out_ch))
 
 
 class _Tracer:
@@ -173,12 +206,19 @@ class _Tracer:
         """The space a layer named `made_by` creates with output width `expr`."""
         if not _varies(expr, self.searchable):
             return None
+        blocked = blocked_form(expr, self.searchable)
         if isinstance(expr, Sym):
-            sid, symbol = expr.name, expr.name
+            sid, symbol, blocks = expr.name, expr.name, 1
+        elif blocked is not None:
+            sid, symbol, blocks = blocked[0], blocked[0], blocked[1]
         else:
+            sid, symbol, blocks = made_by, None, 1
+        if sid in self.spaces and self.spaces[sid].width != expr:
+            # The same symbol as `s` in one layer and `M * s` in another: two spaces; the later one is
+            # derived from the symbol (its survivors are chosen by its own score, within its blocks).
             sid, symbol = made_by, None
         if sid not in self.spaces:
-            self.spaces[sid] = Space(sid, expr, symbol)
+            self.spaces[sid] = Space(sid, expr, symbol, blocks=blocks)
             self.parent[sid] = sid
         return sid
 
@@ -186,7 +226,7 @@ class _Tracer:
     def trace(self, nodes: list[ir.Node], current: str | None, hw: int = 1) -> str | None:
         for node in nodes:
             if isinstance(node, ir.Conv):
-                if _is_depthwise(node, self.env):
+                if _is_depthwise(node, self.env, self.searchable):
                     out = current  # filter c reads input channel c only: the channel index is kept
                 else:
                     out = self.space(node.out_ch, node.name)
@@ -322,9 +362,9 @@ def count_filters(cmap: ChannelMap, widths: Mapping[str, int]) -> int:
     width is a searchable symbol (projection shortcuts included), i.e. what the paper and the reference
     code count as "the total neurons (filters) of the network". A width tied to others by an identity
     add counts once per producing layer; derived widths (expansions, SE) are not counted."""
-    own = sum(len(space.layers) * int(widths[space.symbol])
+    own = sum(len(space.layers) * int(widths[space.symbol]) * space.blocks
               for space in cmap.spaces.values() if space.symbol is not None)
-    on_concats = sum(len(layers) * int(widths[cmap.spaces[sid].symbol])
+    on_concats = sum(len(layers) * int(widths[cmap.spaces[sid].symbol]) * cmap.spaces[sid].blocks
                      for cid, layers in cmap.composite_layers.items() for sid in cmap.segments(cid)
                      if cmap.spaces[sid].symbol is not None)
     return own + on_concats

@@ -223,7 +223,8 @@ def li_keep_sets(model: nn.Module, widths: Mapping[str, int]) -> dict[str, list[
         if not 1 <= target <= current:
             raise BudgetError(f"cannot prune `{symbols[0]}` from {current} to {target} filters: L1 pruning only "
                               "removes filters, so the target must be between 1 and the trained width")
-        kept = top_positions(sum(norms[s] for s in group if s in norms), target)
+        blocks = cmap.class_blocks(group)  # a per-group width keeps `target` filters in each group
+        kept = top_positions(sum(norms[s] for s in group if s in norms), target * blocks, blocks)
         for space in group:
             keep[space] = kept
     return derived_keep(model, keep, norms, cmap)
@@ -269,7 +270,7 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     if report.approximate:
         warnings.warn(f"Li et al. pruning kept the first channels of grouped conv(s) {', '.join(report.approximate)} "
                       "(their groups change size)", ApproximateShrinkWarning, stacklevel=2)
-    widths = {s: len(keep[s]) for s in arch.searchable}
+    widths = {s: int(scale.widths[s]) for s in arch.searchable}
     return LiResult(pruned, widths, {s: keep[s] for s in arch.searchable}, scale, list(report.dropped),
                     list(report.approximate))
 

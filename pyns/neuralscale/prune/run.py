@@ -450,7 +450,7 @@ class _Pruner:
         """The units to remove this step (global ranking under the per-class floors), or None with the
         stop reason set when nothing may be removed."""
         c, s = self.config, self.state
-        importances = [self._importance(k) for k in self.rankable]
+        importances = [self.net.unit_scores(k, self._importance(k)) for k in self.rankable]
         selection = select_units(importances, c.units_per_step, self._floors(s.widths))
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
@@ -467,7 +467,7 @@ class _Pruner:
             current = s.kept[space]
             s.kept[space] = [current[i] for i in local]
             if spaces[space].symbol is not None:
-                s.widths[spaces[space].symbol] = len(local)
+                s.widths[spaces[space].symbol] = len(local) // spaces[space].blocks  # `M * s`: per group
             keep_positions[space] = local if self.mode == "shrink" else s.kept[space]
 
     def _drop_units(self, selection) -> dict[str, list[int]]:
@@ -477,9 +477,9 @@ class _Pruner:
         s, net = self.state, self.net
         keep_positions: dict[str, list[int]] = {}
         for group_index, removed in selection.removed.items():
-            members = net.symbol_classes[self.rankable[group_index]]
-            gone = set(removed)
-            self._keep(members, [i for i in range(len(s.kept[members[0]])) if i not in gone], keep_positions)
+            index = self.rankable[group_index]
+            local = net.survivors(index, self._importance(index), removed)
+            self._keep(net.symbol_classes[index], local, keep_positions)
         s.removed_units += selection.count
         offset = len(net.symbol_classes)
         for index, members in enumerate(net.derived_classes):
@@ -488,7 +488,8 @@ class _Pruner:
                 raise RunError(f"the derived width of {members[0]} grows from {live} to {width} as the widths "
                                "shrink; pruning can only remove channels")
             if width < live:
-                self._keep(members, top_positions(self._importance(offset + index), width), keep_positions)
+                self._keep(members, top_positions(self._importance(offset + index), width, net.blocks[offset + index]),
+                           keep_positions)
         return keep_positions
 
     def _rebuild(self, keep_positions: dict[str, list[int]]) -> dict[str, Any]:

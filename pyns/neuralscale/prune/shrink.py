@@ -71,10 +71,18 @@ class ShrinkReport:
         return not self.approximate and not self.dropped
 
 
-def top_positions(score: torch.Tensor, count: int) -> list[int]:
-    """Ascending positions of the `count` largest scores (ties: the lower position stays)."""
-    order = torch.sort(score.to(torch.float64).cpu(), descending=True, stable=True).indices[:count]
-    return sorted(int(i) for i in order)
+def top_positions(score: torch.Tensor, count: int, blocks: int = 1) -> list[int]:
+    """Ascending positions of the `count` largest scores (ties: the lower position stays); with `blocks`
+    > 1 (a per-group width, pyns.channels), the `count / blocks` largest of every block of the score."""
+    score = score.to(torch.float64).cpu().reshape(-1)
+    if blocks == 1:
+        order = torch.sort(score, descending=True, stable=True).indices[:count]
+        return sorted(int(i) for i in order)
+    if count % blocks or score.numel() % blocks:
+        raise PynsError(f"cannot keep {count} of {score.numel()} channels in {blocks} equal groups")
+    size, each = score.numel() // blocks, count // blocks
+    order = torch.sort(score.view(blocks, size), dim=1, descending=True, stable=True).indices[:, :each]
+    return sorted(int(i) for i in (order + size * torch.arange(blocks)[:, None]).reshape(-1))
 
 
 def _new_env(model: nn.Module, cmap: ChannelMap, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, int]:
@@ -82,7 +90,7 @@ def _new_env(model: nn.Module, cmap: ChannelMap, keep: Mapping[str, Sequence[int
     for space_id, positions in keep.items():
         space = cmap.spaces.get(space_id)
         if space is not None and space.symbol is not None:
-            env[space.symbol] = len(positions)
+            env[space.symbol] = len(positions) // space.blocks  # `M * s`: s channels per block
     return env
 
 
@@ -104,7 +112,7 @@ def derived_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tens
             raise PynsError(f"no score for derived width(s) {', '.join(missing)}, so their surviving channels "
                             "cannot be chosen")
         total = sum(scores[m].to(torch.float64).cpu() for m in members)
-        kept = top_positions(total, new)
+        kept = top_positions(total, new, cmap.class_blocks(members))
         for member in members:
             out[member] = kept
     return out
@@ -134,6 +142,10 @@ def normalize_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
             raise PynsError(f"the keep set of `{space_id}` lists a channel twice")
         if unique.numel() < 1 or int(unique[0]) < 0 or int(unique[-1]) >= width:
             raise PynsError(f"the keep set of `{space_id}` must name 1 to {width} channels in 0..{width - 1}")
+        blocks = cmap.blocks(space_id)
+        if blocks > 1 and len(set(torch.bincount(unique // (width // blocks), minlength=blocks).tolist())) != 1:
+            raise PynsError(f"`{space_id}` is a per-group width ({blocks} groups of {width // blocks} channels): "
+                            "its keep set must keep the same number of channels in every group")
         out[space_id] = unique
     new_env = _new_env(model, cmap, out)
     for members in cmap.classes:
@@ -223,9 +235,34 @@ class _Planner:
                 self.plan[name] = {"conv_reduce.weight": [r, c], "conv_reduce.bias": [r],
                                    "conv_expand.weight": [c, r], "conv_expand.bias": [c]}
 
+    def grouped_inputs(self, node: ir.Conv, roles: Mapping[str, str | None], out_map: torch.Tensor | None,
+                       in_map: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+        """A grouped conv whose changing channels are whole blocks of per-group widths (pyns.channels):
+        (True, its weight's input index [new out, new in per group]: each kept filter's surviving inputs
+        within its own group), or (False, None) when its groups cannot keep their channels."""
+        groups = int(evaluate(node.groups, self.old_env))
+        if groups != int(evaluate(node.groups, self.new_env)):
+            return False, None
+        for role in (roles.get("in"), roles.get("out")):
+            if self.changes(role) and (role in self.cmap.composites or self.cmap.blocks(role) % groups):
+                return False, None
+        if in_map is None:
+            return True, None  # every filter keeps all its inputs; the kept filters keep their groups
+        per_group = int(evaluate(node.in_ch, self.old_env)) // groups
+        rows = torch.stack([in_map[(in_map >= g * per_group) & (in_map < (g + 1) * per_group)] - g * per_group
+                            for g in range(groups)])  # [groups, new in per group]: equal sizes (blocks)
+        old_out = int(evaluate(node.out_ch, self.old_env))
+        kept_out = torch.arange(old_out) if out_map is None else out_map
+        return True, rows[kept_out // (old_out // groups)]
+
     def conv(self, node: ir.Conv, roles: Mapping[str, str | None]) -> None:
         out_map, in_map = self.index(roles.get("out")), self.index(roles.get("in"))
+        exact_groups = False
         if node.name in self.cmap.grouped:
+            exact_groups, grouped_in = self.grouped_inputs(node, roles, out_map, in_map)
+            if exact_groups:
+                in_map = grouped_in
+        if node.name in self.cmap.grouped and not exact_groups:
             # A grouped conv whose groups change size: channels cannot keep their groups; first k.
             def size(expr, env) -> int:
                 return int(evaluate(expr, env))
@@ -237,7 +274,7 @@ class _Planner:
             in_map = None if new_in == old_in else torch.arange(new_in)
             if out_map is not None or in_map is not None:
                 self.approximate.add(node.name)
-        elif int(evaluate(node.groups, self.old_env)) > 1:  # not grouped (above), so depthwise
+        elif node.name not in self.cmap.grouped and int(evaluate(node.groups, self.old_env)) > 1:  # depthwise
             # (a plain conv may read and write the same space, e.g. conv(d) conv(d): that is no reason)
             in_map = None  # depthwise: filter c reads input channel c only; its input dimension has size 1
             if node.bias and roles["in"] in self.cmap.composites and out_map is not None:
@@ -247,8 +284,15 @@ class _Planner:
 
 def _take(tensor: torch.Tensor, maps: Sequence[torch.Tensor | None]) -> torch.Tensor:
     for dim, index in enumerate(maps):
-        if index is not None:
-            tensor = tensor.index_select(dim, index.to(tensor.device))
+        if index is None:
+            continue
+        index = index.to(tensor.device)
+        if index.dim() == 2:  # per row of the (already indexed) dim 0, its own positions: a grouped conv
+            shape = list(tensor.shape)
+            shape[dim] = index.shape[1]
+            tensor = tensor.gather(dim, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(shape))
+        else:
+            tensor = tensor.index_select(dim, index)
     return tensor
 
 
