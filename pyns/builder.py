@@ -7,7 +7,9 @@ With `gates=True`, a `TaylorGate` follows every BatchNorm whose channels can be 
 width, or a width derived from searchable ones such as an expansion `6 * in`), and sits inside every
 squeeze-excite whose reduced width can change (derived, or a searchable symbol of its own as in
 imported networks: either way a channel space); each gate records the channel space it masks
-(`gate.symbol`: the symbol's name, or the id of a derived space, see pyns.channels).
+(`gate.symbol`: the symbol's name, or the id of a derived space, see pyns.channels). A BN reading a
+concatenation (DenseNet) is followed by `SegmentGates`: one gate per branch's channel space, on that
+branch's channels of the concatenation.
 """
 from __future__ import annotations
 
@@ -63,6 +65,19 @@ class ResidualBlock(nn.Module):
         if not self.add:
             return out
         return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class SegmentGates(nn.Module):
+    """The pruning gates of a tensor whose channels are several spaces side by side (a conv writing
+    `a + b`): one gate per varying segment, at its offset; fixed segments pass unchanged."""
+
+    def __init__(self, segments: list[tuple[int, nn.Module | None]]):
+        super().__init__()
+        self.widths = [w for w, _ in segments]
+        self.gates = nn.ModuleList([g if g is not None else nn.Identity() for _, g in segments])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g(part) for g, part in zip(self.gates, torch.split(x, self.widths, 1))], 1)
 
 
 class ConcatBlock(nn.Module):
@@ -138,7 +153,8 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
     linear whose output is in one with no BN right behind it (e.g. a pre-activation block's last conv,
     whose output joins the residual stream). Masking channel c at all gates of its space then zeroes that
     channel on every path it takes, identity shortcuts and biased depthwise convs included, which is
-    exactly what removing it does.
+    exactly what removing it does. On a composite (a concat's output, or a conv writing several spaces)
+    the composite's id is returned: `SegmentGates` gate each of its spaces there.
     """
     roles = cmap.layers.get(getattr(node, "name", None), {})
     space = None
@@ -146,9 +162,19 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
         space = roles.get("channels")
     elif isinstance(node, (ir.Conv, ir.Linear, ir.ChannelLinear)) and not isinstance(following, ir.BatchNorm):
         space = roles.get("out")
-    # A concat's output (a composite of its branches' spaces) has no gate of its own: a gate masks one
-    # space. Its branches' gates mask its channels; the shrink reports what they cannot cover.
-    return None if space in cmap.composites else space
+    # A composite (a concat's output, or a conv writing several spaces at once, `conv(a + b)`) has a
+    # gate per space (SegmentGates). After a BN reading a concat (DenseNet) a masked channel of a branch
+    # is its BN's beta, not 0: the gates there make it 0 again, exactly as if it were removed.
+    return space
+
+
+def _gates_of(space: str, env, cmap: ChannelMap, gates: bool, device) -> nn.Module:
+    if not gates:
+        return nn.Identity()
+    if space not in cmap.composites:
+        return _gate(_value(cmap.spaces[space].width, env), space, device)
+    return SegmentGates([(_value(w, env), _gate(_value(w, env), sid, device) if sid is not None else None)
+                         for sid, w in cmap.composites[space]])
 
 
 def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: ChannelMap,
@@ -224,7 +250,7 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: Chan
         if space is not None:
             # An Identity holds the gate's slot in ungated models, so gated and plain models share
             # state_dict keys (weights move between them with load_state_dict).
-            modules.append(_gate(_value(cmap.spaces[space].width, env), space, device) if gates else nn.Identity())
+            modules.append(_gates_of(space, env, cmap, gates, device))
     return nn.Sequential(*modules)
 
 

@@ -77,6 +77,8 @@ class ChannelMap:
     # layer name -> the role (space or composite id) whose changing width makes a shrink inexact there
     rerouted: dict[str, str] = field(default_factory=dict)
     composite_layers: dict[str, list[str]] = field(default_factory=dict)  # depthwise convs on a composite
+    # composites made by one conv writing several spaces at once (`conv(a + b)`): gated per segment
+    gated_composites: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._class_index = {space: i for i, members in enumerate(self.classes) for space in members}
@@ -154,6 +156,7 @@ class _Tracer:
         self.composites: dict[str, list[tuple[str | None, Expr]]] = {}
         self.rerouted: dict[str, str] = {}
         self.composite_layers: dict[str, list[str]] = {}
+        self.gated_composites: set[str] = set()
 
     # -- layouts: a role is a space id, a composite (concat) id, or None -------------------------------
     def layout(self, role: str | None, width: Expr) -> list[tuple[str | None, Expr]]:
@@ -228,6 +231,8 @@ class _Tracer:
             if isinstance(node, ir.Conv):
                 if _is_depthwise(node, self.env, self.searchable):
                     out = current  # filter c reads input channel c only: the channel index is kept
+                elif self.sum_of_spaces(node):
+                    out = node.name  # `conv(a + b)`: filters of each space side by side
                 else:
                     out = self.space(node.out_ch, node.name)
                     if int(evaluate(node.groups, self.env)) != 1:
@@ -279,6 +284,25 @@ class _Tracer:
                     self.rerouted[node.name] = current
                 self.layers[node.name] = {"channels": current}
         return current
+
+    def sum_of_spaces(self, node: ir.Conv) -> bool:
+        """A plain conv whose width is a sum of distinct searchable symbols and constants (the torch importer's
+        `conv(a + b)` before a split, ReXNet's `conv(in + e)`): its output is a composite of those spaces."""
+        terms, stack = [], [node.out_ch]
+        while stack:
+            expr = stack.pop()
+            if isinstance(expr, Op) and expr.op == "add":
+                stack += reversed(expr.args)
+            else:
+                terms.append(expr)
+        names = [t.name for t in terms if isinstance(t, Sym)]
+        if (len(terms) < 2 or int(evaluate(node.groups, self.env)) != 1 or len(set(names)) != len(names)
+                or not names or any(not isinstance(t, (Sym, Const)) or (isinstance(t, Sym) and t.name not in
+                                                                        self.searchable) for t in terms)):
+            return False
+        self.composites[node.name] = [(self.space(t, node.name) if isinstance(t, Sym) else None, t) for t in terms]
+        self.gated_composites.add(node.name)
+        return True
 
     def concat(self, node: ir.Concat, x: str | None) -> str | None:
         segments: list[tuple[str | None, Expr]] = []
@@ -354,7 +378,7 @@ def channel_map(network: ir.Network, widths: Mapping[str, int]) -> ChannelMap:
     frozen = {sid for root, members in groups.items() if root in tracer.frozen_roots for sid in members}
     return ChannelMap(tracer.spaces, tracer.layers, tracer.flatten_hw, tracer.grouped,
                       [tuple(m) for m in groups.values()], frozen, tracer.composites, tracer.rerouted,
-                      tracer.composite_layers)
+                      tracer.composite_layers, tracer.gated_composites)
 
 
 def count_filters(cmap: ChannelMap, widths: Mapping[str, int]) -> int:

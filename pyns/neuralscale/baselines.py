@@ -239,7 +239,7 @@ class LiResult:
     keep: dict[str, list[int]]  # per searchable symbol: indices of the trained network's filters kept
     scale: ScaleResult  # the budget solve that fixed how many filters each width keeps
     dropped_layers: list[str] = field(default_factory=list)  # shortcuts no longer built (widths became equal)
-    approximate_layers: list[str] = field(default_factory=list)  # grouped convs whose first channels were kept
+    approximate_layers: list[str] = field(default_factory=list)  # not carried over exactly (ShrinkReport)
 
 
 def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1.0,
@@ -268,8 +268,7 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     keep = li_keep_sets(model, scale.widths)
     pruned, _, report = shrink_network(model, keep)
     if report.approximate:
-        warnings.warn(f"Li et al. pruning kept the first channels of grouped conv(s) {', '.join(report.approximate)} "
-                      "(their groups change size)", ApproximateShrinkWarning, stacklevel=2)
+        warnings.warn(f"Li et al. pruning: {report.describe()}", ApproximateShrinkWarning, stacklevel=2)
     widths = {s: int(scale.widths[s]) for s in arch.searchable}
     return LiResult(pruned, widths, {s: keep[s] for s in arch.searchable}, scale, list(report.dropped),
                     list(report.approximate))

@@ -504,8 +504,7 @@ class _Pruner:
             if report.approximate:
                 note["approximate_layers"] = report.approximate
                 if not self._warned_approximate:
-                    message = (f"layer(s) {', '.join(report.approximate)} are grouped convs whose groups change "
-                               "size: their first channels are kept, so the shrunk network is not the masked one")
+                    message = report.describe()  # which layers, and why
                     warnings.warn(message, ApproximateShrinkWarning, stacklevel=2)
                     self.progress.write(f"warning: {message}")
                     self._warned_approximate = True
