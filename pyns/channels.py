@@ -147,6 +147,7 @@ class _Tracer:
     def __init__(self, network: ir.Network, env: Mapping[str, int]):
         self.env = env
         self.searchable = {s.name for s in network.searchable}
+        self.bare = _bare_widths(network.layers)  # symbols some layer makes as a bare width
         self.spaces: dict[str, Space] = {}
         self.layers: dict[str, dict[str, str | None]] = {}
         self.flatten_hw: dict[str, int] = {}
@@ -212,14 +213,12 @@ class _Tracer:
         blocked = blocked_form(expr, self.searchable)
         if isinstance(expr, Sym):
             sid, symbol, blocks = expr.name, expr.name, 1
-        elif blocked is not None:
+        elif blocked is not None and blocked[0] not in self.bare:
             sid, symbol, blocks = blocked[0], blocked[0], blocked[1]
         else:
+            # `M * s` where some layer makes `s` itself (MobileNetV2's expansion `6 * in`), or any other
+            # expression: a derived space, whose survivors are chosen by its own score over all channels.
             sid, symbol, blocks = made_by, None, 1
-        if sid in self.spaces and self.spaces[sid].width != expr:
-            # The same symbol as `s` in one layer and `M * s` in another: two spaces; the later one is
-            # derived from the symbol (its survivors are chosen by its own score, within its blocks).
-            sid, symbol = made_by, None
         if sid not in self.spaces:
             self.spaces[sid] = Space(sid, expr, symbol, blocks=blocks)
             self.parent[sid] = sid
@@ -353,6 +352,23 @@ class _Tracer:
         elif node.mode == "project":
             self.union(out, self.trace(node.shortcut, x, hw) if node.shortcut else x)
         return out
+
+
+def _bare_widths(nodes: list[ir.Node], out: set[str] | None = None) -> set[str]:
+    """Symbols that some conv / linear / SE / slice makes as a bare width (`conv(s)`)."""
+    out = set() if out is None else out
+    for node in nodes:
+        for width in (getattr(node, "out_ch", None), getattr(node, "out_features", None),
+                      getattr(node, "reduced", None), getattr(node, "width", None)):
+            if isinstance(width, Sym):
+                out.add(width.name)
+        if isinstance(node, ir.Residual):
+            _bare_widths(node.body, out)
+            _bare_widths(node.shortcut, out)
+        elif isinstance(node, ir.Concat):
+            for branch in node.branches:
+                _bare_widths(branch, out)
+    return out
 
 
 def _out_width(nodes: list[ir.Node], width: Expr) -> Expr:

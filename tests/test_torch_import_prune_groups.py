@@ -152,3 +152,32 @@ def test_resnext_prunes_per_group_widths_and_shrunk_equals_masked(tmp_path, one_
         full.train(train)
         small.train(train)
         torch.testing.assert_close(small(x), full(x), rtol=1e-9, atol=1e-9)
+
+
+def test_masked_run_prunes_the_same_per_group_channels_as_the_shrinking_run(tmp_path):
+    """Algorithm 1 on the grouped net in both modes: the same widths and kept channels at every step, and
+    the same losses (the masked network computes what the shrunk one does, SGD steps included)."""
+    from pyns.data import load_dataset
+    from pyns.neuralscale.prune.run import prune
+    from pyns.neuralscale.prune.schedule import PruneConfig
+
+    arch = pyns.loads(GROUPED.replace("width g = 3", "width g = 5").replace("width h = 2", "width h = 4"))
+    data = load_dataset("synthetic", split="train", num_samples=32, num_classes=5, seed=3, resolution=8)
+    config = PruneConfig(warmup_epochs=0, max_epochs=3, batch_size=8, prune_every=2, units_per_step=2,
+                         stop_at_min_width=False, augment=False)
+    kept = {"shrink": [], "masked": []}
+    runs = {}
+    for mode in kept:
+        runs[mode] = prune(arch, data, config, tmp_path / mode, mode=mode,
+                           callback=lambda state, model, mode=mode: kept[mode].append(
+                               {k: list(v) for k, v in state.kept.items()}))
+    shrink, masked = runs["shrink"], runs["masked"]
+    assert [r["widths"] for r in masked.rows] == [r["widths"] for r in shrink.rows]
+    assert any(r["widths"]["g"] < 5 or r["widths"]["h"] < 4 for r in shrink.rows)
+    assert kept["masked"] == kept["shrink"]
+    for a, b in zip(masked.rows, shrink.rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # every kept set of a per-group width holds the same number of channels in each of the 4 groups
+    last = kept["shrink"][-1]
+    for space, width in (("g", 5), ("h", 4)):
+        assert len(set(torch.bincount(torch.tensor(last[space]) // width, minlength=4).tolist())) == 1
