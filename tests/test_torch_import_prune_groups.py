@@ -181,3 +181,19 @@ def test_masked_run_prunes_the_same_per_group_channels_as_the_shrinking_run(tmp_
     last = kept["shrink"][-1]
     for space, width in (("g", 5), ("h", 4)):
         assert len(set(torch.bincount(torch.tensor(last[space]) // width, minlength=4).tolist())) == 1
+
+
+def test_per_group_width_at_its_floor_from_the_start_does_not_block_recording(tmp_path):
+    """h = 1 channel per group (8 channels, 1 unit) is at its floor from the start: exempt from the
+    "every width lost a unit" recording rule, counted in units, not channels."""
+    from pyns.data import load_dataset
+    from pyns.neuralscale.prune.run import prune
+    from pyns.neuralscale.prune.schedule import PruneConfig
+
+    arch = pyns.loads(GROUPED.replace("width h = 2", "width h = 1"))
+    data = load_dataset("synthetic", split="train", num_samples=16, num_classes=5, seed=3, resolution=8)
+    config = PruneConfig(warmup_epochs=0, max_epochs=4, batch_size=8, prune_every=1, units_per_step=1,
+                         stop_at_min_width=False, augment=False)
+    result = prune(arch, data, config, tmp_path / "run")
+    assert all(r["widths"]["h"] == 1 for r in result.rows)
+    assert any(r["recording"] for r in result.rows)

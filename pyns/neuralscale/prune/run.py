@@ -236,7 +236,7 @@ class _Pruner:
         self.exempt: set[str] = set()
         floors = self._floors(self.initial, every_class=True)
         for index, members in enumerate(net.symbol_classes):
-            width = net.width(members[0], self.initial)
+            width = net.width(members[0], self.initial) // net.blocks[index]  # units (per group of `M * s`)
             if width <= floors[index] or any(m in net.cmap.frozen for m in members):
                 self.exempt.update(net.cmap.spaces[m].symbol for m in members if net.cmap.spaces[m].symbol)
             else:
