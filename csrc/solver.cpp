@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -49,6 +50,12 @@ constexpr double kMerge = 1e-12;
 // A table row per configuration: the shipped archs' 16x-wide families have < 10^5 rows; this bound (about
 // 160 MB of widths at 20 symbols) only stops a pathological profile from eating the machine.
 constexpr size_t kMaxTable = 1'000'000;
+// The exchange after the fill: every combination of -kExchangeSteps..+kExchangeSteps steps per movable
+// group, on at most kExchangeGroups groups: (2*2+1)^4 = 625 cost evaluations, ~0.3 ms. With 5 or more
+// groups single channels are cheap enough that adding alone leaves at most 0.07 % of the budget on every
+// shipped arch (README "Speed"), and the box would grow past 3,000 evaluations per solve.
+constexpr int kExchangeSteps = 2;
+constexpr size_t kExchangeGroups = 4;
 
 int64_t to_bits(double x) {
   int64_t i;
@@ -152,6 +159,12 @@ class Family {
   //   weight being Σ over the group of φ'_l(t) = a_l b_l t^(b_l - 1), the rate at which the family
   //   itself grows each width (ties: smallest symbol index); a move that costs nothing comes first.
   // Symbols with a fixed width or a zero weight never move; no width passes its cap.
+  // Then the exchange, where at most kExchangeGroups groups can move: adding alone stops as soon as no
+  // single channel fits, which on a network of few, dear channels (a 4-conv net on 8x8 inputs: one channel
+  // is 0.4-1.9 % of the budget) leaves up to 2 % unused. Every combination of -2..+2 steps per group
+  // around the filled widths (each group within its minimum and cap) is costed; the one using the largest
+  // fraction of its binding budget while every budget holds is taken (ties: fewest steps moved, then the
+  // first in the order of itertools.product over the groups), and the add phase runs once more.
   void configure_fill(int32_t mode, const DoubleArray& cap, const DoubleArray& step, const IntArray& pairs) {
     if (mode != 0 && mode != 1) throw py::value_error("fill: mode must be 0 (uniform) or 1 (profile)");
     if (static_cast<size_t>(cap.size()) != n_ || static_cast<size_t>(step.size()) != n_)
@@ -172,12 +185,17 @@ class Family {
 
   bool fill_ready() const { return fill_ready_; }
 
-  // Fills `w` (a configuration costing p, m at scalar t) in place; returns the number of moves made.
-  int32_t fill(double* w, double t, int64_t& p, int64_t& m, double bp, double bm) const {
+  // Fills `w` (a configuration costing p, m at scalar t) in place; returns the number of add moves made
+  // and sets `exchanged` to the steps the exchange moved (0: none).
+  int32_t fill(double* w, double t, int64_t& p, int64_t& m, double bp, double bm, int32_t& exchanged) const {
     if (!fill_ready_) throw std::logic_error("fill: configure_fill was not called");
+    exchanged = 0;
     if (!fits(p, m, bp, bm)) return 0;  // a `nearest` answer over the budget: nothing to fill
     FillState st(*this, w, t, p, m, bp, bm);
-    return fill_mode_ == 0 ? st.rounds() : st.greedy();
+    int32_t moves = fill_mode_ == 0 ? st.rounds() : st.greedy();
+    exchanged = st.exchange();
+    if (exchanged) moves += fill_mode_ == 0 ? st.rounds() : st.greedy();
+    return moves;
   }
 
   size_t size() const { return n_; }
@@ -585,6 +603,60 @@ class Family {
       }
     }
 
+    // The fraction of the binding budget a cost uses (the largest over the given budgets: the tighter binds).
+    double used(int64_t tp, int64_t tm) const {
+      double u = -kInf;
+      if (std::isfinite(bp)) u = std::max(u, static_cast<double>(tp) / bp);
+      if (std::isfinite(bm)) u = std::max(u, static_cast<double>(tm) / bm);
+      return u;
+    }
+
+    // See configure_fill; returns the steps moved (the sum of |delta| over the groups).
+    int32_t exchange() {
+      make_groups();
+      const size_t k = groups.size();
+      if (k == 0 || k > kExchangeGroups) return 0;
+      std::vector<int> delta(k, -kExchangeSteps), best(k, 0);
+      double best_used = used(p, m);
+      int best_moved = 0;
+      int64_t best_p = p, best_m = m;
+      while (true) {
+        bool ok = true;
+        int moved = 0;
+        for (size_t g = 0; g < k && ok; ++g) {
+          moved += std::abs(delta[g]);
+          for (size_t l : groups[g]) {
+            const double v = w[l] + delta[g] * f.step_[l];
+            if (v > f.cap_[l] || v < std::max({f.min_[l], f.floor_[l], 1.0})) ok = false;
+            trial[l] = v;
+          }
+        }
+        if (ok && moved > 0) {
+          int64_t tp, tm;
+          f.cost(trial.data(), regs.data(), tp, tm);
+          const double u = used(tp, tm);
+          if (fits(tp, tm, bp, bm) && (u > best_used || (u == best_used && moved < best_moved))) {
+            best = delta;
+            best_used = u;
+            best_moved = moved;
+            best_p = tp;
+            best_m = tm;
+          }
+        }
+        size_t g = k;  // the next combination, the last group fastest (itertools.product's order)
+        while (g > 0 && delta[g - 1] == kExchangeSteps) delta[--g] = -kExchangeSteps;
+        if (g == 0) break;
+        ++delta[g - 1];
+      }
+      for (size_t l = 0; l < n; ++l) trial[l] = w[l];
+      if (best_moved == 0) return 0;
+      for (size_t g = 0; g < k; ++g)
+        for (size_t l : groups[g]) trial[l] = w[l] = w[l] + best[g] * f.step_[l];
+      p = best_p;
+      m = best_m;
+      return best_moved;
+    }
+
     int32_t rounds() {
       int32_t moves = 0;
       std::vector<std::pair<double, size_t>> order;
@@ -713,11 +785,13 @@ void register_solver(py::module_& m) {
             std::copy(widths.data(), widths.data() + f.size(), w.mutable_data());
             for (size_t l = 0; l < f.size(); ++l)
               if (!pyns::valid_width(w.data()[l])) throw py::value_error("fill: widths must be whole numbers >= 0");
-            const int32_t moves = f.fill(w.mutable_data(), t, params, macs, budget_value(bp), budget_value(bm));
-            return py::make_tuple(w, params, macs, moves);
+            int32_t exchanged = 0;
+            const int32_t moves =
+                f.fill(w.mutable_data(), t, params, macs, budget_value(bp), budget_value(bm), exchanged);
+            return py::make_tuple(w, params, macs, moves, exchanged);
           },
           py::arg("widths"), py::arg("t"), py::arg("params"), py::arg("macs"), py::arg("budget_params"),
-          py::arg("budget_macs"), "Fill a configuration: (widths, params, macs, moves).")
+          py::arg("budget_macs"), "Fill a configuration: (widths, params, macs, moves, steps exchanged).")
       .def(
           "solve",
           [](Family& f, double bp, double bm, bool nearest, bool fill) -> py::tuple {
@@ -730,13 +804,15 @@ void register_solver(py::module_& m) {
             py::array_t<double> fw(static_cast<py::ssize_t>(f.size()));
             std::copy(w.data(), w.data() + f.size(), fw.mutable_data());
             int64_t fp = ans.params, fm = ans.macs;
-            int32_t moves = 0;
-            if (ans.status == OK) moves = f.fill(fw.mutable_data(), ans.t, fp, fm, budget_value(bp), budget_value(bm));
-            return py::make_tuple(ans.status, ans.t, ans.params, ans.macs, w, ans.evaluations, fp, fm, fw, moves);
+            int32_t moves = 0, exchanged = 0;
+            if (ans.status == OK)
+              moves = f.fill(fw.mutable_data(), ans.t, fp, fm, budget_value(bp), budget_value(bm), exchanged);
+            return py::make_tuple(ans.status, ans.t, ans.params, ans.macs, w, ans.evaluations, fp, fm, fw, moves,
+                                  exchanged);
           },
           py::arg("params"), py::arg("macs"), py::arg("nearest") = false, py::arg("fill") = false,
           "(status, t, params, macs, widths, evaluations), and with fill=True also (filled params, filled "
-          "macs, filled widths, moves); a NaN budget means unconstrained; status 0 ok, 1 below the "
+          "macs, filled widths, moves, steps exchanged); a NaN budget means unconstrained; status 0 ok, 1 below the "
           "smallest network, 2 above the largest.")
       .def(
           "solve_batch",
@@ -760,7 +836,7 @@ void register_solver(py::module_& m) {
             py::array_t<int64_t> params(n), macs(n);
             py::array_t<double> fwidths(std::vector<py::ssize_t>{fill ? n : 0, L});
             py::array_t<int64_t> fparams(fill ? n : 0), fmacs(fill ? n : 0);
-            py::array_t<int32_t> moves(fill ? n : 0);
+            py::array_t<int32_t> moves(fill ? n : 0), exchanged(fill ? n : 0);
             auto* st = status.mutable_data();
             auto* tp = t.mutable_data();
             auto* wp = widths.mutable_data();
@@ -770,6 +846,7 @@ void register_solver(py::module_& m) {
             auto* fpp = fparams.mutable_data();
             auto* fmp = fmacs.mutable_data();
             auto* mvp = moves.mutable_data();
+            auto* exch = exchanged.mutable_data();
             std::string error;
             {
               py::gil_scoped_release release;
@@ -790,9 +867,11 @@ void register_solver(py::module_& m) {
                   if (fill) {
                     std::copy(wp + i * L, wp + (i + 1) * L, fwp + i * L);
                     int64_t fp = ans.params, fm = ans.macs;
-                    mvp[i] = ans.status == OK
-                                 ? cf.fill(fwp + i * L, ans.t, fp, fm, budget_value(bpp[i]), budget_value(bmp[i]))
-                                 : 0;
+                    int32_t ex = 0;
+                    mvp[i] = ans.status == OK ? cf.fill(fwp + i * L, ans.t, fp, fm, budget_value(bpp[i]),
+                                                        budget_value(bmp[i]), ex)
+                                              : 0;
+                    exch[i] = ex;
                     fpp[i] = fp;
                     fmp[i] = fm;
                   }
@@ -806,11 +885,11 @@ void register_solver(py::module_& m) {
             }
             if (!error.empty()) throw std::overflow_error(error);
             if (!fill) return py::make_tuple(status, t, params, macs, widths);
-            return py::make_tuple(status, t, params, macs, widths, fparams, fmacs, fwidths, moves);
+            return py::make_tuple(status, t, params, macs, widths, fparams, fmacs, fwidths, moves, exchanged);
           },
           py::arg("params"), py::arg("macs"), py::arg("nearest") = false, py::arg("fill") = false,
           py::arg("threads") = 1,
           "Many budgets at once: (status[n], t[n], params[n], macs[n], widths[n, L]), and with fill=True "
-          "also (filled params[n], filled macs[n], filled widths[n, L], moves[n]). threads: OpenMP threads "
+          "also (filled params[n], filled macs[n], filled widths[n, L], moves[n], steps exchanged[n]). threads: OpenMP threads "
           "(0: all available); results do not depend on it.");
 }

@@ -117,9 +117,10 @@ def test_morphnet_scales_that_configuration_uniformly_to_the_budget(digits, tmp_
     budget = 12_000
     result, point = morphnet_baseline(digits, _ROWS, params=budget)
     assert result.params <= budget
-    # Uniform scaling of the 50% configuration: one multiplier m with width = int(c * m) for every width.
-    lows = [result.widths[s] / point.widths[s] for s in digits.searchable]
-    highs = [(result.widths[s] + 1) / point.widths[s] for s in digits.searchable]
+    # Uniform scaling of the 50% configuration (the family solution, before the fill uses what its step
+    # leaves): one multiplier m with width = int(c * m) for every width.
+    lows = [result.family.widths[s] / point.widths[s] for s in digits.searchable]
+    highs = [(result.family.widths[s] + 1) / point.widths[s] for s in digits.searchable]
     assert max(lows) < min(highs)
     expected = solve_budget(digits, params=budget, method="from-config", config=point.widths)
     assert result.widths == expected.widths

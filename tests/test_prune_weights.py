@@ -161,8 +161,8 @@ def test_pyns_train_checkpoint_names_are_accepted(tmp_path, one_thread):
 
 def test_li_l1_on_imported_pretrained_weights(one_thread):
     """li_prune on the original module keeps, per width, the filters of largest L1 norm of its real
-    weights, checked by hand: one conv's filters, and a width the folded repeat shares between two convs
-    (their norms are summed)."""
+    weights, checked by hand: widths the folded repeats share between two convs (their norms are summed),
+    a stage's first block (layer2.0, stride 2 and a projection) included."""
     from pyns.neuralscale.baselines import li_keep_sets, li_prune
 
     model = _resnet18()
@@ -178,8 +178,8 @@ def test_li_l1_on_imported_pretrained_weights(one_thread):
         norm = sum(c.weight.detach().abs().sum(dim=(1, 2, 3)) for c in convs)
         return sorted(torch.sort(norm, descending=True, stable=True).indices[:k].tolist())
 
-    k = result.widths["layer2_1_conv1"]
-    assert k < 128 and result.keep["layer2_1_conv1"] == by_hand([model.layer2[1].conv1], k)
+    k = result.widths["layer2_0_conv1"]  # repeat(2) over layer2.0 and layer2.1
+    assert k < 128 and result.keep["layer2_0_conv1"] == by_hand([model.layer2[0].conv1, model.layer2[1].conv1], k)
     k = result.widths["layer1_0_conv1"]  # repeat(2) over layer1.0 and layer1.1: one width for both
     assert k < 64 and result.keep["layer1_0_conv1"] == by_hand([model.layer1[0].conv1, model.layer1[1].conv1], k)
 

@@ -97,8 +97,8 @@ def test_widths_are_named_after_their_producers_and_tied(one_thread):
     assert "conv1" in names and "layer1_0_conv1" in names
     assert "layer1_0_conv3" in names  # stage 1 output (projection in layer1.0) ...
     assert "layer1_1_conv3" not in names  # ... tied by the adds of layer1.1/1.2
-    assert "repeat(2)" in arch.to_text()  # layer1.1 .. layer1.2 are identical: one repeat
-    assert len(names) == 21  # stem + 4 stages x (proj out, 1x1/3x3 of block 0, shared 1x1/3x3 of the rest)
+    assert "repeat(3)" in arch.to_text()  # layer1.0 .. layer1.2: one stage, its first block folded in
+    assert len(names) == 13  # stem + 4 stages x (output, the 1x1 and 3x3 widths its blocks share)
 
 
 def test_without_repeats_every_group_is_its_own_width(one_thread):

@@ -163,7 +163,9 @@ def _print(arch, result, given_as: str) -> None:
           f"closest network: {how}, {result.evaluations} evaluations)")
     if filled:
         added = sum(result.widths[s] - family.widths[s] for s in result.widths)
-        print(f"fill:   +{added} channels in {result.fill_moves} moves"
-              + (" (no single channel fits in what is left)" if not result.fill_moves else "")
+        traded = (f", {result.exchanged} traded between layers (a small network: adding alone left "
+                  f"more of the budget unused)" if result.exchanged else "")
+        print(f"fill:   {added:+} channels in {result.fill_moves} moves{traded}"
+              + (" (no single channel fits in what is left)" if not result.fill_moves and not traded else "")
               + "; --no-fill keeps the family solution")
     print(f"({CONVENTION})")

@@ -8,6 +8,7 @@ pure-Python cost oracle. Families come from `pyns.scaling.solve.family_spec`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ import numpy as np
 
 from pyns.cost import oracle
 from pyns.dsl.expr import make_divisible
-from pyns.scaling.solve import (ABOVE, BELOW, FIXED, MERGE, OK, ROUND, TRUNC, WIDTH_CAP, FamilySpec,
-                                fill_steps)
+from pyns.scaling.solve import (ABOVE, BELOW, EXCHANGE_GROUPS, EXCHANGE_STEPS, FIXED, MERGE, OK, ROUND, TRUNC,
+                                WIDTH_CAP, FamilySpec, fill_steps)
 from pyns.ties import fill_pairs
 
 __all__ = ["py_width", "py_widths", "py_solve", "py_fill", "exhaustive_table", "exhaustive_solve", "FamilyTable"]
@@ -239,7 +240,7 @@ def exhaustive_solve(table: FamilyTable, params: float | None, macs: float | Non
 def py_fill(arch, spec: FamilySpec, widths: dict[str, int], t: float, params: float | None, macs: float | None,
             *, depth: float = 1.0, resolution: int | None = None) -> tuple[dict[str, int], int, int, int]:
     """The fill after a solve (see pyns.scaling.solve), move for move as the C++ makes it, costed by the
-    pure-Python oracle. -> (filled widths, params, macs, moves)."""
+    pure-Python oracle. -> (filled widths, params, macs, moves, channel steps exchanged)."""
     network = arch.ir(depth, resolution)
     names = list(spec.symbols)
     w = [int(widths[s]) for s in names]
@@ -285,42 +286,80 @@ def py_fill(arch, spec: FamilySpec, widths: dict[str, int], t: float, params: fl
         relative = max([(tp - p) / bp] * (params is not None) + [(tm - m) / bm] * (macs is not None))
         return tp, tm, relative
 
-    moves = 0
-    while True:
-        found = False
-        if profile:  # greedy: the largest weight per unit of relative cost
-            best, best_priority = None, -math.inf
-            for group in groups():
-                got = attempt(group)
-                if got is None:
-                    continue
-                total = 0.0
+    def add_phase() -> int:
+        nonlocal p, m
+        added = 0
+        while True:
+            found = False
+            if profile:  # greedy: the largest weight per unit of relative cost
+                best, best_priority = None, -math.inf
+                for group in groups():
+                    got = attempt(group)
+                    if got is None:
+                        continue
+                    total = 0.0
+                    for l in group:
+                        total += weight[l]
+                    priority = total / got[2] if got[2] > 0.0 else math.inf
+                    if priority > best_priority:
+                        best, best_priority = (group, got), priority
+                if best is not None:
+                    group, (p, m, _) = best
+                    for l in group:
+                        w[l] += steps[l]
+                    added += 1
+                    found = True
+            else:  # rounds: every group that fits, cheapest first
+                order = []
+                for group in groups():
+                    got = attempt(group)
+                    if got is not None:
+                        order.append((got[2], group))
+                order.sort(key=lambda e: e[0])  # stable: ties keep the smallest symbol first
+                for _, group in order:
+                    got = attempt(group)
+                    if got is None:
+                        continue
+                    p, m = got[0], got[1]
+                    for l in group:
+                        w[l] += steps[l]
+                    added += 1
+                    found = True
+            if not found:
+                return added
+
+    def used(p_: int, m_: int) -> float:
+        return max([p_ / bp] * (params is not None) + [m_ / bm] * (macs is not None))  # the tighter binds
+
+    def exchange() -> int:
+        """The best combination of -2..+2 steps per group (at most EXCHANGE_GROUPS groups), as the C++."""
+        nonlocal p, m
+        gs = groups()
+        if not gs or len(gs) > EXCHANGE_GROUPS:
+            return 0
+        lows = [max(spec.min_width[l], spec.floor_width[l], 1) for l in range(len(names))]
+        best, best_used, best_moved, best_cost = None, used(p, m), 0, (p, m)
+        span = range(-EXCHANGE_STEPS, EXCHANGE_STEPS + 1)
+        for delta in itertools.product(span, repeat=len(gs)):
+            moved = sum(abs(d) for d in delta)
+            trial = list(w)
+            for d, group in zip(delta, gs):
                 for l in group:
-                    total += weight[l]
-                priority = total / got[2] if got[2] > 0.0 else math.inf
-                if priority > best_priority:
-                    best, best_priority = (group, got), priority
-            if best is not None:
-                group, (p, m, _) = best
-                for l in group:
-                    w[l] += steps[l]
-                moves += 1
-                found = True
-        else:  # rounds: every group that fits, cheapest first
-            order = []
-            for group in groups():
-                got = attempt(group)
-                if got is not None:
-                    order.append((got[2], group))
-            order.sort(key=lambda e: e[0])  # stable: ties keep the smallest symbol first
-            for _, group in order:
-                got = attempt(group)
-                if got is None:
-                    continue
-                p, m = got[0], got[1]
-                for l in group:
-                    w[l] += steps[l]
-                moves += 1
-                found = True
-        if not found:
-            return dict(zip(names, w)), p, m, moves
+                    trial[l] += d * steps[l]
+            if moved == 0 or any(not lows[l] <= trial[l] <= caps[l] for l in range(len(names))):
+                continue
+            tp, tm = cost(trial)
+            u = used(tp, tm)
+            if fits(tp, tm) and (u > best_used or (u == best_used and moved < best_moved)):
+                best, best_used, best_moved, best_cost = trial, u, moved, (tp, tm)
+        if best is None:
+            return 0
+        w[:] = best
+        p, m = best_cost
+        return best_moved
+
+    moves = add_phase()
+    exchanged = exchange()
+    if exchanged:
+        moves += add_phase()
+    return dict(zip(names, w)), p, m, moves, exchanged

@@ -19,6 +19,10 @@ at a time where φ'_l(τ) = α_l β_l τ^(β_l - 1) per unit of the relative cos
 uniform and from-config methods rank by that cost alone, in rounds: each round gives one channel to every
 symbol that still fits, cheapest first. Tied symbols (an identity add, or a shortcut that exists only
 while two widths differ) move together, their cost counted once; no width passes WIDTH_CAP x its default.
+Adding stops when no single channel fits; where at most four groups can move (a small network, whose
+channels are dear: one can be 2 % of the budget), an *exchange* follows: the best combination of -2..+2
+channels per group around the filled widths, then adding once more (`result.exchanged` counts the
+channels it traded; csrc/solver.cpp, configure_fill).
 The result reports both the family solution (`result.family`) and the filled one; `fill=False` keeps
 the family solution.
 
@@ -54,6 +58,9 @@ OK, BELOW, ABOVE = 0, 1, 2
 # The family stops where the first width reaches 16x its default: far beyond any published scaling (the
 # papers go to 2-3x) yet small enough that exhaustive tables of the family stay < 10^6 rows.
 WIDTH_CAP = 16
+# The exchange after the fill: -2..+2 steps per group on at most 4 movable groups (625 cost evaluations;
+# why these numbers: kExchangeSteps / kExchangeGroups in csrc/solver.cpp, keep in sync).
+EXCHANGE_STEPS, EXCHANGE_GROUPS = 2, 4
 # Below a raw width of 0.25 every rounding gives its minimum (trunc and round: 0 -> 1; make_divisible: 8).
 MIN_RAW = 0.25
 # Breakpoints closer than this (relative) are one breakpoint: power laws put breakpoints of different
@@ -106,6 +113,7 @@ class ScaleResult:
     family: "FamilySolution | None" = None  # the family solve before the fill (None: not recorded)
     filled: bool = False                    # widths/params/macs include the fill
     fill_moves: int = 0                     # steps the fill added (one per tied group moved)
+    exchanged: int = 0                      # channel steps the exchange traded between groups (0: none)
 
     @property
     def feasible(self) -> bool:
@@ -124,6 +132,7 @@ class ScaleResult:
                 "exact_by": "bisection" if self.certified else "exhaustive scan",
                 "evaluations": self.evaluations, "resolution": self.resolution, "depth_mult": self.depth,
                 "warnings": list(self.warnings), "filled": self.filled, "fill_moves": self.fill_moves,
+                "exchanged": self.exchanged,
                 "family": self.family.to_dict() if self.family is not None else None}
 
 
@@ -160,6 +169,7 @@ class BatchResult:
     family_params: np.ndarray | None = None  # [n] int64
     family_macs: np.ndarray | None = None    # [n] int64
     fill_moves: np.ndarray | None = None     # [n] int32
+    exchanged: np.ndarray | None = None      # [n] int32: channel steps the exchange traded
 
     def widths_at(self, i: int) -> dict[str, int]:
         return {s: int(w) for s, w in zip(self.symbols, self.widths[i])}
@@ -464,16 +474,16 @@ def solve_budget(arch, params=None, macs=None, *, method: str | None = None,
         _warn(notes)
     symbols = plan.spec.symbols
     solution = _solution(symbols, w, p, m, budget)
-    final, moves = solution, 0
+    final, moves, exchanged = solution, 0, 0
     if fill:
         final = _solution(symbols, out[8], out[6], out[7], budget)
-        moves = out[9]
+        moves, exchanged = out[9], out[10]
     return ScaleResult(arch=arch.name, method=plan.method, widths=final.widths, params=final.params,
                        macs=final.macs, budget=budget, metric=final.metric, achieved=final.achieved,
                        gap_percent=final.gap_percent, scalar=t, scalar_name=plan.spec.scalar_name,
                        nearest=nearest, certified=family.certified, evaluations=evaluations,
                        resolution=plan.resolution, depth=depth, warnings=notes, family=solution,
-                       filled=bool(fill), fill_moves=moves)
+                       filled=bool(fill), fill_moves=moves, exchanged=exchanged)
 
 
 def _solution(symbols, w, p: int, m: int, budget) -> FamilySolution:
@@ -517,9 +527,9 @@ def solve_batch(arch, params=None, macs=None, *, method: str | None = None,
     status, t, p, m, w = out[:5]
     if not fill:
         return BatchResult(plan.method, list(plan.spec.symbols), w.astype(np.int64), p, m, t, status)
-    fp, fm, fw, moves = out[5:]
+    fp, fm, fw, moves, exchanged = out[5:]
     return BatchResult(plan.method, list(plan.spec.symbols), fw.astype(np.int64), fp, fm, t, status,
-                       w.astype(np.int64), p, m, moves)
+                       w.astype(np.int64), p, m, moves, exchanged)
 
 
 __all__ = ["solve_budget", "solve_batch", "ScaleResult", "BatchResult", "FamilySpec", "FamilySolution",

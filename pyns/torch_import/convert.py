@@ -91,15 +91,15 @@ def import_text(model: nn.Module, input_size=(3, 224, 224), name: str | None = N
 
     body: list[str] = []
     layers: LayerMap = []
-    for count, unit, units, first, last in runs:
-        if count == 1:
-            body += em.lines(unit, name_of, 1, comments=True)
+    for run in runs:
+        if run.count == 1 and not run.wrap:
+            body += em.lines(run.unit, name_of, 1, comments=True)
         else:
-            head = f"    repeat({count}) {{"
-            body.append(f"{head:<48} # {first} .. {last}")
-            body += em.lines(unit, name_of, 2, comments=True)
+            head = f"    repeat({run.count}) {{"
+            body.append(f"{head:<48} # {run.first}" + (f" .. {run.last}" if run.last != run.first else ""))
+            body += em.lines(run.unit, name_of, 2, comments=True)
             body.append("    }")
-        for u in units:
+        for u in run.units:
             layers += _layer_map(u)
     _check_coverage(model, layers)
 

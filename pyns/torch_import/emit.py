@@ -15,9 +15,12 @@ from pyns.dsl.elaborate import LAYER_SPECS
 from pyns.dsl.names import reserved_names
 from pyns.errors import PynsError
 from pyns.torch_import.graph import Analyzer, Op, _shape, unsupported
+from pyns.torch_import.stages import BLOCK_INPUT, Run, StageFolder
 
 # The language's reserved words (keywords, layers, functions, shortcuts, `in`...) and the header's parameters.
-RESERVED = set(reserved_names(LAYER_SPECS)) | {"resolution", "classes", "in_channels", "network", "policy"}
+# `block_input`: the name folded stages give their block input (pyns.torch_import.stages).
+RESERVED = set(reserved_names(LAYER_SPECS)) | {"resolution", "classes", "in_channels", "network", "policy",
+                                                BLOCK_INPUT}
 
 
 def sanitize(text: str) -> str:
@@ -30,6 +33,11 @@ def sanitize(text: str) -> str:
 class Emitter:
     def __init__(self, an: Analyzer):
         self.an = an
+        # Set by stage folding (pyns.torch_import.stages): the `first(a, b)` stride of an op of a repeat
+        # body, and the expression of a width that follows its layer's input (`make_divisible(6 * in)`).
+        self.strides: dict = {}
+        self.formulas: dict[int, str] = {}
+        self.abstract = False  # write strides as `S`, group counts as `G`: signatures that ignore them
 
     # ---- widths -------------------------------------------------------------------------------
     def width(self, node, names) -> str:
@@ -39,10 +47,14 @@ class Emitter:
         root = self.an.roots[r]
         if root.fixed:
             return root.fixed
+        if r in self.formulas and not self.abstract:
+            return self.formulas[r]
         if root.derived:
             raise unsupported(node, "a width tied to one half of a channel split")
         name = names(r)
-        return f"{root.multiple} * {name}" if root.multiple > 1 else name
+        if root.multiple > 1:
+            return f"{'G' if self.abstract else root.multiple} * {name}"
+        return name
 
     # ---- one op -> lines ----------------------------------------------------------------------
     def lines(self, ops: list[Op], names, depth: int, comments: bool) -> list[str]:
@@ -53,18 +65,18 @@ class Emitter:
             text = None
             if o.kind == "conv":
                 args = [self.width(o.node, names), str(a["k"])]
-                args += self._conv_options(a)
+                args += self._conv_options(a, self._stride(o))
                 if a["groups"] > 1:
-                    args.append(f"groups = {a['groups']}")
+                    args.append(f"groups = {'G' if self.abstract else a['groups']}")
                 text = f"conv({', '.join(args)})"
             elif o.kind == "dwconv":
-                text = f"dwconv({', '.join([str(a['k'])] + self._conv_options(a))})"
+                text = f"dwconv({', '.join([str(a['k'])] + self._conv_options(a, self._stride(o)))})"
             elif o.kind == "bn":
                 text = "bn" if a["eps"] == 1e-5 else f"bn(eps = {a['eps']:g})"
             elif o.kind == "act":
                 text = a["act"]
             elif o.kind in ("maxpool", "avgpool"):
-                text = (f"{o.kind}({a['k']}, {a['s']}, {a['p']}" + (", ceil = 1" if a["ceil"] else "")
+                text = (f"{o.kind}({a['k']}, {self._stride(o) or a['s']}, {a['p']}" + (", ceil = 1" if a["ceil"] else "")
                         + (", exclude_pad = 1" if a.get("exclude") else "") + ")")
             elif o.kind == "gap":
                 text = "gap"
@@ -97,6 +109,8 @@ class Emitter:
                 text = f"dropout({a['p']:g})"
             elif o.kind == "se":
                 text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
+            elif o.kind == "let":  # a folded stage's name for its block input (pyns.torch_import.stages)
+                text = f"let {a['name']} = in"
             elif o.kind == "residual":
                 out += self.residual_lines(o, names, depth, comments)
                 continue
@@ -125,10 +139,16 @@ class Emitter:
             out.append(text)
         return out
 
+    def _stride(self, o: Op) -> str | None:
+        """A stride written other than as its value: `first(2, 1)` in a folded stage, `S` in a signature."""
+        return "S" if self.abstract else self.strides.get(o.node)
+
     @staticmethod
-    def _conv_options(a) -> list[str]:
+    def _conv_options(a, stride: str | None = None) -> list[str]:
         opts = []
-        if a["s"] != 1:
+        if stride is not None:
+            opts.append(f"stride = {stride}")
+        elif a["s"] != 1:
             opts.append(f"stride = {a['s']}")
         if a["p"] != a["d"] * (a["k"] // 2):
             opts.append(f"pad = {a['p']}")
@@ -141,6 +161,11 @@ class Emitter:
     def residual_lines(self, o: Op, names, depth: int, comments: bool) -> list[str]:
         pad = "    " * depth
         args = []
+        if "head" in o.attrs:  # a folded stage's shortcut rule, decided by pyns.torch_import.stages
+            head = pad + "residual" + (f"({o.attrs['head']})" if o.attrs["head"] else "") + " {"
+            if comments:
+                head = f"{head:<48} # {o.attrs['where']}"
+            return [head] + self.lines(o.body, names, depth + 1, comments) + [pad + "}"]
         if o.shortcut and not Analyzer._projection(o.shortcut):
             head = pad + "residual {"
             if comments:
@@ -171,13 +196,20 @@ class Emitter:
         blocks = [o for o in ops if o.kind in ("residual", "concat")]
         block_types = {_block_class(o.node) for o in blocks} - {None}
         block_parents = {_block_path(o.node).rpartition(".")[0] for o in blocks}
+        # A block of a stage container beside those holding residual blocks (timm's `blocks.0.0`, the
+        # single depthwise-separable block of EfficientNet's first stage) is a unit too.
+        stage_lists = {p.rpartition(".")[0] for p in block_parents if "." in p}
+        depths = {_block_path(o.node).count(".") for o in blocks}
         units: list[list[Op]] = []
         self.unit_keys: list[str] = []
+        self.unit_blocks: list[bool] = []  # whether the unit is a block module (not a lone layer)
         last_key = None
         for o in ops:
             key = None
             for path, cls in reversed(_stack(o.node)):  # the innermost block: a DenseNet layer, not its block
-                if cls in block_types or (path.rpartition(".")[0] in block_parents and "." in path):
+                parent = path.rpartition(".")[0]
+                if cls in block_types or (parent in block_parents and "." in path) or (
+                        path.count(".") in depths and parent.rpartition(".")[0] in stage_lists and "." in parent):
                     key = path
                     break
             if key is not None and key == last_key:
@@ -185,6 +217,7 @@ class Emitter:
             else:
                 units.append([o])
                 self.unit_keys.append(key or o.path)
+                self.unit_blocks.append(key is not None)
             last_key = key
         return units
 
@@ -200,15 +233,17 @@ class Emitter:
         text = "\n".join(self.lines(unit, slot, 0, comments=False))
         return text, slots
 
-    def fold_repeats(self, ops: list[Op], fold: bool = True) -> list[tuple[int, list[Op], list[list[Op]], str, str]]:
-        """-> [(count, the unit's ops, all units, first key, last key)] with the width groups of repeated
-        units merged; `fold=False` keeps every unit (and every width group) on its own."""
+    def fold_repeats(self, ops: list[Op], fold: bool = True) -> list[Run]:
+        """The runs to write, with the width groups of repeated units merged; a stage's first unit is
+        folded into the identical units after it (pyns.torch_import.stages). `fold=False` keeps every
+        unit (and every width group) on its own."""
         units = self.units(ops)
-        if not fold:
-            return [(1, u, [u], k, k) for u, k in zip(units, self.unit_keys)]
-        sigs = [self.signature(u) for u in units]
-        runs = []
         keys = self.unit_keys
+        if not fold:
+            return [Run(1, u, [u], k, k, n) for n, (u, k) in enumerate(zip(units, keys))]
+        folder = StageFolder(self, units, keys, self.unit_blocks)  # reads the groups before any merge
+        sigs = [self.signature(u) for u in units]
+        spans = []
         i = 0
         while i < len(units):
             j = i + 1
@@ -217,9 +252,9 @@ class Emitter:
             for k in range(i + 1, j):
                 for a, b in zip(sigs[i][1], sigs[k][1]):
                     self.an.union(a, b)
-            runs.append((j - i, units[i], units[i:j], keys[i], keys[j - 1]))
+            spans.append((i, j))
             i = j
-        return runs
+        return folder.fold(spans)
 
     def _mergeable(self, a: list[int], b: list[int]) -> bool:
         for x, y in zip(a, b):
