@@ -124,7 +124,7 @@ def test_resnext_prunes_per_group_widths_and_shrunk_equals_masked(tmp_path, one_
     start = arch.uniform_widths(0.25)
     cmap = channel_map(arch.network, arch.defaults)
     per_group = [s for s in arch.searchable if s in cmap.spaces and cmap.spaces[s].blocks == 32]
-    assert len(per_group) == 16
+    assert len(per_group) == 2 * 4  # per stage (folded into one repeat): the 1x1 and the grouped 3x3 widths
     start.update({s: 2 for s in per_group})  # two channels per group: one unit can go
     data = load_dataset("synthetic", split="train", num_samples=16, num_classes=10, seed=1, resolution=32)
     last, net = {}, PrunedNetwork(arch, start)
