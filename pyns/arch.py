@@ -21,7 +21,7 @@ from pyns.dsl.source import read as read_source
 from pyns.errors import DSLError, PynsError
 from pyns.policies import ScalingPolicy, get_policy
 from pyns.resources import archs_dir, shipped_archs
-from pyns.ties import check_identity_adds, identity_adds
+from pyns.ties import check_identity_adds, check_partial_adds, identity_adds
 
 
 class Cost:
@@ -175,6 +175,7 @@ class Arch:
                                 + (" (its declared minimum)" if minimum[key] > 1 else "") + f", got {value}")
             full[key] = int(value)
         check_identity_adds(network or self.network, full)
+        check_partial_adds(network or self.network, full)
         return full
 
     def uniform_widths(self, ratio: float) -> dict[str, int]:

@@ -37,9 +37,10 @@ class SqueezeExcite(nn.Module):
     """`reduced_gate` masks the reduced channels (a pruning gate, or an Identity)."""
 
     def __init__(self, channels: int, reduced: int, act: str, gate: str, reduced_gate: nn.Module | None = None,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, bn: bool = False):
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True, device=device)
+        self.bn = nn.BatchNorm2d(reduced, device=device) if bn else nn.Identity()
         self.act = _ACTIVATIONS[act]()
         self.reduced_gate = reduced_gate if reduced_gate is not None else nn.Identity()
         self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True, device=device)
@@ -49,7 +50,7 @@ class SqueezeExcite(nn.Module):
         s = x.mean((2, 3), keepdim=True)  # [N, C, 1, 1]
         # The pruning gate after the activation: a masked reduced channel is then 0 into conv_expand
         # whatever act(0) is, exactly as if it were removed.
-        return x * self.gate(self.conv_expand(self.reduced_gate(self.act(self.conv_reduce(s)))))
+        return x * self.gate(self.conv_expand(self.reduced_gate(self.act(self.bn(self.conv_reduce(s))))))
 
 
 class ResidualBlock(nn.Module):
@@ -66,6 +67,15 @@ class ResidualBlock(nn.Module):
         if not self.add:
             return out
         return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class PartialResidualBlock(ResidualBlock):
+    """ReXNet's partial residual: the input added into the first channels of the body's (wider) output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        c = x.shape[1]
+        return torch.cat([out[:, :c] + x, out[:, c:]], 1)
 
 
 class SegmentGates(nn.Module):
@@ -268,7 +278,8 @@ def _build(nodes: list[ir.Node], env: Mapping[str, int], gates: bool, cmap: Chan
         elif isinstance(node, ir.SqueezeExcite):
             reduced, reduced_space = _value(node.reduced, env), cmap.layers[node.name]["reduced"]
             reduced_gate = _gate(reduced, reduced_space, device) if gates and reduced_space is not None else None
-            se = SqueezeExcite(_value(node.channels, env), reduced, node.act, node.gate, reduced_gate, device)
+            se = SqueezeExcite(_value(node.channels, env), reduced, node.act, node.gate, reduced_gate, device,
+                               node.bn)
             se.pyns_layer = node  # type: ignore[attr-defined]
             modules.append(se)
         elif isinstance(node, ir.Residual):
@@ -316,6 +327,11 @@ def _build_residual(node: ir.Residual, env, gates, cmap: ChannelMap, device) -> 
         return ResidualBlock(body, None, True)
     if node.mode == "none":
         return ResidualBlock(body, None, not differs)
+    if node.mode == "partial":
+        a, b = _value(node.in_ch, env), _value(node.out_ch, env)
+        if b < a:
+            raise PynsError(f"{node.name}: a partial residual adds {a} input channels into a body output of {b}")
+        return PartialResidualBlock(body, None, True)
     shortcut = _build(node.shortcut, env, gates, cmap, device) if differs else None
     return ResidualBlock(body, shortcut, True)
 

@@ -77,7 +77,8 @@ class ChannelMap:
     # layer name -> the role (space or composite id) whose changing width makes a shrink inexact there
     rerouted: dict[str, str] = field(default_factory=dict)
     composite_layers: dict[str, list[str]] = field(default_factory=dict)  # depthwise convs on a composite
-    # composites made by one conv writing several spaces at once (`conv(a + b)`): gated per segment
+    # composites whose every channel a conv has just written: one conv writing several spaces at once
+    # (`conv(a + b)`), or a concat whose every branch ends in a conv (MixNet's mixed conv); gated per segment
     gated_composites: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -303,6 +304,24 @@ class _Tracer:
         self.gated_composites.add(node.name)
         return True
 
+    def partial(self, node: ir.Residual, out: str | None, x: str | None) -> None:
+        """A partial add joins the input's channels with the first `in` channels of the body's output."""
+        prefix, offset, total = [], 0, int(evaluate(node.in_ch, self.env))
+        for sid, w in self.layout(out, node.out_ch):
+            if offset >= total:
+                break
+            prefix.append((sid, w))
+            offset += int(evaluate(w, self.env))
+        mine = self.layout(x, node.in_ch)
+        widths = [[int(evaluate(w, self.env)) for _, w in side] for side in (prefix, mine)]
+        if widths[0] == widths[1]:
+            for (sa, _), (sb, _) in zip(prefix, mine):
+                self.union(sa, sb)
+            return
+        for sid, _ in prefix + mine:  # the add cuts through a space: none of these channels can be removed
+            if sid is not None:
+                self.frozen_roots.add(self.find(sid))
+
     def concat(self, node: ir.Concat, x: str | None) -> str | None:
         segments: list[tuple[str | None, Expr]] = []
         for branch in node.branches:
@@ -317,6 +336,8 @@ class _Tracer:
         if all(sid is None for sid, _ in merged):
             return None
         self.composites[node.name] = merged
+        if all(branch and isinstance(branch[-1], ir.Conv) for branch in node.branches):
+            self.gated_composites.add(node.name)  # a block-diagonal conv: as exact to gate as `conv(a + b)`
         return node.name
 
     def slice(self, node: ir.Slice, x: str | None) -> str | None:
@@ -347,7 +368,9 @@ class _Tracer:
     def residual(self, node: ir.Residual, x: str | None, hw: int) -> str | None:
         out = self.trace(node.body, x, hw)
         differs = bool(evaluate(node.project_when, self.env))
-        if node.mode == "identity" or not differs:
+        if node.mode == "partial":
+            self.partial(node, out, x)
+        elif node.mode == "identity" or not differs:
             self.union(out, x)  # identity add (mode 'none' adds only when widths agree)
         elif node.mode == "project":
             self.union(out, self.trace(node.shortcut, x, hw) if node.shortcut else x)

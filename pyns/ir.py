@@ -97,7 +97,8 @@ class Dropout:
 
 @dataclass
 class SqueezeExcite:
-    """Global pool, 1x1 conv down to `reduced` (+bias), act, 1x1 conv back up (+bias), gate, multiply."""
+    """Global pool, 1x1 conv down to `reduced` (+bias), [BatchNorm,] act, 1x1 conv back up (+bias), gate,
+    multiply. `bn`: a BatchNorm (eps 1e-5) on the reduced channels before the act (timm's ReXNet)."""
 
     name: str
     channels: Expr
@@ -105,6 +106,7 @@ class SqueezeExcite:
     act: str
     gate: str
     pos: SourcePos | None = None
+    bn: bool = False
 
 
 @dataclass
@@ -114,6 +116,8 @@ class Residual:
     mode 'identity': the add always happens, with an identity shortcut (widths must agree).
     mode 'project': identity when `project_when` is 0, else the `shortcut` layers (a strided 1x1 conv,
     maybe with BN). mode 'none': the add happens only when `project_when` is 0 (torchvision MobileNetV2).
+    mode 'partial': the input is added into the first `in_ch` of the body's `out_ch` >= `in_ch` channels and
+    the others pass unchanged (ReXNet's `cat([out[:, :in] + x, out[:, in:]])`); no shortcut layers.
     `project_when` is an Expr over widths, 1 when stride or width differs, folded to a Const when static.
     """
 
@@ -267,7 +271,9 @@ def tied_groups(network: Network, widths: Mapping[str, Number]) -> list[list[str
             if not isinstance(node, Residual):
                 continue
             visit(node.body)
-            adds_identity = node.mode == "identity" or not evaluate(node.project_when, widths)
+            # A partial add joins the input to part of the output only: no two symbols are made equal.
+            adds_identity = node.mode == "identity" or (node.mode != "partial"
+                                                        and not evaluate(node.project_when, widths))
             if adds_identity and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym):
                 if node.in_ch.name in parent and node.out_ch.name in parent:
                     parent[find(node.in_ch.name)] = find(node.out_ch.name)

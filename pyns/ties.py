@@ -43,6 +43,34 @@ def check_identity_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
                                               "for a projection")
 
 
+def partial_adds(network: ir.Network) -> list[ir.Residual]:
+    """Every partial residual (`residual(shortcut = partial)`): its output may not be narrower than its input."""
+    out: list[ir.Residual] = []
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            if isinstance(node, ir.Residual):
+                visit(node.body)
+                if node.mode == "partial":
+                    out.append(node)
+            elif isinstance(node, ir.Concat):
+                for branch in node.branches:
+                    visit(branch)
+
+    visit(network.layers)
+    return out
+
+
+def check_partial_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
+    """Raise a DSLError at the residual when a partial add's body is narrower than its input at these widths."""
+    for node in partial_adds(network):
+        a, b = evaluate(node.in_ch, widths), evaluate(node.out_ch, widths)
+        if b < a:
+            raise DSLError(f"widths that cannot be built: this partial residual adds `{to_source(node.in_ch)}` = "
+                           f"{int(a)} channels into the body's output `{to_source(node.out_ch)}` = {int(b)}",
+                           pos=node.pos, hint="the body's output must be at least as wide as the block input")
+
+
 def fill_pairs(network) -> list[tuple[int, int]]:
     """Symbol index pairs (program input order) that a residual ties while they are equal: an identity
     add, or a stride-1 shortcut that exists only while the two widths differ."""
@@ -53,7 +81,8 @@ def fill_pairs(network) -> list[tuple[int, int]]:
         for node in nodes:
             if isinstance(node, ir.Residual):
                 visit(node.body)
-                if (node.project_when != Const(1) and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)
+                if (node.project_when != Const(1) and node.mode != "partial"
+                        and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)
                         and node.in_ch.name != node.out_ch.name):
                     pairs.append((index[node.in_ch.name], index[node.out_ch.name]))
 
@@ -61,4 +90,4 @@ def fill_pairs(network) -> list[tuple[int, int]]:
     return pairs
 
 
-__all__ = ["identity_adds", "check_identity_adds", "fill_pairs"]
+__all__ = ["identity_adds", "check_identity_adds", "partial_adds", "check_partial_adds", "fill_pairs"]

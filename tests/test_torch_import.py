@@ -32,6 +32,7 @@ MODELS = [
     ("timm:regnety_004", 64), ("timm:lcnet_050", 64), ("timm:resnet18d", 64), ("timm:resnet50d", 64),
     ("timm:resnet26d", 64), ("torchvision:convnext_tiny", 32), ("timm:convnext_atto", 32),
     ("timm:convnext_nano", 32), ("timm:ghostnet_100", 64), ("timm:cspresnet50", 64),
+    ("timm:rexnet_100", 64), ("timm:rexnet_130", 64), ("timm:mixnet_s", 64), ("timm:mixnet_m", 64),
 ]
 HEAVY = {"torchvision:vgg11_bn", "torchvision:vgg13_bn", "torchvision:vgg16_bn", "torchvision:vgg19_bn",
          "torchvision:wide_resnet50_2", "torchvision:resnet101"}  # >40M params: slow to build twice
@@ -177,3 +178,68 @@ def test_parameter_outside_known_layers_is_an_error():
 def test_non_square_input_is_an_error():
     with pytest.raises(pyns.PynsError, match="square"):
         pyns.from_torch(_Scaled(), (3, 16, 20))
+
+
+def test_rexnet_partial_residuals_grow_the_stage_width(one_thread):
+    """ReXNet's `cat([x[:, :in] + shortcut, x[:, in:]])` is a partial residual whose last conv writes the
+    stage's width so far plus the block's own extra width: scaling one block's extra keeps the rest."""
+    arch = pyns.from_torch(make_model("timm:rexnet_100"), (3, 64, 64))
+    text = arch.to_text()
+    assert text.count("residual(shortcut = partial)") == 11  # every stride-1 block whose width grows
+    assert "conv(features_1_conv_pwl_conv + features_2_conv_pwl_conv, 1)" in text
+    widths = {**arch.defaults, "features_7_conv_pwl_conv": 3}
+    model = arch.build(widths).eval()  # eval: the squeeze-excite BatchNorm sees one value per channel
+    assert sum(p.numel() for p in model.parameters()) == arch.count(widths).params
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_mixnet_splits_are_refined_to_common_boundaries(one_thread):
+    """blocks.4.0: an expansion in two parts of 240 read by a depthwise mixed conv in three parts of 160:
+    the 480 channels become four widths 160 | 80 | 80 | 160, and each part is a sum of them."""
+    arch = pyns.from_torch(make_model("timm:mixnet_s"), (3, 64, 64))
+    names = ["blocks_4_0_conv_pw_0_0", "blocks_4_0_conv_pw_0_1", "blocks_4_0_conv_pw_1_0", "blocks_4_0_conv_pw_1_1"]
+    assert [arch.defaults[n] for n in names] == [160, 80, 80, 160]
+    text = arch.to_text()
+    assert f"conv({names[0]} + {names[1]}, 1)" in text and f"slice({names[0]}, {names[1]} + {names[2]})" in text
+
+
+def test_rexnet_state_dict_loads_through_the_text_layer_map(one_thread):
+    """The squeeze-excite's BatchNorm travels in the `# pyns-torch-layers:` map (`se=fc1+fc2+bn`), so an
+    Arch read back from text takes the model's state_dict with no module at hand."""
+    model = make_model("timm:rexnet_100")
+    text = pyns.from_torch(model, (3, 64, 64)).to_text()
+    assert "se=features.3.se.fc1+features.3.se.fc2+features.3.se.bn" in text
+    net = pyns.loads(text).build(weights=model.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _OddGhost(torch.nn.Module):
+    """GhostNet's `cat([x1, cheap(x1)])[:, :out]` at an odd width: the slice cuts the tied group it ends in."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.primary = torch.nn.Conv2d(8, 6, 1)
+        self.cheap = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.post = torch.nn.Conv2d(11, 7, 1)
+        self.fc = torch.nn.Linear(7, 4)
+
+    def forward(self, x):
+        a = self.primary(self.stem(x))
+        return self.fc(self.post(torch.cat([a, self.cheap(a)], 1)[:, :11]).mean((2, 3)))
+
+
+def test_channel_slice_inside_a_group_refines_it(one_thread):
+    """The 6 primary channels become widths 5 + 1 (the slice keeps both copies of the first 5 and the sixth
+    once), so the slice follows any widths; counts, weights and a scaled build stay exact."""
+    model = _OddGhost().eval()
+    arch = pyns.from_torch(model, (3, 8, 8))
+    assert "conv(primary_0 + primary, 1, bias = 1)" in arch.to_text()
+    assert arch.count().params == sum(p.numel() for p in model.parameters())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(arch.build(weights=model).eval()(x), model(x), atol=1e-6)
+    result = arch.scale(params="0.5x")
+    assert sum(p.numel() for p in arch.build(result.widths).parameters()) == result.params

@@ -24,8 +24,8 @@ def _randomise(model: nn.Module, generator: torch.Generator) -> None:
 
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:efficientnet_b0",
-                                  "torchvision:regnet_y_400mf", "torchvision:mobilenet_v3_small",
-                                  "torchvision:resnext50_32x4d", "torchvision:densenet121"])
+                                  "torchvision:regnet_y_400mf", "torchvision:mobilenet_v3_small", "timm:rexnet_100",
+                                  "timm:mixnet_s", "torchvision:resnext50_32x4d", "torchvision:densenet121"])
 def test_shrunk_imported_network_equals_masked(spec, one_thread):
     arch = pyns.from_torch(make_model(spec), (3, 32, 32))
     generator = torch.Generator().manual_seed(3)
@@ -135,3 +135,41 @@ def test_shrinking_through_a_channel_shuffle_is_reported_approximate(one_thread)
     small, _, report = shrink_network(full, {symbol: list(range(0, full.widths[symbol], 2))})
     assert not report.exact and any("shuffle" in name for name in report.approximate)
     assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
+
+
+@pytest.mark.parametrize("spec", ["timm:rexnet_100", "timm:mixnet_s"])
+def test_prune_shrinks_rexnet_and_mixnet(spec, tmp_path, one_thread):
+    """A few prune steps on synthetic data: the partial residuals of ReXNet and the refined segments of
+    MixNet's mixed convs shrink physically, and the module is always the network the widths describe."""
+    from pyns.data import load_dataset
+    from pyns.neuralscale.prune.run import prune
+    from pyns.neuralscale.prune.schedule import PruneConfig
+
+    arch = pyns.loads(pyns.from_torch(make_model(spec), (3, 32, 32)).to_text(), classes=10)
+    data = load_dataset("synthetic", split="train", num_samples=32, num_classes=10, seed=1, resolution=32)
+    sizes, exact = [], []
+
+    def check(state, model):
+        n = sum(p.numel() for p in model.parameters())
+        sizes.append(n)
+        exact.append(n == arch.count(state.widths).params)
+
+    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=16, prune_every=1, units_per_step=8,
+                         stop_at_min_width=False, augment=False)
+    start = arch.uniform_widths(0.25)
+    result = prune(arch, data, config, tmp_path / "run", widths=start, callback=check)
+    assert all(exact) and sizes[-1] < sizes[0]
+    assert any(result.rows[-1]["widths"][s] < start[s] for s in arch.searchable)
+
+
+@pytest.mark.parametrize("spec", ["timm:rexnet_100", "timm:mixnet_s", "timm:cspresnet50"])
+def test_li_l1_prune_ranks_widths_written_as_sums(spec, one_thread):
+    """Li et al.'s L1 ranking on the original module: a width produced only inside a conv that writes several
+    (ReXNet's `conv(a + e, 1)`, a CSP split conv, a MixNet part) is ranked by those filters at its offset."""
+    from pyns.neuralscale.baselines import li_prune
+
+    model = make_model(spec)
+    arch = pyns.from_torch(model, (3, 32, 32))
+    result = li_prune(model, arch, params="0.5x")
+    assert sum(p.numel() for p in result.model.parameters()) == arch.count(result.widths).params
+    assert arch.count(result.widths).params <= arch.count().params // 2

@@ -32,7 +32,10 @@ def layer_cost(layer: ir.Node) -> tuple[Expr, Expr]:
     if isinstance(layer, ir.SqueezeExcite):
         # Two 1x1 convs with bias on a 1x1 map: C->R and R->C.
         weights = op("mul", Const(2), op("mul", layer.channels, layer.reduced))
-        return op("add", op("add", weights, layer.reduced), layer.channels), weights
+        params = op("add", op("add", weights, layer.reduced), layer.channels)
+        if layer.bn:  # gamma and beta of the BatchNorm on the reduced channels
+            params = op("add", params, op("mul", Const(2), layer.reduced))
+        return params, weights
     if isinstance(layer, ir.LayerNorm):
         return op("mul", Const(2), layer.channels), Const(0)  # weight and bias per channel
     if isinstance(layer, ir.ChannelLinear):

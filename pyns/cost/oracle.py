@@ -53,7 +53,9 @@ def count_layers(network: ir.Network, widths: Mapping[str, int]) -> list[LayerCo
             rows.append(LayerCost(layer.name, "scale", f"{c}", c, 0))
         elif isinstance(layer, ir.SqueezeExcite):
             c, r = int(evaluate(layer.channels, env)), int(evaluate(layer.reduced, env))
-            rows.append(LayerCost(layer.name, "se", f"{c}->{r}->{c}", c * r + r + r * c + c, 2 * c * r))
+            norm = 2 * r if layer.bn else 0  # BN gamma, beta on the reduced channels
+            rows.append(LayerCost(layer.name, "se", f"{c}->{r}->{c}" + (" bn" if layer.bn else ""),
+                                  c * r + r + r * c + c + norm, 2 * c * r))
     return rows
 
 

@@ -14,7 +14,9 @@ from pyns.errors import DSLError, SourcePos
 
 # leaky_relu is torch's default slope 0.01; hsigmoid is torch's Hardsigmoid (relu6(x + 3) / 6).
 ACTIVATIONS = ("relu", "relu6", "swish", "silu", "hswish", "hsigmoid", "sigmoid", "gelu", "tanh", "leaky_relu")
-SHORTCUTS = ("identity", "conv", "conv_bn", "none")
+# partial: ReXNet's `cat([out[:, :in] + x, out[:, in:]])`, the input added into the first `in` channels of a
+# wider body output.
+SHORTCUTS = ("identity", "conv", "conv_bn", "none", "partial")
 
 # Names the language defines itself, with what they mean (for "reserved name" messages).
 BUILTIN_NAMES = {

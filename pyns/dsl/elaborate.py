@@ -43,7 +43,8 @@ LAYER_SPECS: dict[str, tuple[tuple[str, ...], dict[str, object], tuple[str, ...]
     "layernorm": (("eps",), {"eps": 1e-6}, ()),
     "channel_linear": (("out", "bias"), {"bias": 1}, ()),
     "scale": ((), {}, ()),
-    "se": (("reduced", "act", "gate"), {"reduced": None, "act": "relu", "gate": "sigmoid"}, ("act", "gate")),
+    "se": (("reduced", "act", "gate", "bn"), {"reduced": None, "act": "relu", "gate": "sigmoid", "bn": 0},
+           ("act", "gate")),
     **{a: ((), {}, ()) for a in ACTIVATIONS},
 }
 # always = 1: keep the projection even where stride and widths would allow the identity (imported nets).
@@ -485,6 +486,8 @@ class Elaborator:
                 raise self.error(f"width mismatch at identity add: block input `{_shown(in_ch)}` is {a} "
                                  f"but the body outputs `{_shown(out_ch)}` = {b}; "
                                  "use residual(shortcut = conv) for a projection", stmt.meta)
+        elif mode == "partial":
+            self.check_partial(stmt, in_ch, out_ch, stride, bias)
         elif mode in ("conv", "conv_bn"):
             pos = self.src.pos(stmt.meta)
             shortcut.append(ir.Conv(f"{name}.shortcut.conv", in_ch, out_ch, 1, stride, 0, Const(1), bias,
@@ -493,7 +496,22 @@ class Elaborator:
                 shortcut.append(ir.BatchNorm(f"{name}.shortcut.bn", out_ch, True, pos))
         self.budget.layer(stmt.meta, 1 + len(shortcut))  # the add node and its projection count as layers
         return ir.Residual(name, body, shortcut, "project" if mode.startswith("conv") else mode, in_ch, out_ch,
-                           stride, differs if mode != "identity" else Const(0), self.src.pos(stmt.meta))
+                           stride, differs if mode not in ("identity", "partial") else Const(0),
+                           self.src.pos(stmt.meta))
+
+    def check_partial(self, stmt, in_ch: Expr, out_ch: Expr, stride: int, bias: bool) -> None:
+        """`residual(shortcut = partial)`: the input is added into the first `in` channels of the body's
+        output, the rest pass (ReXNet), so the body keeps the size and is at least as wide as its input."""
+        if stride != 1:
+            raise self.error(f"a partial residual adds its input unchanged, but the body has stride {stride}; "
+                             "only a stride-1 body can take it", stmt.meta)
+        if bias:
+            raise self.error("residual(bias = ...) sets a projection's bias; a partial residual has none", stmt.meta)
+        a, b = self.at_defaults(in_ch, stmt.meta), self.at_defaults(out_ch, stmt.meta)
+        if b < a:
+            raise self.error(f"a partial residual adds the block input (`{_shown(in_ch)}` = {a} channels) into the "
+                             f"first channels of the body's output, but the body outputs only "
+                             f"`{_shown(out_ch)}` = {b}", stmt.meta)
 
 
 def _concat(self, stmt, scope, state: State, namer: Namer) -> ir.Concat:

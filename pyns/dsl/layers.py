@@ -113,7 +113,8 @@ def make_layer(el: LayerContext, kind: str, args: dict, state: State, namer: Nam
             if value not in ACTIVATIONS:
                 raise el.error(f"se({what} = {value}): unknown activation; choose one of {', '.join(ACTIVATIONS)}",
                                meta)
-        return [ir.SqueezeExcite(namer("se"), state.ch, reduced, act, gate, pos)]
+        return [ir.SqueezeExcite(namer("se"), state.ch, reduced, act, gate, pos,
+                                 bn=el.static_flag(args["bn"], "bn", meta))]
     if kind in IMPORT_LAYERS:
         return _import_layer(el, kind, args, state, namer, stmt, pos)
     # activations

@@ -29,6 +29,7 @@ from torch import nn
 
 from pyns.channels import channel_map, count_filters, pin_shortcuts
 from pyns.data.names import canonical_name
+from pyns.dsl.expr import evaluate
 from pyns.errors import BudgetError, RunError
 from pyns.neuralscale.profile import read_trajectory
 from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, derived_keep, shrink_network, top_positions
@@ -196,6 +197,18 @@ def l1_filter_norms(model: nn.Module) -> dict[str, torch.Tensor]:
             weight = weight.detach().float()
             per_filter = weight.abs().reshape(weight.shape[0], -1).sum(dim=1).cpu()  # [out, in, kh, kw] -> [out]
             norms[space_id] = norms[space_id] + per_filter if space_id in norms else per_filter
+    # A layer writing several spaces side by side (`conv(a + e)`, a depthwise conv on a concat's output):
+    # each space's filters at its offset.
+    for cid, names in cmap.composite_layers.items():
+        for name in (n for n in names if n in modules):
+            weight = modules[name].weight.detach().float()
+            per_filter, offset = weight.abs().reshape(weight.shape[0], -1).sum(dim=1).cpu(), 0
+            for sid, width in cmap.composites[cid]:
+                size = int(evaluate(width, model.widths))
+                if sid is not None:
+                    part = per_filter[offset:offset + size]
+                    norms[sid] = norms[sid] + part if sid in norms else part
+                offset += size
     missing = sorted(s.name for s in model.ir.searchable if s.name not in norms)
     if missing:
         raise RunError(f"no conv or linear layer produces width(s) {', '.join(missing)}, so their filters "

@@ -91,14 +91,10 @@ class Emitter:
             elif o.kind == "scale":
                 text = "scale"
             elif o.kind == "slice" and a.get("aligned"):  # parts made of whole width groups
-                segs = self.an.segments(a["split_in"])
                 lo, hi = sum(a["sizes"][:a["part"]]), sum(a["sizes"][:a["part"] + 1])
-                before, inside, pos = [], [], 0
-                for r in segs:
-                    (before if pos < lo else inside if pos < hi else []).append(r)
-                    pos += self.an.roots[r].width
-                start = " + ".join(self.root_width(r, o.node, names) for r in before) or "0"
-                text = f"slice({start}, {' + '.join(self.root_width(r, o.node, names) for r in inside)})"
+                text = self._slice_text(self.an.segments(a["split_in"]), lo, hi, o.node, names)
+            elif o.kind == "cslice":  # x[:, lo:hi] on boundaries between width groups
+                text = self._slice_text(self.an.segments(o.in_node), a["lo"], a["hi"], o.node, names)
             elif o.kind == "slice":  # torch.chunk(2): the first part is the larger one
                 text = "slice(0, in - in // 2)" if a["part"] == 0 else "slice(in - in // 2, in // 2)"
             elif o.kind == "shuffle":
@@ -108,7 +104,8 @@ class Emitter:
             elif o.kind == "dropout":
                 text = f"dropout({a['p']:g})"
             elif o.kind == "se":
-                text = f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']})"
+                text = (f"se({self.width(a['reduced'], names)}, act = {a['act']}, gate = {a['gate']}"
+                        + (", bn = 1" if len(a["paths"]) > 2 else "") + ")")
             elif o.kind == "let":  # a folded stage's name for its block input (pyns.torch_import.stages)
                 text = f"let {a['name']} = in"
             elif o.kind == "residual":
@@ -129,7 +126,7 @@ class Emitter:
             else:  # pragma: no cover - graph.py produces only the kinds above
                 raise PynsError(f"internal: no .arch form for op kind {o.kind}")
             if comments and o.kind == "se":
-                text = f"{pad + text:<48} # {a['paths'][0]}, {a['paths'][1]}"
+                text = f"{pad + text:<48} # {', '.join(a['paths'])}"
             elif comments and o.kind == "scale":
                 text = f"{pad + text:<48} # {a['param']}"
             elif comments and o.path and o.kind != "act":
@@ -138,6 +135,15 @@ class Emitter:
                 text = pad + text
             out.append(text)
         return out
+
+    def _slice_text(self, segs: list[int], lo: int, hi: int, node, names) -> str:
+        """`slice(start, width)` of channels [lo, hi), each written as a sum of the width groups it spans."""
+        before, inside, pos = [], [], 0
+        for r in segs:
+            (before if pos < lo else inside if pos < hi else []).append(r)
+            pos += self.an.roots[r].width
+        start = " + ".join(self.root_width(r, node, names) for r in before) or "0"
+        return f"slice({start}, {' + '.join(self.root_width(r, node, names) for r in inside)})"
 
     def _stride(self, o: Op) -> str | None:
         """A stride written other than as its value: `first(2, 1)` in a folded stage, `S` in a signature."""
@@ -172,6 +178,8 @@ class Emitter:
                 head = f"{head:<48} # {_block_path(o.node)}"
             return ([head] + self.lines(o.body, names, depth + 1, comments) + [pad + "    shortcut {"]
                     + self.lines(o.shortcut, names, depth + 2, comments) + [pad + "    }", pad + "}"])
+        if o.attrs.get("partial"):
+            args.append("shortcut = partial")  # the input added into the first channels of the body's output
         if o.shortcut:
             conv = o.shortcut[0]
             args.append("shortcut = " + ("conv_bn" if len(o.shortcut) == 2 else "conv"))

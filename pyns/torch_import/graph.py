@@ -125,6 +125,26 @@ def _split_of(node: fx.Node):
     return None
 
 
+def _channel_range(node: fx.Node) -> tuple[int, int] | None:
+    """(lo, hi) of `x[:, lo:hi]` (ReXNet's partial residual), else None."""
+    index = node.args[1] if len(node.args) > 1 else None
+    shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    if not isinstance(index, tuple) or len(index) != 2 or shape is None or len(shape) != 4:
+        return None
+    whole, part = index
+    if whole != slice(None) or not isinstance(part, slice) or part.step not in (None, 1):
+        return None
+    if not all(v is None or isinstance(v, int) for v in (part.start, part.stop)):
+        return None
+    lo, hi, _ = part.indices(shape[1])
+    return (lo, hi) if 0 <= lo < hi else None
+
+
+def _cuts(sizes: list[int]) -> list[int]:
+    """The inner boundaries of a split into parts of `sizes`."""
+    return [sum(sizes[:i]) for i in range(1, len(sizes))]
+
+
 def _shape(node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
@@ -214,16 +234,48 @@ class Analyzer:
     def _aligned(self, segs: list[int], attrs) -> list[int] | None:
         """The groups making up part `attrs['part']` of a split, when its boundaries fall between groups."""
         sizes, i = attrs["sizes"], attrs["part"]
-        lo, hi = sum(sizes[:i]), sum(sizes[:i + 1])
+        return self._range(segs, sum(sizes[:i]), sum(sizes[:i + 1]))
+
+    def _range(self, segs: list[int], lo: int, hi: int) -> list[int] | None:
+        """The groups making up channels [lo, hi), when no group straddles lo or hi."""
         out, pos = [], 0
         for r in segs:
             w = self.roots[r].width
             if lo <= pos and pos + w <= hi:
                 out.append(r)
             elif pos < hi and pos + w > lo:
-                return None  # a group straddles a boundary
+                return None
             pos += w
         return out or None
+
+    def refine(self, segs: list[int], cuts, node: fx.Node, keep_name: bool = False) -> list[int] | None:
+        """Split the groups of `segs` that a boundary in `cuts` falls inside (MixNet's mixed convs split one
+        tensor at boundaries that cut through each other's parts; ReXNet adds into its first `in`
+        channels): each part becomes a group of its own, and every conv producing the group then writes
+        its width as their sum. None (nothing changed) when such a group is not a fresh one. `keep_name`: the
+        last part keeps the group's name (ReXNet's extra width; the first part joins the block input's)."""
+        pos, plan = 0, []
+        for r in segs:
+            w = self.roots[r].width
+            inner = sorted({c - pos for c in cuts if pos < c < pos + w})
+            if inner:
+                root = self.roots[r]
+                if any(r == planned for planned, _ in plan):
+                    return None  # one group cut at two places of a tensor that holds it twice
+                if root.fixed or root.derived or root.multiple > 1 or any(self.find(g) == r for g, _ in self.grouped):
+                    return None  # (a grouped conv's group must stay one width: its multiple is set at the end)
+                plan.append((r, inner))
+            pos += w
+        for r, inner in plan:
+            root, edges, parts = self.roots[r], [0] + inner + [self.roots[r].width], []
+            for i in range(len(edges) - 1):
+                k = len(self.parent)
+                self.parent[k] = k
+                last = keep_name and i == len(edges) - 2
+                self.roots[k] = Root(root.name if last else f"{root.name}_{i}", edges[i + 1] - edges[i], root.index)
+                parts.append(k)
+            self.expand[r] = parts
+        return self.segments(node)
 
     def _splittable(self, source: fx.Node, node: fx.Node) -> bool:
         segs = self.segments(source)
@@ -301,6 +353,9 @@ class Analyzer:
             return self.split_part(node, split, ins)
         if target is operator.getitem and ins and shape == _shape(ins[0]):
             return "identity", {}  # an index that keeps everything (GhostNet's out[:, :out_chs] when even)
+        if target is operator.getitem and ins and _channel_range(node) is not None:
+            lo, hi = _channel_range(node)
+            return "cslice", {"lo": lo, "hi": hi}
         if target in CAT:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if len(shape) != 4 or dim % 4 != 1:
@@ -506,6 +561,15 @@ class Analyzer:
                 # A split on boundaries between width groups takes those groups themselves.
                 segs = self._aligned(self.segments(ins[0]), attrs)
                 attrs["aligned"] = True
+            elif kind == "slice" and self.refine(self.segments(ins[0]), _cuts(attrs["sizes"]), ins[0]) is not None:
+                segs = self._aligned(self.segments(ins[0]), attrs)
+                attrs["aligned"] = True
+            elif kind == "cslice":
+                segs = self._range(self.segments(ins[0]), attrs["lo"], attrs["hi"])
+                if segs is None and self.refine(self.segments(ins[0]), (attrs["lo"], attrs["hi"]), ins[0], True):
+                    segs = self._range(self.segments(ins[0]), attrs["lo"], attrs["hi"])
+                if segs is None:
+                    raise unsupported(node, "a channel slice that cuts a width which follows another")
             elif kind == "slice" and len(attrs["sizes"]) != 2:
                 raise unsupported(node, "a split whose boundaries cut through the width groups of a concatenation"
                                   if len(self.segments(ins[0])) > 1 else
@@ -588,6 +652,15 @@ class Analyzer:
                     raise unsupported(node, "a product of two unrelated tensors")
                 ops.append(self.squeeze_excite(node, x, self.chain(x, gate)))
                 node = x
+            elif kind == "cat" and self.partial(node) is not None:
+                x, y, head = self.partial(node)
+                fork = self.nodes[(self.anc[x] & self.anc[y]).bit_length() - 1]
+                for part in (*ins, head):  # the add, the passing part and the added part
+                    self.visit(part)
+                if self.chain(fork, y):
+                    raise unsupported(node, "a partial residual whose shortcut has layers of its own")
+                ops.append(Op("residual", node, attrs={"partial": True}, body=self.chain(fork, x), in_node=fork))
+                node = fork
             elif kind == "cat":
                 common = -1
                 for a in ins:
@@ -628,6 +701,20 @@ class Analyzer:
                 node = prev
         ops.reverse()
         return ops
+
+    def partial(self, node: fx.Node):
+        """(body output x, shortcut input y, x[:, :k]) when `node` is ReXNet's `cat([x[:, :k] + y, x[:, k:]])`,
+        else None."""
+        ins = self.inputs(node)
+        if len(ins) != 2 or self.kind[ins[0]][0] != "add" or self.kind[ins[1]][0] != "cslice":
+            return None
+        rest, c = self.kind[ins[1]][1], _shape(node)[1]
+        for head, y in (self.inputs(ins[0]), self.inputs(ins[0])[::-1]):
+            kind, attrs = self.kind[head]
+            if (kind == "cslice" and head.args[0] is ins[1].args[0] and attrs["lo"] == 0
+                    and attrs["hi"] == rest["lo"] and rest["hi"] == c and len(head.users) == 1):
+                return head.args[0], y, head
+        return None
 
     def _shuffle_in(self, node):
         """The 4D -> 5D view that starts the channel shuffle ending at `node`."""
@@ -670,6 +757,12 @@ class Analyzer:
 
     def squeeze_excite(self, node, x, ops: list[Op]) -> Op:
         kinds = [o.kind for o in ops]
+        norm = None
+        if kinds == ["gap", "conv", "bn", "act", "conv", "act"]:
+            norm = ops.pop(2)  # timm's SEModule with a norm layer: a BN on the reduced channels
+            if norm.attrs["eps"] != 1e-5:
+                raise unsupported(norm.node, f"a squeeze-excite BatchNorm with eps {norm.attrs['eps']:g} (pyns: 1e-5)")
+            kinds = [o.kind for o in ops]
         if kinds != ["gap", "conv", "act", "conv", "act"] or ops[0].attrs["flatten"]:
             raise unsupported(node, "a product that is not a squeeze-excite gate "
                                     "(global pool, 1x1 conv, activation, 1x1 conv, gate)")
@@ -678,7 +771,8 @@ class Analyzer:
             if c["k"] != 1 or c["groups"] != 1 or not c["bias"]:
                 raise unsupported(conv.node, "a squeeze-excite conv that is not a 1x1 conv with bias")
         return Op("se", node, attrs={"reduced": ops[1].node, "act": ops[2].attrs["act"],
-                                      "gate": ops[4].attrs["act"], "paths": (ops[1].path, ops[3].path)},
+                                      "gate": ops[4].attrs["act"],
+                                      "paths": (ops[1].path, ops[3].path) + ((norm.path,) if norm else ())},
                   in_node=x)
 
 

@@ -95,6 +95,8 @@ class StageFolder:
             res = unit[0]
             if any(o.kind == "residual" for o in _flat(res.body) + _flat(unit[1:])):
                 return None  # nested blocks: keep them as they are
+            if res.attrs.get("partial"):
+                return None  # ReXNet's partial residual has no conditional form either
             if not res.shortcut:
                 kind = "identity"
             elif Analyzer._projection(res.shortcut):

@@ -69,6 +69,8 @@ def load_weights(built: nn.Module, source: nn.Module | Mapping[str, torch.Tensor
         elif kind == "se":
             _copy(module.conv_reduce, _sub(state, path[0], used), path[0])
             _copy(module.conv_expand, _sub(state, path[1], used), path[1])
+            if len(path) > 2:  # the BatchNorm on the reduced channels (timm's SEModule with a norm layer)
+                _copy(module.bn, _sub(state, path[2], used), path[2])
         else:
             _copy(module, _sub(state, path, used), path)
     if not isinstance(source, nn.Module):

@@ -270,7 +270,8 @@ class _Planner:
             elif isinstance(node, ir.SqueezeExcite):
                 c, r = self.index(roles.get("channels")), self.index(roles.get("reduced"))
                 self.plan[name] = {"conv_reduce.weight": [r, c], "conv_reduce.bias": [r],
-                                   "conv_expand.weight": [c, r], "conv_expand.bias": [c]}
+                                   "conv_expand.weight": [c, r], "conv_expand.bias": [c],
+                                   **{f"bn.{t}": [r] for t in ("weight", "bias", "running_mean", "running_var")}}
 
     def grouped_inputs(self, node: ir.Conv, roles: Mapping[str, str | None], out_map: torch.Tensor | None,
                        in_map: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
