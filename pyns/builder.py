@@ -7,7 +7,9 @@ With `gates=True`, a `TaylorGate` follows every BatchNorm whose channels can be 
 width, or a width derived from searchable ones such as an expansion `6 * in`), and sits inside every
 squeeze-excite whose reduced width can change (derived, or a searchable symbol of its own as in
 imported networks: either way a channel space); each gate records the channel space it masks
-(`gate.symbol`: the symbol's name, or the id of a derived space, see pyns.channels).
+(`gate.symbol`: the symbol's name, or the id of a derived space, see pyns.channels). A BN reading a
+concatenation (DenseNet) is followed by `SegmentGates`: one gate per branch's channel space, on that
+branch's channels of the concatenation.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ from typing import Mapping
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from pyns import ir
 from pyns.channels import ChannelMap, channel_map
 from pyns.dsl.expr import evaluate, to_source
 from pyns.errors import PynsError
-from pyns.gate import TaylorGate
+from pyns.gate import TaylorGate, gate_backward
 
 _ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True), "relu6": lambda: nn.ReLU6(inplace=True), "swish": nn.SiLU,
@@ -76,16 +79,66 @@ class PartialResidualBlock(ResidualBlock):
 
 
 class SegmentGates(nn.Module):
-    """The pruning gates of a tensor whose channels are several spaces side by side (a conv writing
-    `a + b`): one gate per varying segment, at its offset; fixed segments pass unchanged."""
+    """The pruning gates of a tensor whose channels are several spaces side by side (a concat read by a BN,
+    a conv writing `a + b`): one TaylorGate per varying segment, at its offset; fixed segments pass
+    unchanged.
+
+    The child gates hold the state (z, importance, the collector's views: pyns.gate.TaylorGate), but the
+    tensor is gated in one multiply by their z side by side, and one fused backward (pyns.gate.gate_backward)
+    forms dE/dz of every channel, which each child then accumulates as its own TaylorGate would. Gating
+    each segment separately computes the same, in one split, a copy per segment and a cat: on DenseNet
+    (up to 25 segments per BN) that made a training step ~1.5x slower.
+    """
 
     def __init__(self, segments: list[tuple[int, nn.Module | None]]):
         super().__init__()
         self.widths = [w for w, _ in segments]
         self.gates = nn.ModuleList([g if g is not None else nn.Identity() for _, g in segments])
 
+    def _z(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g.z.to(x.dtype) if isinstance(g, TaylorGate) else torch.ones(w, dtype=x.dtype,
+                                                                                         device=x.device)
+                          for g, w in zip(self.gates, self.widths)])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([g(part) for g, part in zip(self.gates, torch.split(x, self.widths, 1))], 1)
+        if x.dim() < 2 or x.shape[1] != sum(self.widths):
+            raise PynsError(f"The gates expect an input [N, C, ...] with C = {sum(self.widths)} channels, "
+                            f"got shape {tuple(x.shape)}.")
+        z = self._z(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _SegmentGateFunction.apply(x, z, self)
+        return x * z.view(1, -1, *[1] * (x.dim() - 2))
+
+
+def _accumulate(gate: TaylorGate, g: torch.Tensor) -> None:
+    """What TaylorGate's backward does with its dE/dz `g` (pyns.gate.TaylorGate.forward, GateFunction)."""
+    if gate.taylor_squares is not None:
+        gate.taylor_squares.addcmul_(g, g)  # the collector counts minibatches itself
+    elif gate.accumulate:
+        gate.importance.addcmul_(g, g)
+        gate.batches += 1
+    if gate.taylor_sum is not None:
+        gate.taylor_sum += g
+
+
+class _SegmentGateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, z: torch.Tensor, module: SegmentGates) -> torch.Tensor:
+        ctx.save_for_backward(x, z)  # x itself: the output may be changed in place (ReLU(inplace=True))
+        ctx.module = module
+        return x * z.view(1, -1, *[1] * (x.dim() - 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, z = ctx.saved_tensors
+        grad_input, g = gate_backward(grad, x, z, need_grad_input=ctx.needs_input_grad[0])
+        offset = 0
+        for gate, width in zip(ctx.module.gates, ctx.module.widths):
+            if isinstance(gate, TaylorGate):
+                _accumulate(gate, g[offset:offset + width])
+            offset += width
+        return grad_input, None, None
 
 
 class ConcatBlock(nn.Module):
@@ -161,7 +214,8 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
     linear whose output is in one with no BN right behind it (e.g. a pre-activation block's last conv,
     whose output joins the residual stream). Masking channel c at all gates of its space then zeroes that
     channel on every path it takes, identity shortcuts and biased depthwise convs included, which is
-    exactly what removing it does.
+    exactly what removing it does. On a composite (a concat's output, or a conv writing several spaces)
+    the composite's id is returned: `SegmentGates` gate each of its spaces there.
     """
     roles = cmap.layers.get(getattr(node, "name", None), {})
     space = None
@@ -169,11 +223,10 @@ def _gate_space(node: ir.Node, following: ir.Node | None, cmap: ChannelMap) -> s
         space = roles.get("channels")
     elif isinstance(node, (ir.Conv, ir.Linear, ir.ChannelLinear)) and not isinstance(following, ir.BatchNorm):
         space = roles.get("out")
-    # A concat's output (a composite of its branches' spaces) has no gate of its own: a gate masks one
-    # space. Its branches' gates mask its channels; the shrink reports what they cannot cover. A conv
-    # writing several spaces at once (`conv(a + b)`), or a concat of convs (ChannelMap.gated_composites),
-    # has a gate per space (SegmentGates).
-    return None if space in cmap.composites and space not in cmap.gated_composites else space
+    # A composite (a concat's output, or a conv writing several spaces at once, `conv(a + b)`) has a
+    # gate per space (SegmentGates). After a BN reading a concat (DenseNet) a masked channel of a branch
+    # is its BN's beta, not 0: the gates there make it 0 again, exactly as if it were removed.
+    return space
 
 
 def _gates_of(space: str, env, cmap: ChannelMap, gates: bool, device) -> nn.Module:

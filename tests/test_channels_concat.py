@@ -1,7 +1,7 @@
 """The channel map on the torch importer's constructs: a concat's channels are its branches' spaces at
 their offsets (shrunk == masked when a mixing layer reads it), and what cannot be followed exactly (a
-BatchNorm with no gate on a concat's output, a shuffle, a LayerNorm) is reported approximate, never
-silently wrong."""
+shuffle, a LayerNorm) is reported approximate, never silently wrong; a BatchNorm on a concat's output is
+followed by a gate per branch, so it shrinks exactly."""
 from __future__ import annotations
 
 import torch
@@ -76,12 +76,19 @@ def test_concat_into_a_conv_shrinks_exactly():
     torch.testing.assert_close(new_w, old_w[:, [1, 4, 5, 6, 8, 9, 13, 14, 17]])
 
 
-def test_concat_into_an_ungated_batchnorm_is_reported_approximate():
+def test_concat_into_a_batchnorm_is_gated_per_segment_and_exact():
+    """DenseNet's BN right after a concat: SegmentGates after it mask each branch's channels again (a
+    masked channel leaves the BN as its beta), so removing == masking, in train and eval mode."""
     _, full, small, report = _pair("bn relu conv(d, 1)", KEEP)
-    assert not report.exact and any(name.startswith("bn") for name in report.approximate), report
+    assert report.exact, report
+    segment_gates = [m for m in full.modules() if type(m).__name__ == "SegmentGates"]
+    assert len(segment_gates) == 1 and [g.symbol for g in segment_gates[0].gates] == ["b", "a", "c"]
     x = torch.randn(3, 3, 9, 9)
-    with torch.no_grad():  # the reason it is flagged: the masked channels leave the BN as its bias
-        assert not torch.allclose(small(x), full(x), rtol=1e-4, atol=1e-4)
+    for train in (True, False):
+        full.train(train)
+        small.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), full(x), rtol=1e-5, atol=1e-5)
 
 
 def test_aligned_slice_is_exact_and_shuffle_is_approximate():

@@ -9,7 +9,7 @@ from torch import nn
 import pyns
 from pyns.channels import channel_map
 from pyns.neuralscale.prune.importance import gates_by_symbol
-from pyns.neuralscale.prune.shrink import derived_keep, mask_network, shrink_network
+from pyns.neuralscale.prune.shrink import derived_keep, mask_network, shrink_network, top_positions
 from torch_models import model as make_model
 
 
@@ -25,7 +25,7 @@ def _randomise(model: nn.Module, generator: torch.Generator) -> None:
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:efficientnet_b0",
                                   "torchvision:regnet_y_400mf", "torchvision:mobilenet_v3_small", "timm:rexnet_100",
-                                  "timm:mixnet_s"])
+                                  "timm:mixnet_s", "torchvision:resnext50_32x4d", "torchvision:densenet121"])
 def test_shrunk_imported_network_equals_masked(spec, one_thread):
     arch = pyns.from_torch(make_model(spec), (3, 32, 32))
     generator = torch.Generator().manual_seed(3)
@@ -34,16 +34,19 @@ def test_shrunk_imported_network_equals_masked(spec, one_thread):
     gated = gates_by_symbol(full)  # the pruner removes units of gated widths only
     keep = {}
     from pyns import ir
+    cmap = channel_map(full.ir, full.widths)
     for group in ir.tied_groups(full.ir, full.widths):
         if not all(s in gated for s in group):
             continue
-        width = full.widths[group[0]]
-        chosen = sorted(torch.randperm(width, generator=generator)[:max(1, width // 2)].tolist())
+        # a per-group width (`32 * s`, pyns.channels) keeps the same number of channels in every group
+        blocks = cmap.class_blocks(tuple(group))
+        width = full.widths[group[0]] * blocks
+        score = torch.rand(width, generator=generator)
+        chosen = top_positions(score, max(1, width // blocks // 2) * blocks, blocks)
         keep.update({s: chosen for s in group})
     assert keep
     # Widths that follow their layer's input (a folded stage's `6 * in` expansion) change with it: their
     # survivors are the largest of random scores, as for the shipped archs (tests/test_shrink.py).
-    cmap = channel_map(full.ir, full.widths)
     scores = {space: torch.rand(cmap.width(space, full.widths), generator=generator) for space in cmap.spaces}
     keep = derived_keep(full, keep, scores, cmap)
     small, _, report = shrink_network(full, keep)

@@ -236,7 +236,8 @@ def li_keep_sets(model: nn.Module, widths: Mapping[str, int]) -> dict[str, list[
         if not 1 <= target <= current:
             raise BudgetError(f"cannot prune `{symbols[0]}` from {current} to {target} filters: L1 pruning only "
                               "removes filters, so the target must be between 1 and the trained width")
-        kept = top_positions(sum(norms[s] for s in group if s in norms), target)
+        blocks = cmap.class_blocks(group)  # a per-group width keeps `target` filters in each group
+        kept = top_positions(sum(norms[s] for s in group if s in norms), target * blocks, blocks)
         for space in group:
             keep[space] = kept
     return derived_keep(model, keep, norms, cmap)
@@ -251,7 +252,7 @@ class LiResult:
     keep: dict[str, list[int]]  # per searchable symbol: indices of the trained network's filters kept
     scale: ScaleResult  # the budget solve that fixed how many filters each width keeps
     dropped_layers: list[str] = field(default_factory=list)  # shortcuts no longer built (widths became equal)
-    approximate_layers: list[str] = field(default_factory=list)  # grouped convs whose first channels were kept
+    approximate_layers: list[str] = field(default_factory=list)  # not carried over exactly (ShrinkReport)
 
 
 def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1.0,
@@ -280,9 +281,8 @@ def li_prune(model: nn.Module, arch, params=None, macs=None, *, depth: float = 1
     keep = li_keep_sets(model, scale.widths)
     pruned, _, report = shrink_network(model, keep)
     if report.approximate:
-        warnings.warn(f"Li et al. pruning kept the first channels of grouped conv(s) {', '.join(report.approximate)} "
-                      "(their groups change size)", ApproximateShrinkWarning, stacklevel=2)
-    widths = {s: len(keep[s]) for s in arch.searchable}
+        warnings.warn(f"Li et al. pruning: {report.describe()}", ApproximateShrinkWarning, stacklevel=2)
+    widths = {s: int(scale.widths[s]) for s in arch.searchable}
     return LiResult(pruned, widths, {s: keep[s] for s in arch.searchable}, scale, list(report.dropped),
                     list(report.approximate))
 

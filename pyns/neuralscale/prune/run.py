@@ -242,7 +242,7 @@ class _Pruner:
         self.exempt: set[str] = set()
         floors = self._floors(self.initial, every_class=True)
         for index, members in enumerate(net.symbol_classes):
-            width = net.width(members[0], self.initial)
+            width = net.width(members[0], self.initial) // net.blocks[index]  # units (per group of `M * s`)
             if width <= floors[index] or any(m in net.cmap.frozen for m in members):
                 self.exempt.update(net.cmap.spaces[m].symbol for m in members if net.cmap.spaces[m].symbol)
             else:
@@ -470,7 +470,7 @@ class _Pruner:
         """The units to remove this step (global ranking under the per-class floors), or None with the
         stop reason set when nothing may be removed."""
         c, s = self.config, self.state
-        importances = [self._importance(k) for k in self.rankable]
+        importances = [self.net.unit_scores(k, self._importance(k)) for k in self.rankable]
         selection = select_units(importances, c.units_per_step, self._floors(s.widths))
         if selection.blocked and c.stop_at_min_width:
             s.done, s.stop_reason = True, STOP_MIN_WIDTH
@@ -487,7 +487,7 @@ class _Pruner:
             current = s.kept[space]
             s.kept[space] = [current[i] for i in local]
             if spaces[space].symbol is not None:
-                s.widths[spaces[space].symbol] = len(local)
+                s.widths[spaces[space].symbol] = len(local) // spaces[space].blocks  # `M * s`: per group
             keep_positions[space] = local if self.mode == "shrink" else s.kept[space]
 
     def _drop_units(self, selection) -> dict[str, list[int]]:
@@ -497,9 +497,9 @@ class _Pruner:
         s, net = self.state, self.net
         keep_positions: dict[str, list[int]] = {}
         for group_index, removed in selection.removed.items():
-            members = net.symbol_classes[self.rankable[group_index]]
-            gone = set(removed)
-            self._keep(members, [i for i in range(len(s.kept[members[0]])) if i not in gone], keep_positions)
+            index = self.rankable[group_index]
+            local = net.survivors(index, self._importance(index), removed)
+            self._keep(net.symbol_classes[index], local, keep_positions)
         s.removed_units += selection.count
         offset = len(net.symbol_classes)
         for index, members in enumerate(net.derived_classes):
@@ -508,7 +508,8 @@ class _Pruner:
                 raise RunError(f"the derived width of {members[0]} grows from {live} to {width} as the widths "
                                "shrink; pruning can only remove channels")
             if width < live:
-                self._keep(members, top_positions(self._importance(offset + index), width), keep_positions)
+                self._keep(members, top_positions(self._importance(offset + index), width, net.blocks[offset + index]),
+                           keep_positions)
         return keep_positions
 
     def _rebuild(self, keep_positions: dict[str, list[int]]) -> dict[str, Any]:
@@ -524,8 +525,7 @@ class _Pruner:
             if report.approximate:
                 note["approximate_layers"] = report.approximate
                 if not self._warned_approximate:
-                    message = (f"layer(s) {', '.join(report.approximate)} are grouped convs whose groups change "
-                               "size: their first channels are kept, so the shrunk network is not the masked one")
+                    message = report.describe()  # which layers, and why
                     warnings.warn(message, ApproximateShrinkWarning, stacklevel=2)
                     self.progress.write(f"warning: {message}")
                     self._warned_approximate = True

@@ -8,24 +8,28 @@ its masked counterpart: same widths, gates zeroed on the removed channels.
 
 What the shrink guarantees: for the same keep sets, the shrunk network computes what the masked network
 computes (outputs in train and eval mode, and the SGD steps that follow; equal up to float rounding, as
-a convolution over fewer channels sums in another order), on every architecture whose convs are plain or
-depthwise. The keep sets name surviving channels per *channel space* (pyns.channels): every searchable
-symbol, and every derived width (an expression such as MobileNetV2's expansion `6 * in`, EfficientNet's
-`make_divisible(6 * in)` or a squeeze-excite's reduced width) whose value changes. A derived width has
-channels of its own, so which of them survive is chosen by their own importance (`derived_keep`, from a
-score per channel: Taylor importance in the pruner, L1 norm in Li et al.); a change in a derived width
-without a keep set is an error, never a silent truncation. The builder places a gate on every derived
-space too, so the masked network masks exactly what the shrunk one removes.
+a convolution over fewer channels sums in another order), on every architecture whose convs are plain,
+depthwise, or grouped with per-group widths (`conv(32 * s, 3, groups = 32)`: each group keeps the same
+number of channels, every kept filter reads its own group's surviving inputs). The keep sets name
+surviving channels per *channel space* (pyns.channels): every searchable symbol, and every derived
+width (an expression such as MobileNetV2's expansion `6 * in`, EfficientNet's `make_divisible(6 * in)` or
+a squeeze-excite's reduced width) whose value changes. A derived width has channels of its own, so which
+of them survive is chosen by their own importance (`derived_keep`, from a score per channel: Taylor
+importance in the pruner, L1 norm in Li et al.); a change in a derived width without a keep set is an
+error, never a silent truncation. The builder places a gate on every derived space too, and after every
+BN that reads a concatenation (DenseNet) one per branch's channels, so the masked network masks exactly
+what the shrunk one removes.
 
-Two cases are not function-preserving, and both are reported in the `ShrinkReport` the caller gets:
+Where it is not function-preserving, the `ShrinkReport` the caller gets says so:
 
-- `approximate`: grouped convs that are not depthwise and whose group size changes (a channel cannot
-  keep its group): the first channels of each dimension are kept;
+- `approximate`: grouped convs whose groups change size other than by whole blocks of a per-group width
+  (e.g. a hand-written `conv(c, 3, groups = 4)` on a bare symbol: a channel cannot keep its group): the
+  first channels of each dimension are kept;
 - `approximate` also lists the torch importer's layers that the channel map cannot follow exactly when
-  their channels change (`ChannelMap.rerouted`: channel shuffles, slices across a space, LayerNorm,
-  which normalises over all channels), and layers on a concat's output that have no gate of their own
-  (a BatchNorm or biased depthwise conv there turns a masked 0 into its bias); a concat itself is
-  exact: its channels are its branches' spaces at their offsets;
+  their channels change (`ChannelMap.rerouted`: channel shuffles and slices across a space, which
+  re-route channels, and LayerNorm, which normalises over all channels, so that removing one changes
+  the others' statistics where masking it does not); a concat itself is exact: its channels are its
+  branches' spaces at their offsets;
 - `dropped`: when two widths become equal so that a projection shortcut is no longer built
   (`project_when` becomes 0), the shrunk network adds the identity instead: a different architecture.
   The pruner avoids this by pruning a network whose shortcuts are pinned (pyns.channels.pin_shortcuts);
@@ -63,18 +67,61 @@ class ApproximateShrinkWarning(UserWarning):
 class ShrinkReport:
     """Layers that a shrink did not carry over exactly."""
 
-    approximate: list[str] = field(default_factory=list)  # grouped (not depthwise) convs: first k kept
+    # layers where the shrunk network is not the masked one (see the module docstring), and why
+    approximate: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # old layers with no counterpart (vanished shortcuts)
+    reasons: dict[str, str] = field(default_factory=dict)  # approximate layer -> why (one of _REASONS)
 
     @property
     def exact(self) -> bool:
         return not self.approximate and not self.dropped
 
+    def describe(self) -> str:
+        """One sentence for the user: which layers are approximate and why, grouped by reason."""
+        by_reason: dict[str, list[str]] = {}
+        for name in self.approximate:
+            by_reason.setdefault(self.reasons.get(name, "not carried over exactly"), []).append(name)
+        parts = [f"{', '.join(names[:4])}{f' and {len(names) - 4} more' if len(names) > 4 else ''}: {reason}"
+                 for reason, names in by_reason.items()]
+        if self.dropped:
+            parts.append(f"{', '.join(self.dropped)}: shortcut(s) no longer built at the new widths")
+        return "the shrunk network is not the masked one (" + "; ".join(parts) + ")"
 
-def top_positions(score: torch.Tensor, count: int) -> list[int]:
-    """Ascending positions of the `count` largest scores (ties: the lower position stays)."""
-    order = torch.sort(score.to(torch.float64).cpu(), descending=True, stable=True).indices[:count]
-    return sorted(int(i) for i in order)
+
+_REASONS = {
+    ir.Conv: "grouped conv whose groups change size, its first channels kept",
+    ir.Shuffle: "a channel shuffle re-routes the remaining channels",
+    ir.Slice: "a slice across a channel space selects other channels at the new width",
+    ir.LayerNorm: "LayerNorm normalises over the channels, so removing one changes the others' statistics",
+}
+
+
+def _node_types(nodes: Sequence[ir.Node], out: dict[str, type] | None = None) -> dict[str, type]:
+    """Layer name -> IR node type, over the whole tree."""
+    out = {} if out is None else out
+    for node in nodes:
+        out[getattr(node, "name", "")] = type(node)
+        if isinstance(node, ir.Residual):
+            _node_types(node.body, out)
+            _node_types(node.shortcut, out)
+        elif isinstance(node, ir.Concat):
+            for branch in node.branches:
+                _node_types(branch, out)
+    return out
+
+
+def top_positions(score: torch.Tensor, count: int, blocks: int = 1) -> list[int]:
+    """Ascending positions of the `count` largest scores (ties: the lower position stays); with `blocks`
+    > 1 (a per-group width, pyns.channels), the `count / blocks` largest of every block of the score."""
+    score = score.to(torch.float64).cpu().reshape(-1)
+    if blocks == 1:
+        order = torch.sort(score, descending=True, stable=True).indices[:count]
+        return sorted(int(i) for i in order)
+    if count % blocks or score.numel() % blocks:
+        raise PynsError(f"cannot keep {count} of {score.numel()} channels in {blocks} equal groups")
+    size, each = score.numel() // blocks, count // blocks
+    order = torch.sort(score.view(blocks, size), dim=1, descending=True, stable=True).indices[:, :each]
+    return sorted(int(i) for i in (order + size * torch.arange(blocks)[:, None]).reshape(-1))
 
 
 def _new_env(model: nn.Module, cmap: ChannelMap, keep: Mapping[str, Sequence[int] | torch.Tensor]) -> dict[str, int]:
@@ -82,7 +129,7 @@ def _new_env(model: nn.Module, cmap: ChannelMap, keep: Mapping[str, Sequence[int
     for space_id, positions in keep.items():
         space = cmap.spaces.get(space_id)
         if space is not None and space.symbol is not None:
-            env[space.symbol] = len(positions)
+            env[space.symbol] = len(positions) // space.blocks  # `M * s`: s channels per block
     return env
 
 
@@ -104,7 +151,7 @@ def derived_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Tens
             raise PynsError(f"no score for derived width(s) {', '.join(missing)}, so their surviving channels "
                             "cannot be chosen")
         total = sum(scores[m].to(torch.float64).cpu() for m in members)
-        kept = top_positions(total, new)
+        kept = top_positions(total, new, cmap.class_blocks(members))
         for member in members:
             out[member] = kept
     return out
@@ -134,6 +181,10 @@ def normalize_keep(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
             raise PynsError(f"the keep set of `{space_id}` lists a channel twice")
         if unique.numel() < 1 or int(unique[0]) < 0 or int(unique[-1]) >= width:
             raise PynsError(f"the keep set of `{space_id}` must name 1 to {width} channels in 0..{width - 1}")
+        blocks = cmap.blocks(space_id)
+        if blocks > 1 and len(set(torch.bincount(unique // (width // blocks), minlength=blocks).tolist())) != 1:
+            raise PynsError(f"`{space_id}` is a per-group width ({blocks} groups of {width // blocks} channels): "
+                            "its keep set must keep the same number of channels in every group")
         out[space_id] = unique
     new_env = _new_env(model, cmap, out)
     for members in cmap.classes:
@@ -200,12 +251,9 @@ class _Planner:
                 self.conv(node, roles)
             elif isinstance(node, ir.BatchNorm):
                 c = self.index(roles.get("channels"))
+                # (a BN on a concat's output is followed by SegmentGates: its masked channels are 0 after
+                # it, as removed ones are; pyns.builder)
                 self.plan[name] = {t: [c] for t in ("weight", "bias", "running_mean", "running_var")}
-                if (roles.get("channels") in self.cmap.composites and c is not None
-                        and roles.get("channels") not in self.cmap.gated_composites):
-                    # No gate after a BN on a concat's output: a masked channel leaves it as beta,
-                    # not 0, so the masked network is not the shrunk one.
-                    self.approximate.add(name)
             elif isinstance(node, (ir.LayerNorm, ir.Scale)):
                 c = self.index(roles.get("channels"))
                 self.plan[name] = {"weight": [c], "bias": [c], "gamma": [c]}
@@ -225,9 +273,34 @@ class _Planner:
                                    "conv_expand.weight": [c, r], "conv_expand.bias": [c],
                                    **{f"bn.{t}": [r] for t in ("weight", "bias", "running_mean", "running_var")}}
 
+    def grouped_inputs(self, node: ir.Conv, roles: Mapping[str, str | None], out_map: torch.Tensor | None,
+                       in_map: torch.Tensor | None) -> tuple[bool, torch.Tensor | None]:
+        """A grouped conv whose changing channels are whole blocks of per-group widths (pyns.channels):
+        (True, its weight's input index [new out, new in per group]: each kept filter's surviving inputs
+        within its own group), or (False, None) when its groups cannot keep their channels."""
+        groups = int(evaluate(node.groups, self.old_env))
+        if groups != int(evaluate(node.groups, self.new_env)):
+            return False, None
+        for role in (roles.get("in"), roles.get("out")):
+            if self.changes(role) and (role in self.cmap.composites or self.cmap.blocks(role) % groups):
+                return False, None
+        if in_map is None:
+            return True, None  # every filter keeps all its inputs; the kept filters keep their groups
+        per_group = int(evaluate(node.in_ch, self.old_env)) // groups
+        rows = torch.stack([in_map[(in_map >= g * per_group) & (in_map < (g + 1) * per_group)] - g * per_group
+                            for g in range(groups)])  # [groups, new in per group]: equal sizes (blocks)
+        old_out = int(evaluate(node.out_ch, self.old_env))
+        kept_out = torch.arange(old_out) if out_map is None else out_map
+        return True, rows[kept_out // (old_out // groups)]
+
     def conv(self, node: ir.Conv, roles: Mapping[str, str | None]) -> None:
         out_map, in_map = self.index(roles.get("out")), self.index(roles.get("in"))
+        exact_groups = False
         if node.name in self.cmap.grouped:
+            exact_groups, grouped_in = self.grouped_inputs(node, roles, out_map, in_map)
+            if exact_groups:
+                in_map = grouped_in
+        if node.name in self.cmap.grouped and not exact_groups:
             # A grouped conv whose groups change size: channels cannot keep their groups; first k.
             def size(expr, env) -> int:
                 return int(evaluate(expr, env))
@@ -239,18 +312,23 @@ class _Planner:
             in_map = None if new_in == old_in else torch.arange(new_in)
             if out_map is not None or in_map is not None:
                 self.approximate.add(node.name)
-        elif int(evaluate(node.groups, self.old_env)) > 1:  # not grouped (above), so depthwise
+        elif node.name not in self.cmap.grouped and int(evaluate(node.groups, self.old_env)) > 1:  # depthwise
             # (a plain conv may read and write the same space, e.g. conv(d) conv(d): that is no reason)
             in_map = None  # depthwise: filter c reads input channel c only; its input dimension has size 1
-            if node.bias and roles["in"] in self.cmap.composites and out_map is not None:
-                self.approximate.add(node.name)  # ungated bias on a concat's output (see BatchNorm)
         self.plan[node.name] = {"weight": [out_map, in_map], "bias": [out_map]}
 
 
 def _take(tensor: torch.Tensor, maps: Sequence[torch.Tensor | None]) -> torch.Tensor:
     for dim, index in enumerate(maps):
-        if index is not None:
-            tensor = tensor.index_select(dim, index.to(tensor.device))
+        if index is None:
+            continue
+        index = index.to(tensor.device)
+        if index.dim() == 2:  # per row of the (already indexed) dim 0, its own positions: a grouped conv
+            shape = list(tensor.shape)
+            shape[dim] = index.shape[1]
+            tensor = tensor.gather(dim, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(shape))
+        else:
+            tensor = tensor.index_select(dim, index)
     return tensor
 
 
@@ -299,7 +377,10 @@ def shrink_network(model: nn.Module, keep: Mapping[str, Sequence[int] | torch.Te
     planner.visit(old_layers)
     # Shuffles, slices across a space and LayerNorms whose channels change: see pyns.channels.
     planner.approximate.update(name for name, role in cmap.rerouted.items() if planner.changes(role))
+    types = _node_types(model.ir.layers)
     report = ShrinkReport(approximate=sorted(planner.approximate),
+                          reasons={n: _REASONS.get(types.get(n), "not carried over exactly")
+                                   for n in planner.approximate},
                           dropped=sorted(set(old_layers) - set(new_layers)))
 
     param_pairs: list[tuple[nn.Parameter, nn.Parameter, list[torch.Tensor | None]]] = []

@@ -7,6 +7,11 @@ search. A masked network (the reference code's) keeps every projection, and so d
 `PrunedNetwork` pins the shortcuts at the start widths (pyns.channels.pin_shortcuts) and counts, builds
 and ranks that network at every step. Its channel map (spaces, classes, filters) is fixed for the run.
 
+A per-group width `M * s` (pyns.channels: M blocks of s channels, ResNeXt / RegNet) is one class whose
+units are its per-group channels: unit k scores the k-th least important channel of every block, averaged
+(`unit_scores`), and removing n units drops each block's own n least important channels (`survivors`),
+so every conv group keeps the same size.
+
 τ in the trajectory is therefore the parameter count of the network actually trained, projections that
 the widths alone would no longer ask for included; `Arch.count` of a row's widths differs from it only
 on such steps.
@@ -16,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from pyns.builder import build_module
 from pyns.channels import ChannelMap, channel_map, count_filters, pin_shortcuts
 from pyns.cost.program import compile_program
+from pyns.neuralscale.prune.shrink import top_positions
 
 __all__ = ["PrunedNetwork"]
 
@@ -35,6 +42,7 @@ class PrunedNetwork:
         self.symbol_classes = self.cmap.symbol_classes()
         self.derived_classes = self.cmap.derived_classes()
         self.classes = self.symbol_classes + self.derived_classes
+        self.blocks = [self.cmap.class_blocks(c) for c in self.classes]  # per class: 1, or M of `M * s`
 
     def count(self, widths: Mapping[str, int]) -> tuple[int, int]:
         """(params, MACs) of the pinned network at `widths`, from the cost engine."""
@@ -56,7 +64,28 @@ class PrunedNetwork:
     def units(self, widths: Mapping[str, int]) -> int:
         """Channels the global ranking chooses from: one per channel of each class of symbols."""
         full = self.arch.widths(widths)
-        return sum(self.cmap.width(c[0], full) for c in self.symbol_classes)
+        return sum(self.cmap.width(c[0], full) // b for c, b in zip(self.symbol_classes, self.blocks))
+
+    def unit_scores(self, index: int, importance: torch.Tensor) -> torch.Tensor:
+        """Per unit of class `index` (of `classes`), its score for the global ranking, from the importance
+        of its live channels: the channels themselves, or for M blocks of s channels, s units whose k-th
+        is the mean of the k-th smallest importance of every block (ascending, so units go in order).
+        The mean, not the sum (the first-order cost of removing all M channels at once), so that a unit
+        competes per filter with the single channels of other widths: a sum over 32 groups would rank
+        ResNeXt's per-group widths behind every other channel, and they would never be pruned."""
+        blocks = self.blocks[index]
+        if blocks == 1:
+            return importance
+        return torch.sort(importance.reshape(blocks, -1), dim=1).values.mean(dim=0)
+
+    def survivors(self, index: int, importance: torch.Tensor, removed: list[int]) -> list[int]:
+        """Positions (into the live channels) that class `index` keeps after losing the units `removed`
+        (positions into `unit_scores`): the other channels, or each block's most important ones."""
+        blocks = self.blocks[index]
+        if blocks == 1:
+            gone = set(removed)
+            return [i for i in range(importance.numel()) if i not in gone]
+        return top_positions(importance, importance.numel() - blocks * len(removed), blocks)
 
     def floors(self, min_width: int) -> list[int]:
         """Per symbol class, the width it may not go below: min_width or its symbols' declared minimum."""
