@@ -228,6 +228,19 @@ class Network:
         return {s.name: s.default for s in self.symbols}
 
 
+def every_node(nodes: list[Node]) -> Iterator[Node]:
+    """Every node of the tree, containers (residuals, concats) and all their branches included, whatever a
+    shortcut's mode; `walk` gives the layers that count at given widths instead."""
+    for node in nodes:
+        yield node
+        if isinstance(node, Residual):
+            yield from every_node(node.body)
+            yield from every_node(node.shortcut)
+        elif isinstance(node, Concat):
+            for branch in node.branches:
+                yield from every_node(branch)
+
+
 def walk(nodes: list[Node], active: Mapping[str, Number] | None = None) -> Iterator[tuple[Node, Expr]]:
     """Yield every leaf layer with its multiplicity Expr (Const(1), or a residual's `project_when`).
 

@@ -268,21 +268,12 @@ class SpaceTracer:
         return out
 
 
-def _bare_widths(nodes: list[ir.Node], out: set[str] | None = None) -> set[str]:
+def _bare_widths(nodes: list[ir.Node]) -> set[str]:
     """Symbols that some conv / linear / SE / slice makes as a bare width (`conv(s)`)."""
-    out = set() if out is None else out
-    for node in nodes:
-        for width in (getattr(node, "out_ch", None), getattr(node, "out_features", None),
-                      getattr(node, "reduced", None), getattr(node, "width", None)):
-            if isinstance(width, Sym):
-                out.add(width.name)
-        if isinstance(node, ir.Residual):
-            _bare_widths(node.body, out)
-            _bare_widths(node.shortcut, out)
-        elif isinstance(node, ir.Concat):
-            for branch in node.branches:
-                _bare_widths(branch, out)
-    return out
+    return {width.name for node in ir.every_node(nodes)
+            for width in (getattr(node, "out_ch", None), getattr(node, "out_features", None),
+                          getattr(node, "reduced", None), getattr(node, "width", None))
+            if isinstance(width, Sym)}
 
 
 def _out_width(nodes: list[ir.Node], width: Expr) -> Expr:

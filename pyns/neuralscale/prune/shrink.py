@@ -96,18 +96,9 @@ _REASONS = {
 }
 
 
-def _node_types(nodes: Sequence[ir.Node], out: dict[str, type] | None = None) -> dict[str, type]:
+def _node_types(nodes: Sequence[ir.Node]) -> dict[str, type]:
     """Layer name -> IR node type, over the whole tree."""
-    out = {} if out is None else out
-    for node in nodes:
-        out[getattr(node, "name", "")] = type(node)
-        if isinstance(node, ir.Residual):
-            _node_types(node.body, out)
-            _node_types(node.shortcut, out)
-        elif isinstance(node, ir.Concat):
-            for branch in node.branches:
-                _node_types(branch, out)
-    return out
+    return {getattr(node, "name", ""): type(node) for node in ir.every_node(list(nodes))}
 
 
 def top_positions(score: torch.Tensor, count: int, blocks: int = 1) -> list[int]:
