@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pyns.data.arrays import derive_seed
 from pyns.train.distributed import DistContext, default_device
 from pyns.errors import RunError
 from pyns.train.recipe import TrainRecipe
@@ -109,7 +110,15 @@ class Determinism:
         torch.backends.cudnn.deterministic = deterministic
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+def seed_everything(seed: int, stream: str | None = None) -> None:
+    """Seed Python, NumPy and torch (every CUDA device too) from `seed`; with `stream` (a pruning run:
+    "prune"), from seeds derived per library for that stream instead, so that its random numbers are
+    independent of a training run's with the same seed."""
+    if stream is None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return
+    random.seed(derive_seed(seed, f"{stream}-python"))
+    np.random.seed(derive_seed(seed, f"{stream}-numpy") % 2**32)
+    torch.manual_seed(derive_seed(seed, f"{stream}-torch"))

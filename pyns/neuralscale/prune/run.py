@@ -35,25 +35,19 @@ masked mode they describe the network the widths define, not the full-size modul
 from __future__ import annotations
 
 import dataclasses
-import random
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pyns.data.arrays import derive_seed
 from pyns.data.augment import BatchLoader
 from pyns.data.augment_spec import resolve_augment
 from pyns.errors import RunError
-from pyns.neuralscale.prune.defaults import SchedulePlan, plan_schedule
+from pyns.neuralscale.prune.defaults import plan_schedule
 from pyns.neuralscale.prune.defaults import warn as warn_schedule
 from pyns.neuralscale.prune.floors import unit_floors
 from pyns.neuralscale.prune.importance import TaylorCollector, gates_by_symbol, select_units
@@ -82,6 +76,8 @@ from pyns.neuralscale.prune.schedule import (
 )
 from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network, shrink_network, top_positions
 from pyns.neuralscale.prune.start_weights import resolve_start_weights
+from pyns.neuralscale.prune.state import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, PruneResult, PruneState,
+                                          load_prune_checkpoint)
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from pyns.runfiles import (
     append_jsonl,
@@ -90,11 +86,12 @@ from pyns.runfiles import (
     atomic_write_text,
     capture_rng_state,
     check_config,
-    load_versioned_checkpoint,
     restore_rng_state,
     write_jsonl,
 )
 from pyns.train.distributed import parse_device
+from pyns.train.interrupt import DeferredInterrupt
+from pyns.train.setup import seed_everything
 
 __all__ = [
     "MODES",
@@ -105,97 +102,11 @@ __all__ = [
 ]
 
 MODES = ("shrink", "masked")
-_CHECKPOINT_FORMAT = "pyns-prune-checkpoint"
-_CHECKPOINT_VERSION = 2  # 2: derived-width keep sets, filters, the class importance sums
 # Settings that may change between an interrupted run and its resumption without changing what was
 # already computed: a longer epoch cap extends the run; the data root only says where the files are;
 # how often checkpoints are written changes no result. "schedule" holds what the settings imply (the
 # bound on steps moves with max_epochs), not settings.
 _RESUMABLE_CHANGES = ("prune.max_epochs", "data.root", "prune.checkpoint_interval_s", "schedule")
-
-
-def load_prune_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a pruning run's checkpoint.pt (tensors on the CPU, weights only), refusing files that are not one."""
-    return load_versioned_checkpoint(path, _CHECKPOINT_FORMAT, _CHECKPOINT_VERSION, "pruning")
-
-
-@dataclass
-class PruneState:
-    """Everything about the loop's position that is not a tensor of the model or optimizer."""
-
-    widths: dict[str, int]  # current width of every symbol (searchable ones shrink)
-    # per channel space (searchable symbols and derived spaces, pyns.channels): surviving channel
-    # indices of the start network
-    kept: dict[str, list[int]]
-    total_filters: int  # filters of the searchable widths at the start (what the stop fraction counts)
-    total_units: int  # channels the ranking chose from at the start (a tied class's channel once)
-    epoch: int = 0  # epoch of the next minibatch (0-based, warm-up included)
-    minibatches: int = 0  # minibatches trained so far
-    since_prune: int = 0  # minibatches whose importance and loss are collected for the next prune step
-    loss_sum: float = 0.0  # sum of their losses
-    step: int = 0  # prune steps done
-    removed_units: int = 0
-    recording: bool = False
-    done: bool = False
-    stop_reason: str | None = None
-    seconds: float = 0.0  # training wall time so far, over all sessions
-
-
-@dataclass
-class PruneResult:
-    run_dir: Path
-    rows: list[dict[str, Any]]
-    widths: dict[str, int]
-    params: int
-    macs: int
-    done: bool
-    stop_reason: str | None
-    steps: int
-    seconds: float
-    schedule: SchedulePlan | None = None  # the effective settings, which ones were derived, the points bound
-
-    @property
-    def recorded(self) -> list[dict[str, Any]]:
-        return [row for row in self.rows if row["recording"]]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The run
-# ----------------------------------------------------------------------------------------------------
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(derive_seed(seed, "prune-python"))
-    np.random.seed(derive_seed(seed, "prune-numpy") % 2**32)
-    torch.manual_seed(derive_seed(seed, "prune-torch"))
-
-
-class _DeferredInterrupt:
-    """While active (main thread only), the first Ctrl-C only sets `requested`: the loop finishes the
-    minibatch, checkpoints and stops, so the checkpoint is taken at a consistent point. A second
-    Ctrl-C raises KeyboardInterrupt at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> _DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._installed:
-            previous = self._previous if self._previous is not None else signal.default_int_handler
-            signal.signal(signal.SIGINT, previous)
 
 
 class _Pruner:
@@ -271,7 +182,7 @@ class _Pruner:
         return torch.optim.SGD(model.parameters(), lr=lr_at(c, 0), momentum=c.momentum, weight_decay=c.weight_decay)
 
     def start_fresh(self) -> None:
-        _seed_everything(self.config.seed)
+        seed_everything(self.config.seed, stream="prune")
         self.model = self._build(self.initial)
         if self.start_weights is not None:
             from pyns.neuralscale.prune.start_weights import load_start_weights
@@ -310,8 +221,8 @@ class _Pruner:
     def checkpoint(self) -> None:
         self.state.loss_sum = float(self.loss_sum.item())
         atomic_torch_save({
-            "format": _CHECKPOINT_FORMAT,
-            "version": _CHECKPOINT_VERSION,
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "state": dataclasses.asdict(self.state),
             "rows": self.rows,
             "model": self.model.state_dict(),
@@ -363,7 +274,7 @@ class _Pruner:
         target = target_units(c, s.total_filters)
         started = time.perf_counter() - s.seconds
         s.stop_reason = None  # an epoch limit reached before may have been raised on resume
-        with _DeferredInterrupt() as interrupt:
+        with DeferredInterrupt() as interrupt:
             try:
                 while not s.done:
                     if c.max_epochs is not None and s.epoch >= c.warmup_epochs + c.max_epochs:
