@@ -10,6 +10,7 @@ from torch import nn
 import pyns
 from pyns.channels import channel_map, count_filters
 from pyns.neuralscale.prune.shrink import mask_network, shrink_network
+from bn_state import randomise_bn
 
 INCEPTION = """
 network incept(classes = 5, resolution = 9, in_channels = 3)
@@ -27,21 +28,11 @@ body {
 """
 
 
-def _randomise(model: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
-
-
 def _pair(tail: str, keep: dict[str, list[int]]):
     arch = pyns.loads(INCEPTION.replace("TAIL", tail))
     torch.manual_seed(0)
     full = arch.build(gates=True)
-    _randomise(full, 1)
+    randomise_bn(full, torch.Generator().manual_seed(1))
     small, _, report = shrink_network(full, keep)
     assert sum(p.numel() for p in small.parameters()) == arch.count(small.widths).params
     mask_network(full, keep)

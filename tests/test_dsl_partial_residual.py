@@ -16,6 +16,7 @@ from pyns.channels import channel_map
 from pyns.cli.main import main
 from pyns.cost import oracle
 from pyns.neuralscale.prune.shrink import mask_network, shrink_network
+from bn_state import randomise_bn
 
 REX = """
 network rex(classes = 10, resolution = 12, in_channels = 3)
@@ -77,14 +78,7 @@ def test_partial_residual_shrinks_exactly():
     assert sorted(cmap.classes) == [("a",), ("e",), ("f",), ("r",), ("x",)] and not cmap.frozen
     torch.manual_seed(0)
     full = arch.build(gates=True)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in full.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    randomise_bn(full, torch.Generator().manual_seed(1))
     keep = {"a": [0, 2, 3, 5, 7, 9, 11], "e": [1, 2, 5], "f": [0, 3], "x": list(range(1, 24, 2)), "r": [1, 4]}
     small, _, report = shrink_network(full, keep)
     assert report.exact, report
@@ -163,12 +157,7 @@ def test_mixed_conv_counts_and_shrinks_exactly():
         assert oracle.count(arch.network, {**arch.defaults, **widths}) == (cost.params, cost.macs)
     torch.manual_seed(0)
     full = arch.build(gates=True)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for m in full.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    randomise_bn(full, torch.Generator().manual_seed(2))
     keep = {"a": [1, 2, 5], "b": [0, 3], "c": [4], "d": [0, 2, 6]}
     small, _, report = shrink_network(full, keep)
     assert report.exact, report

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import pyns
 from pyns.channels import channel_map
 from pyns.neuralscale.prune.importance import gates_by_symbol
 from pyns.neuralscale.prune.shrink import derived_keep, mask_network, shrink_network, top_positions
 from torch_models import model as make_model
-
-
-def _randomise(model: nn.Module, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=generator))
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.weight.copy_(torch.randn(m.num_features, generator=generator))
-                m.bias.copy_(torch.randn(m.num_features, generator=generator))
+from bn_state import randomise_bn
 
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:efficientnet_b0",
@@ -30,7 +20,7 @@ def test_shrunk_imported_network_equals_masked(spec, one_thread):
     arch = pyns.from_torch(make_model(spec), (3, 32, 32))
     generator = torch.Generator().manual_seed(3)
     full = arch.build(arch.uniform_widths(0.25), gates=True)
-    _randomise(full, generator)
+    randomise_bn(full, generator)
     gated = gates_by_symbol(full)  # the pruner removes units of gated widths only
     keep = {}
     from pyns import ir

@@ -14,6 +14,7 @@ from pyns.neuralscale.prune.importance import gates_by_symbol
 from pyns.neuralscale.prune.shrink import mask_network, normalize_keep, shrink_network, top_positions
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from torch_models import model as make_model
+from bn_state import randomise_bn
 
 # 4 groups of g = 3 channels after a 1x1 conv, a grouped 3x3 conv with 4 groups of h = 2 output channels.
 GROUPED = """network grouped(classes = 5, resolution = 8, in_channels = 3)
@@ -35,17 +36,6 @@ body {
     linear(classes)
 }
 """
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=generator, dtype=m.weight.dtype))
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator, dtype=m.weight.dtype) + 0.5)
-                m.weight.copy_(torch.randn(m.num_features, generator=generator, dtype=m.weight.dtype))
-                m.bias.copy_(torch.randn(m.num_features, generator=generator, dtype=m.weight.dtype))
 
 
 def test_per_group_width_is_a_blocked_symbol_space_with_gates():
@@ -79,7 +69,7 @@ def test_one_unit_drops_each_groups_own_least_important_channel():
 def test_grouped_shrink_keeps_each_filter_in_its_group_and_equals_masked():
     arch = pyns.loads(GROUPED)
     full = arch.build(gates=True).double()
-    _randomise(full, 1)
+    randomise_bn(full, torch.Generator().manual_seed(1))
     keep = {"g": [0, 2, 4, 5, 6, 7, 9, 10], "h": [1, 2, 4, 7]}  # 2 of 3 per group of g, 1 of 2 per group of h
     small, _, report = shrink_network(full, keep)
     assert report.exact, report
@@ -141,7 +131,7 @@ def test_resnext_prunes_per_group_widths_and_shrunk_equals_masked(tmp_path, one_
     assert sum(p.numel() for p in model.parameters()) == result.params
     assert all(m.groups == 32 for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
     full = net.build(start).double()
-    _randomise(full, 2)
+    randomise_bn(full, torch.Generator().manual_seed(2))
     kept = last["state"].kept
     keep = {s: v for s, v in kept.items() if len(v) < net.width(s, start)}
     small, _, report = shrink_network(full, keep)

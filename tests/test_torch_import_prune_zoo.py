@@ -24,6 +24,7 @@ from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from test_torch_import import MODELS
 from torch_models import model as make_model
+from bn_state import randomise_bn
 
 # Where removing a channel is not the function of masking it, the shrink says so (ShrinkReport.approximate)
 # and the run passes the report on; these are the only families where it may (README "Pruning an imported
@@ -40,17 +41,6 @@ def _macs(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         y = module(x)
     return counter.get_total_flops() // 2, y
-
-
-def _randomise_bn(model: nn.Module, generator: torch.Generator) -> None:
-    """Non-trivial BN statistics and affine parameters, so that a channel leaking through a BN shows."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=generator, dtype=m.running_mean.dtype))
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator, dtype=m.running_var.dtype) + 0.5)
-                m.weight.copy_(torch.randn(m.num_features, generator=generator, dtype=m.weight.dtype))
-                m.bias.copy_(torch.randn(m.num_features, generator=generator, dtype=m.bias.dtype))
 
 
 @pytest.mark.parametrize("spec,res", MODELS)
@@ -90,7 +80,7 @@ def test_prune_steps_shrink_every_imported_model(spec, res, tmp_path, one_thread
 
     # Masked == shrunk, with the keep sets the run chose (start indices of every changed channel space).
     full = net.build(start).double()
-    _randomise_bn(full, torch.Generator().manual_seed(0))
+    randomise_bn(full, torch.Generator().manual_seed(0))
     keep = {space: index for space, index in kept.items() if len(index) < net.width(space, start)}
     small, _, report = shrink_network(full, keep)
     assert sum(p.numel() for p in small.parameters()) == net.count(widths)[0]
