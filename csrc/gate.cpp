@@ -22,9 +22,7 @@
 #include <string>
 #include <vector>
 
-#ifdef PYNS_WITH_OPENMP
-#include <omp.h>
-#endif
+#include "parallel.h"
 #ifdef PYNS_WITH_CUDA
 #include "cuda/gate_cuda.h"
 #endif
@@ -32,6 +30,11 @@
 namespace py = pybind11;
 
 namespace {
+
+using pyns::split_range;
+using pyns::team_size;
+using pyns::thread_count;
+using pyns::thread_id;
 
 // Codes shared with pyns/gate.py (_DTYPE_CODES, _LAYOUT_*).
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
@@ -43,9 +46,6 @@ enum Layout : int { kPlanes = 0, kRows = 1 };
 constexpr int64_t kFloatRun = 512;
 // Rows folded into one float32 partial row in the rows layout, for the same reason.
 constexpr int64_t kRowRun = 64;
-// Per-thread partial rows are padded to a multiple of 8 doubles (64 bytes, one cache line) so that
-// threads never write the same line.
-constexpr int64_t kLineDoubles = 8;
 
 inline uint32_t float_bits(float f) {
   uint32_t u;
@@ -128,53 +128,6 @@ struct F16 {
     return static_cast<uint16_t>(out | (sign >> 16));
   }
 };
-
-int thread_count(int requested) {
-#ifdef PYNS_WITH_OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef PYNS_WITH_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-// The team actually granted, which can be smaller than asked for (e.g. 1 inside another parallel
-// region); work is split by this, never by the request.
-int team_size() {
-#ifdef PYNS_WITH_OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
-// Splits [0, total) into `parts` near-equal contiguous ranges; returns range `index`.
-inline void split_range(int64_t total, int parts, int index, int64_t& begin, int64_t& end) {
-  const int64_t base = total / parts, extra = total % parts;
-  begin = index * base + std::min<int64_t>(index, extra);
-  end = begin + base + (index < extra ? 1 : 0);
-}
-
-// The per-thread loops are built twice where GCC can dispatch at load time (ELF ifunc): with AVX2
-// (8 floats per vector, 2-3x faster software half-precision conversions) and for the baseline x86-64
-// the wheel targets. An ISA name, not "arch=haswell": the arch form matches Intel CPU models only and
-// would leave AMD on the baseline. The OpenMP regions stay outside these functions so that every thread
-// runs the selected clone. Building with -DPYNS_KERNEL_CLONES= (empty) keeps the baseline only.
-#ifndef PYNS_KERNEL_CLONES
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define PYNS_KERNEL_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PYNS_KERNEL_CLONES
-#endif
-#endif
 
 // Planes [first, last) of memory [N][C][HW]; plane p is channel p % C. Adds each plane's sum into
 // partial[channel].
@@ -294,9 +247,8 @@ void backward_cpu(uintptr_t grad, uintptr_t x, uintptr_t z, uintptr_t grad_in, u
   auto* out_g = reinterpret_cast<double*>(g);
 
   const int64_t elements = n * c * hw;
-  // Below ~32K elements a parallel region costs more than it saves.
-  const int threads = elements < 32768 ? 1 : thread_count(requested_threads);
-  const int64_t stride = (c + kLineDoubles - 1) / kLineDoubles * kLineDoubles;
+  const int threads = elements < pyns::kParallelElements ? 1 : thread_count(requested_threads);
+  const int64_t stride = pyns::padded_row(c);
   std::vector<double> partials(static_cast<size_t>(stride) * threads, 0.0);
 
   // HW == 1 makes the planes layout one element per plane; the same memory read as rows is faster.

@@ -6,12 +6,14 @@ namespace py = pybind11;
 void register_cost(py::module_& m);
 void register_solver(py::module_& m);
 void register_gate(py::module_& m);
+void register_batchnorm(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "pyns C++ core: cost programs, budget solvers, fused gate kernels";
+  m.doc() = "pyns C++ core: cost programs, budget solvers, fused gate and BatchNorm kernels";
   register_cost(m);
   register_solver(m);
   register_gate(m);
+  register_batchnorm(m);
 #ifdef PYNS_WITH_OPENMP
   m.attr("has_openmp") = true;
 #else

@@ -234,23 +234,29 @@ class TaylorGate(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise PynsError(f"The gate expects an input [N, C, ...] with C = {self.num_channels} "
                             f"channels, got shape {tuple(x.shape)}.")
-        collecting = self.accumulate or self.taylor_squares is not None or self.taylor_sum is not None
         training = torch.is_grad_enabled() and (x.requires_grad or self.z.requires_grad)
-        if training and (collecting or self.z.requires_grad):
+        if training and (self._collecting() or self.z.requires_grad):
             if self.taylor_squares is not None:
                 squares, batches = self.taylor_squares, None  # the collector counts minibatches itself
             else:
                 squares = self.importance if self.accumulate else None
                 batches = self.batches if self.accumulate else None
             return GateFunction.apply(x, self.z, squares, batches, self.taylor_sum)
-        if training and self._all_ones():
-            # Nothing to collect and z = 1 (a shrunk network, or any gate before masking): y = x and
-            # dE/dx = dE/dy exactly, so the gate is skipped: no multiply, no copy of the activation,
-            # no backward node. (Outside training the product stays, so that traced and exported
-            # graphs keep the gate.)
+        if self.passes_through(x.requires_grad):
             return x
         # Nothing to collect: plain autograd (grad * z), without the fused kernel's dE/dz reduction.
         return x * self.z.to(x.dtype).view(_channel_shape(x))
+
+    def _collecting(self) -> bool:
+        return self.accumulate or self.taylor_squares is not None or self.taylor_sum is not None
+
+    def passes_through(self, input_requires_grad: bool) -> bool:
+        """Whether forward returns its input itself for an input with this requires_grad: while training
+        with nothing to collect and z = 1 (a shrunk network, or any gate before masking), y = x and
+        dE/dx = dE/dy exactly, so the gate is skipped: no multiply, no copy of the activation, no backward
+        node. (Outside training the product stays, so that traced and exported graphs keep the gate.)"""
+        return (torch.is_grad_enabled() and input_requires_grad and not self.z.requires_grad
+                and not self._collecting() and self._all_ones())
 
     def _all_ones(self) -> bool:
         """Whether every z is 1, re-checked (one reduction) only after z was replaced or written to:

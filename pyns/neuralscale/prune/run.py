@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pyns.batchnorm import use_rows_batchnorm
 from pyns.data.augment import BatchLoader
 from pyns.data.augment_spec import resolve_augment
 from pyns.errors import RunError
@@ -170,7 +171,7 @@ class _Pruner:
     # -- set-up --------------------------------------------------------------------------------------
 
     def _build(self, widths: Mapping[str, int]):
-        model = self.net.build(widths).to(self.device, memory_format=self.memory_format)
+        model = use_rows_batchnorm(self.net.build(widths).to(self.device, memory_format=self.memory_format))
         missing = sorted(set(self.searchable) - set(gates_by_symbol(model)))
         if missing:
             raise RunError(f"searchable width(s) {', '.join(missing)} of {self.arch.name} have no pruning gate "
@@ -432,6 +433,7 @@ class _Pruner:
                 self.collector.detach()
                 self.collector = None
             self.model, self.optimizer, report = shrink_network(self.model, keep_positions, self.optimizer)
+            use_rows_batchnorm(self.model)
             self._to_memory_format()
             if report.approximate:
                 note["approximate_layers"] = report.approximate
