@@ -118,6 +118,16 @@ def main() -> None:
     (s_wall, s_cpu, s_prune), (m_wall, m_cpu, m_prune) = best["shrink"], best["masked"]
     print(f"\nshrinking vs masking: {m_wall / s_wall:.2f}x faster wall, {m_cpu / s_cpu:.2f}x less CPU time, "
           f"{m_prune / s_prune:.2f}x faster over the pruning phase")
+    # What a shrinking run could save at best if a minibatch cost exactly its MACs: the pruning phase
+    # trains at the MACs of each row (the widths after that step) for the Q minibatches that follow it,
+    # and everything before the first step is the same full-width work in both modes.
+    rows = runs["shrink"][0][0].rows
+    macs_fraction = sum(r["macs"] for r in rows[:-1]) / max(len(rows) - 1, 1) / start.macs
+    first_masked = min(e[0].rows[0]["time_s"] for e in runs["masked"])
+    bound_run = (first_masked + m_prune) / (first_masked + m_prune * macs_fraction)
+    print(f"time proportional to MACs would give at most {1 / macs_fraction:.2f}x over the pruning phase "
+          f"(its average MACs are 1/{1 / macs_fraction:.2f} of the start network's) and {bound_run:.2f}x over the "
+          f"whole run (the {first_masked:.1f} s before the first step are the same in both modes)")
 
     shrunk, masked = runs["shrink"][0][0], runs["masked"][0][0]
     repeat_same = all(_rows_equal(e[0].rows, shrunk.rows) for e in runs["shrink"][1:])

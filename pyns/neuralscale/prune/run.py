@@ -140,6 +140,8 @@ class _Pruner:
         # reorders and pooling / BN vectorise over channels. A VGG11 minibatch at the widths a run
         # passes through took 10-37 % less CPU time (benchmarks/bench_prune.py, README "Speed").
         # Every step, both modes and resumed runs use the same layout, so results stay reproducible.
+        # Every network built or shrunk also gets pyns' own BatchNorm (pyns.batchnorm: torch's channels-
+        # last CPU kernels are 2-6x slower at the odd widths pruning produces) with the ReLU after it folded in.
         self.memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
         self._shown_loss: float | None = None  # the progress bar's last loss
         self._last_save = time.monotonic()
