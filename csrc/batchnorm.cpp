@@ -31,11 +31,6 @@ namespace py = pybind11;
 
 namespace {
 
-using pyns::split_range;
-using pyns::team_size;
-using pyns::thread_count;
-using pyns::thread_id;
-
 // Codes shared with pyns/batchnorm.py (_DTYPE_CODES).
 enum DType : int { kFloat32 = 0, kFloat64 = 1 };
 
@@ -149,7 +144,7 @@ void reduce_partials(const std::vector<double>& partials, int64_t stride, int te
 template <class T>
 void forward_rows(const T* x, const T* weight, const T* bias, T* y, double* mean, double* invstd, T* running_mean,
                   T* running_var, double factor, bool relu, int64_t rows, int64_t c, double eps, int requested) {
-  const int threads = rows * c < pyns::kParallelElements ? 1 : thread_count(requested);
+  const int threads = rows * c < pyns::kParallelElements ? 1 : pyns::thread_count(requested);
   const int64_t stride = pyns::padded_row(c);
   std::vector<double> partials(static_cast<size_t>(stride) * threads, 0.0);
   std::vector<T> mean_t(c), scale(c), shift(c);
@@ -160,10 +155,10 @@ void forward_rows(const T* x, const T* weight, const T* bias, T* y, double* mean
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    const int tid = thread_id();
+    const int tid = pyns::thread_id();
     std::vector<T> run(static_cast<size_t>(c));
     int64_t first, last;
-    split_range(rows, team_size(), tid, first, last);
+    pyns::split_range(rows, pyns::team_size(), tid, first, last);
     double* mine = partials.data() + tid * stride;
     row_sums<T>(x, nullptr, mine, run.data(), c, first, last);
 #ifdef PYNS_WITH_OPENMP
@@ -171,7 +166,7 @@ void forward_rows(const T* x, const T* weight, const T* bias, T* y, double* mean
 #pragma omp single
 #endif
     {
-      teams = team_size();
+      teams = pyns::team_size();
       reduce_partials(partials, stride, teams, c, mean);
       for (int64_t ch = 0; ch < c; ++ch) {
         mean[ch] /= static_cast<double>(rows);
@@ -208,7 +203,7 @@ void forward_rows(const T* x, const T* weight, const T* bias, T* y, double* mean
 template <class T>
 void backward_rows(const T* dy, const T* y, const T* x, const double* mean, const double* invstd, const T* weight,
                    T* dx, T* grad_weight, T* grad_bias, int64_t rows, int64_t c, int requested) {
-  const int threads = rows * c < pyns::kParallelElements ? 1 : thread_count(requested);
+  const int threads = rows * c < pyns::kParallelElements ? 1 : pyns::thread_count(requested);
   const int64_t stride = pyns::padded_row(c);
   std::vector<double> partial_dy(static_cast<size_t>(stride) * threads, 0.0);
   std::vector<double> partial_dot(static_cast<size_t>(stride) * threads, 0.0);
@@ -220,10 +215,10 @@ void backward_rows(const T* dy, const T* y, const T* x, const double* mean, cons
 #pragma omp parallel num_threads(threads)
 #endif
   {
-    const int tid = thread_id();
+    const int tid = pyns::thread_id();
     std::vector<T> run_dy(static_cast<size_t>(c)), run_dot(static_cast<size_t>(c));
     int64_t first, last;
-    split_range(rows, team_size(), tid, first, last);
+    pyns::split_range(rows, pyns::team_size(), tid, first, last);
     row_grad_sums<T>(dy, y, x, mean_t.data(), partial_dy.data() + tid * stride, partial_dot.data() + tid * stride,
                      run_dy.data(), run_dot.data(), c, first, last);
 #ifdef PYNS_WITH_OPENMP
@@ -231,7 +226,7 @@ void backward_rows(const T* dy, const T* y, const T* x, const double* mean, cons
 #pragma omp single
 #endif
     {
-      const int teams = team_size();
+      const int teams = pyns::team_size();
       reduce_partials(partial_dy, stride, teams, c, sum_dy.data());
       reduce_partials(partial_dot, stride, teams, c, dot.data());
       const double n = static_cast<double>(rows);
