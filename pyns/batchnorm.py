@@ -17,9 +17,14 @@ ReLU's own forward and backward passes over the activation disappear. The ReLU m
 
 The results equal torch's to float rounding, not bit for bit (the sums run in another order; both
 round float32 over short runs). `use_rows_batchnorm(model)` switches a model's layers in place, keeping
-every parameter and buffer: the pruner does so after every rebuild (pyns.neuralscale.prune.run).
+every parameter and buffer: the pruner does so after every rebuild (pyns.neuralscale.prune.run), and
+`rows_batchnorm(model)` does it for the length of a `with` block (pyns.train.loop, with channels_last on
+the CPU).
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -32,7 +37,7 @@ try:  # the source tree without a build still works, on torch's path
 except ImportError:  # pragma: no cover - exercised only without a compiled core
     _core = None
 
-__all__ = ["RowsBatchNorm2d", "rows_kernel_serves", "use_rows_batchnorm"]
+__all__ = ["RowsBatchNorm2d", "rows_batchnorm", "rows_kernel_serves", "use_rows_batchnorm"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}  # shared with csrc/batchnorm.cpp
 # A flag on the output tensor of a BN that applied the ReLU after it, read by that ReLU.
@@ -162,3 +167,21 @@ def use_rows_batchnorm(model: nn.Module) -> nn.Module:
                 # Through __dict__: assigning a module attribute would register the gate a second time.
                 bn.__dict__["_folded"] = (gate,)
     return model
+
+
+@contextlib.contextmanager
+def rows_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
+    """`use_rows_batchnorm(model)` for the duration of the block; on exit the layers it switched are
+    plain nn.BatchNorm2d and nn.ReLU again (the training harness hands the caller's module back as it
+    came)."""
+    switched = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    use_rows_batchnorm(model)
+    relus = [m for m in model.modules() if type(m) is _FoldedReLU]
+    try:
+        yield model
+    finally:
+        for module in switched:
+            module.__class__ = nn.BatchNorm2d
+            module.__dict__.pop("_folded", None)
+        for module in relus:
+            module.__class__ = nn.ReLU

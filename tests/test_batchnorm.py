@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from pyns import _core
 from pyns.batchnorm import RowsBatchNorm2d, _FoldedReLU, rows_kernel_serves, use_rows_batchnorm
 from pyns.gate import TaylorGate
 
@@ -132,17 +131,6 @@ def test_other_inputs_take_torchs_own_path_exactly():
         rows(_input(1, 6, 1, 1))
 
 
-def test_kernel_rejects_bad_arguments():
-    x = torch.zeros(4, 3)
-    out = torch.zeros(2, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="dtype code"):
-        _core.batchnorm_forward_rows(x.data_ptr(), 0, 0, x.data_ptr(), out.data_ptr(), out[1].data_ptr(), 0, 0,
-                                     0.1, False, 4, 3, 1e-5, 7)
-    with pytest.raises(ValueError, match="rows >= 1"):
-        _core.batchnorm_backward_rows(x.data_ptr(), 0, x.data_ptr(), out.data_ptr(), out[1].data_ptr(), 0, 0, 0,
-                                      0, 0, 3, 0)
-
-
 def _block(c_in: int, c: int, gate: bool, dtype=torch.float64) -> nn.Sequential:
     torch.manual_seed(3)
     layers = [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
@@ -221,3 +209,36 @@ def test_pruner_trains_on_rows_batchnorm_after_every_rebuild(tmp_path):
     prune(arch, data, config, tmp_path / "run", widths=arch.uniform_widths(0.125), callback=callback)
     assert len({step for step, _, _ in seen}) > 2  # several rebuilt networks were seen
     assert all(switched and folded for _, switched, folded in seen)
+
+
+def test_training_channels_last_on_the_cpu_uses_the_kernel_and_hands_the_model_back(tmp_path):
+    """pyns.train with channels_last on the CPU: the BNs run on the rows kernel during the run (seen from
+    inside a forward), the result follows the NCHW run to float rounding, and the caller's model comes
+    back with plain nn.BatchNorm2d / nn.ReLU classes."""
+    from pyns.data.augment import BatchLoader
+    from pyns.data.datasets import load_dataset
+    from pyns.train.loop import train
+    from pyns.train.recipe import TrainRecipe
+
+    data = load_dataset("synthetic", num_samples=96, test_samples=32, resolution=8, channels=3, seed=0)
+    test = load_dataset("synthetic", split="test", num_samples=96, test_samples=32, resolution=8, channels=3, seed=0)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 11, 3, padding=1, bias=False), nn.BatchNorm2d(11), nn.ReLU(inplace=True),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(11, 10))
+
+    classes_seen = []
+    results = {}
+    for layout in (False, True):
+        net = model()
+        net[0].register_forward_hook(lambda m, i, o: classes_seen.append((type(net[1]), type(net[2]))))
+        recipe = TrainRecipe(epochs=2, batch_size=32, milestones=(), lr=0.05, channels_last=layout)
+        loaders = (BatchLoader(data, 32, train=True, seed=0), BatchLoader(test, 32, train=False))
+        result = train(net, *loaders, recipe, out_dir=tmp_path / f"cl-{layout}", progress=False)
+        results[layout] = (result, [p.detach().clone() for p in net.parameters()])
+        assert type(net[1]) is nn.BatchNorm2d and type(net[2]) is nn.ReLU and "_folded" not in net[1].__dict__
+    assert (RowsBatchNorm2d, _FoldedReLU) in classes_seen and (nn.BatchNorm2d, nn.ReLU) in classes_seen
+    for a, b in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert results[True][0].final_test_loss == pytest.approx(results[False][0].final_test_loss, rel=1e-4)

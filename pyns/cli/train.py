@@ -61,7 +61,8 @@ def register(sub) -> None:
     add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type (auto)")
-    recipe.add_argument("--channels-last", action="store_true", help="NHWC memory layout (CUDA only)")
+    recipe.add_argument("--channels-last", action="store_true",
+                        help="NHWC memory layout: faster convs on CUDA; on the CPU also pyns' own BatchNorm")
     recipe.add_argument("--compile", action="store_true", help="torch.compile the model")
     recipe.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")

@@ -43,7 +43,7 @@ class TrainRecipe:
     seed: int = 0
     amp: bool = False  # mixed precision autocast, CUDA only (ignored with a warning elsewhere)
     amp_dtype: str = "auto"  # "auto" (bfloat16 where supported, else float16), "bfloat16", "float16"
-    channels_last: bool = False  # NHWC memory layout, CUDA only (faster convs on tensor cores)
+    channels_last: bool = False  # NHWC memory layout: CUDA (tensor-core convs) and the CPU (see pyns.train.loop)
     compile: bool = False  # torch.compile the model (first epoch pays the compilation time)
     deterministic: bool = False  # torch.use_deterministic_algorithms; for tests and exact comparisons
 
