@@ -192,9 +192,17 @@ def test_recipe_defaults_are_the_papers() -> None:
     expected = {0: 0.1, 99: 0.1, 100: 0.01, 199: 0.01, 200: 0.001, 249: 0.001, 250: 0.0001, 299: 0.0001}
     for epoch, lr in expected.items():
         assert cifar.lr_at(epoch) == pytest.approx(lr, rel=1e-12)
-    for bad in ({"lr": 0}, {"milestones": (5, 3)}, {"momentum": 1.0}, {"epochs": 0}, {"amp_dtype": "fp8"}):
+    for bad in ({"lr": 0}, {"milestones": (5, 3)}, {"momentum": 1.0}, {"epochs": 0}, {"amp_dtype": "fp8"},
+                {"channels_last": "yes"}):
         with pytest.raises(RunError):
             TrainRecipe(**bad)
+
+
+def test_channels_last_defaults_to_the_cpu_only() -> None:
+    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+    assert [TrainRecipe().uses_channels_last(d) for d in (cpu, cuda, meta)] == [True, False, False]
+    assert [TrainRecipe(channels_last=True).uses_channels_last(d) for d in (cpu, cuda, meta)] == [True, True, False]
+    assert [TrainRecipe(channels_last=False).uses_channels_last(d) for d in (cpu, cuda)] == [False, False]
 
 
 def test_lr_schedule_follows_milestones(tmp_path: Path) -> None:

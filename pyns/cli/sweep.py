@@ -58,8 +58,9 @@ def register(sub) -> None:
     add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type")
-    recipe.add_argument("--channels-last", action="store_true",
-                        help="NHWC memory layout: faster convs on CUDA; on the CPU also pyns' own BatchNorm")
+    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory layout (default: on the CPU, where steps are 1.2-1.4x faster with "
+                             "pyns' BatchNorm; off on CUDA, where it speeds up tensor-core convs)")
     recipe.add_argument("--compile", action="store_true", help="torch.compile every model")
     recipe.add_argument("--deterministic", action="store_true", help="deterministic kernels")
     li = p.add_argument_group("Li et al. fine-tuning")

@@ -61,8 +61,9 @@ def register(sub) -> None:
     add_augment_options(recipe)
     recipe.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     recipe.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="mixed precision type (auto)")
-    recipe.add_argument("--channels-last", action="store_true",
-                        help="NHWC memory layout: faster convs on CUDA; on the CPU also pyns' own BatchNorm")
+    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC memory layout (default: on the CPU, where steps are 1.2-1.4x faster with "
+                             "pyns' BatchNorm; off on CUDA, where it speeds up tensor-core convs)")
     recipe.add_argument("--compile", action="store_true", help="torch.compile the model")
     recipe.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -91,9 +92,11 @@ def recipe_from_args(args: argparse.Namespace, dataset: str):
             overrides[flag] = value
     if getattr(args, "milestones", None) is not None:
         overrides["milestones"] = _milestones(args.milestones)
-    for flag in ("amp", "channels_last", "compile", "deterministic"):
+    for flag in ("amp", "compile", "deterministic"):
         if getattr(args, flag, False):
             overrides[flag] = True
+    if getattr(args, "channels_last", None) is not None:  # --channels-last / --no-channels-last
+        overrides["channels_last"] = args.channels_last
     key = canonical_name(dataset)
     if key == "tinyimagenet":
         return TrainRecipe.tinyimagenet(**overrides)

@@ -109,7 +109,7 @@ class EpochRunner:
         self.progress.start(steps_per_epoch, epoch_index + 1, epochs)
         last_shown = 0
         for step, (x, y) in enumerate(loader):
-            if self.channels_last:
+            if self.channels_last and x.dim() == 4:  # images; any other input keeps its layout
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp_dtype):
                 logits = self.model(x)

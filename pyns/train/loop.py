@@ -16,9 +16,10 @@ Accuracies are counted over samples (correct / total), never averaged over batch
 reference code). Under torchrun (`WORLD_SIZE` > 1) the model is wrapped in DistributedDataParallel, the
 counts are all-reduced and only rank 0 writes files.
 
-`recipe.channels_last` trains in NHWC memory on CUDA and on the CPU; on the CPU the model's BatchNorm2d
-layers run on pyns' kernel for the run (pyns.batchnorm.rows_batchnorm, the ReLU after each folded in)
-and are handed back as plain nn.BatchNorm2d / nn.ReLU.
+`recipe.channels_last` trains in NHWC memory (by default on the CPU, where it is 1.16-1.44x faster per
+step: benchmarks/bench_train_layout.py; on CUDA when set). On the CPU the model's BatchNorm2d layers then
+run on pyns' kernel for the run (pyns.batchnorm.rows_batchnorm, the ReLU after each folded in) and are
+handed back as plain nn.BatchNorm2d / nn.ReLU.
 
 The loaders follow `pyns.data.augment.BatchLoader`'s protocol: iterating yields `(x, y)` batches already on the
 training device; `len()` is the number of batches; optional `state_dict()` / `load_state_dict()` make
@@ -193,7 +194,7 @@ def evaluate(
     total = 0
     try:
         for x, y in loader:
-            if channels_last:
+            if channels_last and x.dim() == 4:  # images; any other input keeps its layout
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp_dtype):
                 logits = model(x)
@@ -298,7 +299,7 @@ def _train(
     if ctx.is_main:
         save_config(out, config, CONFIG_FILE)
     amp_dtype = resolve_amp_dtype(recipe, device)
-    channels_last = recipe.channels_last and device.type in ("cuda", "cpu")
+    channels_last = recipe.uses_channels_last(device)
     if recipe.channels_last and not channels_last:
         log.warning("channels_last runs on CUDA and the CPU only; keeping the default layout on %s", device)
     # On the CPU, channels-last BatchNorm runs on pyns' kernel (torch's is 2-6x slower at the odd widths a

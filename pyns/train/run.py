@@ -132,7 +132,7 @@ def run_training(arch, model: torch.nn.Module, train_set, test_set, recipe, out_
     record["train_images_per_s"] = len(train_set) * len(result.history) / seconds if seconds > 0 else None
     if latency:
         shape = (arch.network.in_channels, arch.resolution, arch.resolution)
-        channels_last = bool(recipe.channels_last) and next(model.parameters()).device.type == "cuda"
+        channels_last = recipe.channels_last is True and next(model.parameters()).device.type == "cuda"
         timing = measure_latency(model, shape, next(model.parameters()).device, channels_last=channels_last)
         record["latency"] = {**dataclasses.asdict(timing), "method": LATENCY_METHOD}
         record["latency_ms"] = timing.ms_per_batch
