@@ -9,7 +9,7 @@
 //   forward:  mean, biased var (two passes: sum, then sum of (x - mean)^2), invstd = 1/sqrt(var + eps),
 //             y = (x - mean) * (invstd * w) + b, or max(that, 0) with a ReLU fused in
 //             (running_mean / running_var updated as torch does)
-//   backward: (dy zeroed where a fused ReLU's y is not > 0)
+//   backward: (dy zeroed where a fused ReLU did not pass its input, the mask recomputed from x)
 //             sum_dy, dot = sum dy * (x - mean); grad_w = dot * invstd, grad_b = sum_dy,
 //             dx = w * invstd * (dy - sum_dy / R - (x - mean) * invstd^2 * dot / R)
 //
@@ -62,8 +62,33 @@ PYNS_KERNEL_CLONES void row_sums(const T* x, const T* shift, double* partial, T*
   }
 }
 
-// y[r][ch] = scale[ch] * (x[r][ch] - mean[ch]) + shift[ch], then max(y, 0) when `relu` (NaN stays NaN,
-// as torch.relu keeps it).
+// The normalised value before a fused ReLU. The forward writes it and the backward recomputes it for the
+// ReLU's mask, from the same inputs by the same expression; this file is built with -ffp-contract=off
+// (CMakeLists.txt), so neither side fuses it into an FMA and the two agree bit for bit.
+template <class T>
+inline T normalized(T x, T mean, T scale, T shift) {
+  return scale * (x - mean) + shift;
+}
+
+// The upstream gradient dy where the fused ReLU passed its input v through (v > 0), else 0, as torch's
+// threshold_backward does on the ReLU's output. A select, so that the loops below vectorise.
+template <class T>
+inline T through_relu(T dy, T v) {
+  return v > T(0) ? dy : T(0);
+}
+
+// scale = invstd * weight and shift = bias in the input dtype, computed once for the forward and again,
+// identically, for the backward's ReLU mask.
+template <class T>
+void normalize_coefficients(const double* invstd, const T* weight, const T* bias, int64_t c, T* scale, T* shift) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
+    scale[ch] = static_cast<T>(invstd[ch] * w);
+    shift[ch] = bias ? bias[ch] : T(0);
+  }
+}
+
+// y[r][ch] = normalized(x), then max(y, 0) when `relu` (NaN stays NaN, as torch.relu keeps it).
 template <class T>
 PYNS_KERNEL_CLONES void row_normalize(const T* x, const T* mean, const T* scale, const T* shift, T* y, bool relu,
                                       int64_t c, int64_t first, int64_t last) {
@@ -73,56 +98,66 @@ PYNS_KERNEL_CLONES void row_normalize(const T* x, const T* mean, const T* scale,
     if (relu) {
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
-        const T v = scale[ch] * (xr[ch] - mean[ch]) + shift[ch];
+        const T v = normalized(xr[ch], mean[ch], scale[ch], shift[ch]);
         yr[ch] = v < T(0) ? T(0) : v;
       }
     } else {
 #pragma omp simd
-      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = scale[ch] * (xr[ch] - mean[ch]) + shift[ch];
+      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = normalized(xr[ch], mean[ch], scale[ch], shift[ch]);
     }
   }
 }
 
-// The upstream gradient at [r][ch]: dy, or 0 where a fused ReLU's output y is not > 0 (as torch's
-// threshold_backward).
+// dx[r][ch] = a[ch] * g + b[ch] * (x[r][ch] - mean[ch]) + k[ch], g the upstream gradient: dy, or dy through
+// the fused ReLU when scale / shift are given. The test sits outside the channel loops, which GCC would
+// otherwise leave scalar.
 template <class T>
-inline T upstream(const T* gr, const T* yr, int64_t ch) {
-  return yr ? (yr[ch] > T(0) ? gr[ch] : T(0)) : gr[ch];
-}
-
-// dx[r][ch] = a[ch] * g + b[ch] * (x[r][ch] - mean[ch]) + k[ch], g the upstream gradient.
-template <class T>
-PYNS_KERNEL_CLONES void row_input_grad(const T* dy, const T* y, const T* x, const T* a, const T* mean, const T* b,
-                                       const T* k, T* dx, int64_t c, int64_t first, int64_t last) {
+PYNS_KERNEL_CLONES void row_input_grad(const T* dy, const T* x, const T* a, const T* mean, const T* b, const T* k,
+                                       const T* scale, const T* shift, T* dx, int64_t c, int64_t first,
+                                       int64_t last) {
   for (int64_t r = first; r < last; ++r) {
     const T* gr = dy + r * c;
-    const T* yr = y ? y + r * c : nullptr;
     const T* xr = x + r * c;
     T* orow = dx + r * c;
+    if (scale) {
 #pragma omp simd
-    for (int64_t ch = 0; ch < c; ++ch) orow[ch] = a[ch] * upstream(gr, yr, ch) + b[ch] * (xr[ch] - mean[ch]) + k[ch];
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const T g = through_relu(gr[ch], normalized(xr[ch], mean[ch], scale[ch], shift[ch]));
+        orow[ch] = a[ch] * g + b[ch] * (xr[ch] - mean[ch]) + k[ch];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t ch = 0; ch < c; ++ch) orow[ch] = a[ch] * gr[ch] + b[ch] * (xr[ch] - mean[ch]) + k[ch];
+    }
   }
 }
 
 // partial_dy[ch] += sum g, partial_dot[ch] += sum g * (x - mean[ch]) over rows [first, last), g the upstream
 // gradient.
 template <class T>
-PYNS_KERNEL_CLONES void row_grad_sums(const T* dy, const T* y, const T* x, const T* mean, double* partial_dy,
-                                      double* partial_dot, T* run_dy, T* run_dot, int64_t c, int64_t first,
-                                      int64_t last) {
+PYNS_KERNEL_CLONES void row_grad_sums(const T* dy, const T* x, const T* mean, const T* scale, const T* shift,
+                                      double* partial_dy, double* partial_dot, T* run_dy, T* run_dot, int64_t c,
+                                      int64_t first, int64_t last) {
   for (int64_t block = first; block < last; block += kRowRun) {
     const int64_t block_end = std::min(last, block + kRowRun);
     std::fill(run_dy, run_dy + c, T(0));
     std::fill(run_dot, run_dot + c, T(0));
     for (int64_t r = block; r < block_end; ++r) {
       const T* gr = dy + r * c;
-      const T* yr = y ? y + r * c : nullptr;
       const T* xr = x + r * c;
+      if (scale) {
 #pragma omp simd
-      for (int64_t ch = 0; ch < c; ++ch) {
-        const T g = upstream(gr, yr, ch);
-        run_dy[ch] += g;
-        run_dot[ch] += g * (xr[ch] - mean[ch]);
+        for (int64_t ch = 0; ch < c; ++ch) {
+          const T g = through_relu(gr[ch], normalized(xr[ch], mean[ch], scale[ch], shift[ch]));
+          run_dy[ch] += g;
+          run_dot[ch] += g * (xr[ch] - mean[ch]);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ++ch) {
+          run_dy[ch] += gr[ch];
+          run_dot[ch] += gr[ch] * (xr[ch] - mean[ch]);
+        }
       }
     }
     for (int64_t ch = 0; ch < c; ++ch) {
@@ -190,19 +225,17 @@ void forward_rows(const T* x, const T* weight, const T* bias, T* y, double* mean
           running_mean[ch] = static_cast<T>((1.0 - factor) * running_mean[ch] + factor * mean[ch]);
         if (running_var)
           running_var[ch] = static_cast<T>((1.0 - factor) * running_var[ch] + factor * var[ch] * unbias);
-        const double w = weight ? static_cast<double>(weight[ch]) : 1.0;
-        const double b = bias ? static_cast<double>(bias[ch]) : 0.0;
-        scale[ch] = static_cast<T>(invstd[ch] * w);
-        shift[ch] = static_cast<T>(b);
       }
+      normalize_coefficients<T>(invstd, weight, bias, c, scale.data(), shift.data());
     }  // implicit barrier
     row_normalize<T>(x, mean_t.data(), scale.data(), shift.data(), y, relu, c, first, last);
   }
 }
 
 template <class T>
-void backward_rows(const T* dy, const T* y, const T* x, const double* mean, const double* invstd, const T* weight,
-                   T* dx, T* grad_weight, T* grad_bias, int64_t rows, int64_t c, int requested) {
+void backward_rows(const T* dy, const T* x, const double* mean, const double* invstd, const T* weight,
+                   const T* bias, bool relu, T* dx, T* grad_weight, T* grad_bias, int64_t rows, int64_t c,
+                   int requested) {
   const int threads = rows * c < pyns::kParallelElements ? 1 : pyns::thread_count(requested);
   const int64_t stride = pyns::padded_row(c);
   std::vector<double> partial_dy(static_cast<size_t>(stride) * threads, 0.0);
@@ -210,6 +243,10 @@ void backward_rows(const T* dy, const T* y, const T* x, const double* mean, cons
   std::vector<T> mean_t(c), a(c), b(c), k(c);
   std::vector<double> sum_dy(c), dot(c);
   for (int64_t ch = 0; ch < c; ++ch) mean_t[ch] = static_cast<T>(mean[ch]);
+  std::vector<T> scale(relu ? c : 0), shift(relu ? c : 0);  // the fused ReLU's mask, as the forward had it
+  if (relu) normalize_coefficients<T>(invstd, weight, bias, c, scale.data(), shift.data());
+  const T* scale_p = relu ? scale.data() : nullptr;
+  const T* shift_p = relu ? shift.data() : nullptr;
   (void)threads;  // used only by the OpenMP pragma
 #ifdef PYNS_WITH_OPENMP
 #pragma omp parallel num_threads(threads)
@@ -219,7 +256,8 @@ void backward_rows(const T* dy, const T* y, const T* x, const double* mean, cons
     std::vector<T> run_dy(static_cast<size_t>(c)), run_dot(static_cast<size_t>(c));
     int64_t first, last;
     pyns::split_range(rows, pyns::team_size(), tid, first, last);
-    row_grad_sums<T>(dy, y, x, mean_t.data(), partial_dy.data() + tid * stride, partial_dot.data() + tid * stride,
+    row_grad_sums<T>(dy, x, mean_t.data(), scale_p, shift_p, partial_dy.data() + tid * stride,
+                     partial_dot.data() + tid * stride,
                      run_dy.data(), run_dot.data(), c, first, last);
 #ifdef PYNS_WITH_OPENMP
 #pragma omp barrier
@@ -240,7 +278,7 @@ void backward_rows(const T* dy, const T* y, const T* x, const double* mean, cons
         if (grad_bias) grad_bias[ch] = static_cast<T>(sum_dy[ch]);
       }
     }  // implicit barrier
-    if (dx) row_input_grad<T>(dy, y, x, a.data(), mean_t.data(), b.data(), k.data(), dx, c, first, last);
+    if (dx) row_input_grad<T>(dy, x, a.data(), mean_t.data(), b.data(), k.data(), scale_p, shift_p, dx, c, first, last);
   }
 }
 
@@ -285,20 +323,20 @@ void batchnorm_forward_rows(uintptr_t x, uintptr_t weight, uintptr_t bias, uintp
                          mut<double>(running_mean), mut<double>(running_var), factor, relu, rows, c, eps, threads);
 }
 
-void batchnorm_backward_rows(uintptr_t dy, uintptr_t y, uintptr_t x, uintptr_t save_mean, uintptr_t save_invstd,
-                             uintptr_t weight, uintptr_t dx, uintptr_t grad_weight, uintptr_t grad_bias,
-                             int64_t rows, int64_t c, int dtype, int threads) {
+void batchnorm_backward_rows(uintptr_t dy, uintptr_t x, uintptr_t save_mean, uintptr_t save_invstd,
+                             uintptr_t weight, uintptr_t bias, bool relu, uintptr_t dx, uintptr_t grad_weight,
+                             uintptr_t grad_bias, int64_t rows, int64_t c, int dtype, int threads) {
   check_shape(x, rows, c, dtype, threads, "batchnorm backward");
   if (!dy || !save_mean || !save_invstd) throw std::invalid_argument("batchnorm backward: a required pointer is null");
   py::gil_scoped_release no_gil;
   const auto* m = ptr<double>(save_mean);
   const auto* s = ptr<double>(save_invstd);
   if (dtype == kFloat32)
-    backward_rows<float>(ptr<float>(dy), ptr<float>(y), ptr<float>(x), m, s, ptr<float>(weight), mut<float>(dx),
-                         mut<float>(grad_weight), mut<float>(grad_bias), rows, c, threads);
+    backward_rows<float>(ptr<float>(dy), ptr<float>(x), m, s, ptr<float>(weight), ptr<float>(bias), relu,
+                         mut<float>(dx), mut<float>(grad_weight), mut<float>(grad_bias), rows, c, threads);
   else
-    backward_rows<double>(ptr<double>(dy), ptr<double>(y), ptr<double>(x), m, s, ptr<double>(weight), mut<double>(dx),
-                          mut<double>(grad_weight), mut<double>(grad_bias), rows, c, threads);
+    backward_rows<double>(ptr<double>(dy), ptr<double>(x), m, s, ptr<double>(weight), ptr<double>(bias), relu,
+                          mut<double>(dx), mut<double>(grad_weight), mut<double>(grad_bias), rows, c, threads);
 }
 
 }  // namespace
@@ -313,10 +351,11 @@ void register_batchnorm(py::module_& m) {
         "be 0 (1 and 0), the running buffers 0 (not updated; otherwise running = (1 - factor) * running + "
         "factor * batch, the variance unbiased). relu: y = max(y, 0) (a ReLU fused in). save_mean and "
         "save_invstd are float64 [C] outputs for the backward. threads 0 = OpenMP default.");
-  m.def("batchnorm_backward_rows", &batchnorm_backward_rows, py::arg("dy"), py::arg("y"), py::arg("x"), py::arg("save_mean"),
-        py::arg("save_invstd"), py::arg("weight"), py::arg("dx"), py::arg("grad_weight"), py::arg("grad_bias"),
-        py::arg("rows"), py::arg("c"), py::arg("dtype"), py::arg("threads") = 0,
+  m.def("batchnorm_backward_rows", &batchnorm_backward_rows, py::arg("dy"), py::arg("x"), py::arg("save_mean"),
+        py::arg("save_invstd"), py::arg("weight"), py::arg("bias"), py::arg("relu"), py::arg("dx"),
+        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("rows"), py::arg("c"), py::arg("dtype"),
+        py::arg("threads") = 0,
         "Training-mode BatchNorm backward on memory [rows][C]; dx, grad_weight and grad_bias (x's dtype) "
-        "may each be 0 (not wanted). y is the forward's output when it fused a ReLU (the gradient passes "
-        "where y > 0), else 0. save_mean and save_invstd are the forward's; weight may be 0 (1).");
+        "may each be 0 (not wanted). save_mean and save_invstd are the forward's; weight and bias (0: 1 and "
+        "0) its parameters; relu: the forward fused a ReLU, whose mask is recomputed from x.");
 }

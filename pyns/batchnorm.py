@@ -11,8 +11,9 @@ as torch does (unbiased variance; momentum, or the cumulative average when momen
 
 A ReLU that follows it in an nn.Sequential (directly, or behind a pruning gate that is the identity for
 the call: pyns.gate.TaylorGate.passes_through) is folded into the same passes: the BN writes
-max(y, 0) and its backward zeroes the gradient where y is not > 0, as threshold_backward does, so the
-ReLU's own forward and backward passes over the activation disappear. The ReLU module stays in place
+max(y, 0) and its backward zeroes the gradient where y is not > 0, as threshold_backward does (the mask
+recomputed from the saved input, bit for bit), so the ReLU's own forward and backward passes over the
+activation disappear. The ReLU module stays in place
 (a `_FoldedReLU`) and applies itself to any input the BN did not produce this way.
 
 The results equal torch's to float rounding, not bit for bit (the sums run in another order; both
@@ -71,15 +72,16 @@ class _RowsBatchNormFunction(torch.autograd.Function):
         _core.batchnorm_forward_rows(x.data_ptr(), _pointer(weight), _pointer(bias), y.data_ptr(), mean_ptr,
                                      invstd_ptr, _pointer(running_mean), _pointer(running_var), factor, relu,
                                      rows, c, eps, _DTYPE_CODES[x.dtype], torch.get_num_threads())
-        # x itself is saved (as torch's BatchNorm saves its input); y too when the ReLU is folded in, for
-        # its mask: autograd's version check then refuses a later in-place change of it.
-        ctx.save_for_backward(x, weight, saved, y if relu else None)
+        # x itself is saved (as torch's BatchNorm saves its input); a folded ReLU's mask is recomputed from
+        # it, so y may be changed in place later like any BN output.
+        ctx.save_for_backward(x, weight, bias, saved)
+        ctx.relu = relu
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, saved, y = ctx.saved_tensors
+        x, weight, bias, saved = ctx.saved_tensors
         c = x.shape[1]
         rows = x.numel() // c
         grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
@@ -88,8 +90,8 @@ class _RowsBatchNormFunction(torch.autograd.Function):
         grad_weight = torch.empty(c, dtype=x.dtype) if want_w else None
         grad_bias = torch.empty(c, dtype=x.dtype) if want_b else None
         mean_ptr = saved.data_ptr()
-        _core.batchnorm_backward_rows(grad.data_ptr(), _pointer(y), x.data_ptr(), mean_ptr,
-                                      mean_ptr + c * saved.element_size(), _pointer(weight), _pointer(dx),
+        _core.batchnorm_backward_rows(grad.data_ptr(), x.data_ptr(), mean_ptr, mean_ptr + c * saved.element_size(),
+                                      _pointer(weight), _pointer(bias), ctx.relu, _pointer(dx),
                                       _pointer(grad_weight), _pointer(grad_bias), rows, c,
                                       _DTYPE_CODES[x.dtype], torch.get_num_threads())
         return dx, grad_weight, grad_bias, None, None, None, None, None
