@@ -18,7 +18,7 @@ activation disappear. The ReLU module stays in place
 
 The results equal torch's to float rounding, not bit for bit (the sums run in another order; both
 round float32 over short runs). `use_rows_batchnorm(model)` switches a model's layers in place, keeping
-every parameter and buffer: the pruner does so after every rebuild (pyns.neuralscale.prune.run), and
+every parameter and buffer: the pruner does so after every rebuild (pyns.neuralscale.prune.pruner), and
 `rows_batchnorm(model)` does it for the length of a `with` block (pyns.train.loop, with channels_last on
 the CPU).
 """

@@ -23,7 +23,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     point, iteration, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import pyns.neuralscale.descent as descent
-    import pyns.neuralscale.prune.run as prune_run
+    from pyns.neuralscale.prune.pruner import Pruner
     seen = {"iteration": -1, "train": 0, "prune": 0, "checkpoint": 0}
 
     def die():
@@ -35,29 +35,29 @@ KILLER = textwrap.dedent("""
         return real_prune(*args, **kwargs)
     descent.prune = each_iteration
 
-    real_step = prune_run._Pruner._train_step
+    real_step = Pruner._train_step
     def train_step(self, x, y, *rest):
         seen["train"] += 1
         if point == "warmup" and seen["iteration"] == iteration and seen["train"] == count:
             die()
         return real_step(self, x, y, *rest)
-    prune_run._Pruner._train_step = train_step
+    Pruner._train_step = train_step
 
-    real_checkpoint = prune_run._Pruner.checkpoint
+    real_checkpoint = Pruner.checkpoint
     def checkpoint(self, *args, **kwargs):
         seen["checkpoint"] += 1
         if point == "start" and seen["iteration"] == iteration and seen["checkpoint"] == 1:
             die()  # the iteration folder is prepared, its first checkpoint not yet written
         return real_checkpoint(self, *args, **kwargs)
-    prune_run._Pruner.checkpoint = checkpoint
+    Pruner.checkpoint = checkpoint
 
-    real_prune_step = prune_run._Pruner._prune_step
+    real_prune_step = Pruner._prune_step
     def prune_step(self):
         seen["prune"] += 1
         if point == "pruning" and seen["iteration"] == iteration and seen["prune"] == count:
             die()  # units ranked, nothing removed or logged yet
         return real_prune_step(self)
-    prune_run._Pruner._prune_step = prune_step
+    Pruner._prune_step = prune_step
 
     real_append = descent.append_jsonl
     def append(path, record):

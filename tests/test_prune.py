@@ -15,7 +15,7 @@ from pyns.arch import load
 from pyns.cli.main import main
 from pyns.data.datasets import load_dataset
 from pyns.errors import RunError
-from pyns.neuralscale.prune import run as prune_run
+from pyns.neuralscale.prune.pruner import Pruner
 from pyns.neuralscale.prune.importance import TaylorCollector, select_units
 from pyns.neuralscale.prune.run import prune
 from pyns.neuralscale.prune.runfolder import CHECKPOINT_FILE, TRAJECTORY_FILE
@@ -163,7 +163,7 @@ def _scripted_importance(self, index):
 @pytest.mark.parametrize("stop_at_min_width", [True, False])
 def test_recording_starts_and_runs_stop_as_the_rules_say(tmp_path, digits, arch, monkeypatch,
                                                         stop_at_min_width):
-    monkeypatch.setattr(prune_run._Pruner, "_importance", _scripted_importance)
+    monkeypatch.setattr(Pruner, "_importance", _scripted_importance)
     # 24 filters (c1 and c4 are produced by two layers each: 2*4 + 4 + 4 + 2*4); 0.7 of them is 17.
     config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=1, units_per_step=2, augment=False,
                          stop_fraction=0.7, stop_at_min_width=stop_at_min_width)
@@ -419,7 +419,7 @@ def test_a_width_at_its_floor_from_the_start_does_not_hold_recording_back(tmp_pa
 
 
 def test_a_run_that_records_nothing_is_an_error_that_says_why(tmp_path, digits, arch, monkeypatch):
-    monkeypatch.setattr(prune_run._Pruner, "_importance", _scripted_importance)
+    monkeypatch.setattr(Pruner, "_importance", _scripted_importance)
     # 3 of the 24 filters: step 1 takes two c1 units (4 filters) and ends the run before c2..c4 lost any.
     config = PruneConfig(warmup_epochs=0, batch_size=128, prune_every=1, units_per_step=2, augment=False,
                          stop_fraction=0.1)
@@ -440,7 +440,7 @@ def test_a_projection_stays_when_widths_become_equal_mid_run(tmp_path, monkeypat
         low = "stem" in self.net.classes[index]
         return (0.0 if low else 100.0 + index) + 0.1 * torch.arange(width, dtype=torch.float64)
 
-    monkeypatch.setattr(prune_run._Pruner, "_importance", stem_lowest)
+    monkeypatch.setattr(Pruner, "_importance", stem_lowest)
     data = load_dataset("synthetic", split="train", num_samples=64, num_classes=10, seed=1)
     start = {**arch.uniform_widths(1 / 16), "stem": 8}
     seen = []
@@ -467,13 +467,13 @@ def test_a_projection_stays_when_widths_become_equal_mid_run(tmp_path, monkeypat
 def test_checkpoints_follow_the_time_interval(tmp_path, digits, arch, monkeypatch, reference_run):
     reference, _ = reference_run
     saved = []
-    original = prune_run._Pruner.checkpoint
+    original = Pruner.checkpoint
 
     def counting(self):
         saved.append(self.state.minibatches)
         original(self)
 
-    monkeypatch.setattr(prune_run._Pruner, "checkpoint", counting)
+    monkeypatch.setattr(Pruner, "checkpoint", counting)
     prune(arch, digits, PruneConfig(**{**_RUN, "checkpoint_interval_s": 3600}), tmp_path / "slow", widths=_START)
     assert saved == [0, reference.rows[-1]["minibatch"]]  # only the start and the end
     saved.clear()

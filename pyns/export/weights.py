@@ -20,7 +20,7 @@ from pyns.errors import ExportError
 __all__ = ["WeightFile", "read_weight_file", "fit_state_dict", "state_dict_differences"]
 
 _TRAIN_FORMAT = "pyns-train-checkpoint"  # pyns.train.checkpoint's payload name
-_PRUNE_FORMAT = "pyns-prune-checkpoint"  # pyns.neuralscale.prune.run's
+_PRUNE_FORMAT = "pyns-prune-checkpoint"  # pyns.neuralscale.prune.state's
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")  # where other tools keep the weights
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's name prefixes
 

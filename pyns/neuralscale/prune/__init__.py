@@ -12,9 +12,10 @@ Modules: schedule (PruneConfig and the rules), defaults (units per step and Q de
 and the data set when unset; what a run can record, warned before it starts), floors (the smallest width
 a group may reach with every derived layer still >= 1), importance (Taylor importance of channel classes,
 global ranking), shrink (rebuild smaller, copy surviving state, derived widths' survivors; mask
-counterpart), structure (the network a run prunes: shortcuts pinned, filters and units), run (the loop,
-resume), state (the loop's position, the result, the checkpoint format), producer_taylor (dE/dz read
-off the producing layers' gradients), runfolder (the run folder's files, reading a run back), progress (the progress bar).
+counterpart), structure (the network a run prunes: shortcuts pinned, filters and units), run (the entry
+point: run folder, fresh start or resume), pruner (the loop), state (the loop's position, the result, the
+checkpoint format), producer_taylor (dE/dz read off the producing layers' gradients), runfolder (the run
+folder's files, reading a run back), progress (the progress bar).
 """
 from pyns.neuralscale.prune.defaults import SchedulePlan, ScheduleWarning, plan_schedule
 from pyns.neuralscale.prune.importance import Selection, TaylorCollector, select_units

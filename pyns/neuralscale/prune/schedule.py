@@ -2,8 +2,8 @@
 
 Every number the paper fixes is a field here with the paper's value as its default, so a run folder's
 config.json states the whole experiment. Pure functions of the config and the widths decide the
-learning rate of an epoch, when recording starts and when pruning stops; the loop in pyns.neuralscale.prune.run only
-calls them, and the tests drive them with scripted inputs.
+learning rate of an epoch, when recording starts and when pruning stops; the loop in
+pyns.neuralscale.prune.pruner only calls them, and the tests drive them with scripted inputs.
 """
 from __future__ import annotations
 

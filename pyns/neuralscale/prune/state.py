@@ -1,5 +1,5 @@
 """A pruning run's position and result: the loop's state beside the tensors, what `prune` returns, and
-the checkpoint format that holds them (pyns.neuralscale.prune.run writes and resumes it)."""
+the checkpoint format that holds them (pyns.neuralscale.prune.pruner writes and resumes it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
