@@ -17,7 +17,8 @@ from pyns.builder import build_module
 from pyns.errors import PynsError
 from pyns.channels import channel_map, pin_shortcuts
 from pyns.cost.program import compile_program
-from pyns.neuralscale.prune.shrink import derived_keep, mask_network, normalize_keep, shrink_network
+from pyns.neuralscale.prune.keep import derived_keep, normalize_keep
+from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 
 FLATNET = """
 network flatnet(classes = 10, resolution = 8, in_channels = 1)
@@ -261,8 +262,6 @@ def test_pinned_shortcuts_keep_the_projection_and_the_masked_function():
     """The pruner's network pins its shortcuts at the start widths (pyns.channels.pin_shortcuts): when
     the stem becomes as narrow as b1b, block 1 keeps its projection, the classes do not merge, the cost
     engine counts the projection, and the shrunk network is still the masked one."""
-    from pyns.builder import build_module
-
     arch = load("resnet18")
     widths = arch.widths({**arch.uniform_widths(1 / 16), "stem": 16, "b1b": 8, "b2b": 8})
     network = pin_shortcuts(arch.network, widths)

@@ -8,7 +8,8 @@ import torch
 import pyns
 from pyns.channels import channel_map
 from pyns.neuralscale.prune.importance import gates_by_symbol
-from pyns.neuralscale.prune.shrink import derived_keep, mask_network, shrink_network, top_positions
+from pyns.neuralscale.prune.keep import derived_keep, top_positions
+from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 from torch_models import model as make_model
 from bn_state import randomise_bn
 

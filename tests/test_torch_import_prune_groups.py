@@ -11,7 +11,8 @@ import pyns
 from pyns.channels import channel_map
 from pyns.neuralscale.baselines import li_keep_sets
 from pyns.neuralscale.prune.importance import gates_by_symbol
-from pyns.neuralscale.prune.shrink import mask_network, normalize_keep, shrink_network, top_positions
+from pyns.neuralscale.prune.keep import normalize_keep, top_positions
+from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from torch_models import model as make_model
 from bn_state import randomise_bn

@@ -32,7 +32,8 @@ from pyns.data.names import canonical_name
 from pyns.dsl.expr import evaluate
 from pyns.errors import BudgetError, RunError
 from pyns.neuralscale.profile import read_trajectory
-from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, derived_keep, shrink_network, top_positions
+from pyns.neuralscale.prune.keep import derived_keep, top_positions
+from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, shrink_network
 from pyns.runfiles import load_config
 from pyns.scaling.solve import ScaleResult, solve_budget
 

@@ -11,18 +11,20 @@
 Modules: schedule (PruneConfig and the rules), defaults (units per step and Q derived from the network
 and the data set when unset; what a run can record, warned before it starts), floors (the smallest width
 a group may reach with every derived layer still >= 1), importance (Taylor importance of channel classes,
-global ranking), shrink (rebuild smaller, copy surviving state, derived widths' survivors; mask
-counterpart), structure (the network a run prunes: shortcuts pinned, filters and units), run (the entry
-point: run folder, fresh start or resume), pruner (the loop), state (the loop's position, the result, the
-checkpoint format), producer_taylor (dE/dz read off the producing layers' gradients), runfolder (the run
-folder's files, reading a run back), progress (the progress bar).
+global ranking), keep (which channels survive: derived widths' survivors, keep sets checked), shrink
+(rebuild smaller, copy surviving state; mask counterpart), structure (the network a run prunes:
+shortcuts pinned, filters and units), run (the entry point: run folder, fresh start or resume), pruner
+(the loop), state (the loop's position, the result, the checkpoint format), producer_taylor (dE/dz read
+off the producing layers' gradients), runfolder (the run folder's files, reading a run back), progress
+(the progress bar).
 """
 from pyns.neuralscale.prune.defaults import SchedulePlan, ScheduleWarning, plan_schedule
 from pyns.neuralscale.prune.importance import Selection, TaylorCollector, select_units
 from pyns.neuralscale.prune.run import prune
 from pyns.neuralscale.prune.runfolder import load_run_arch, load_run_config, read_trajectory
 from pyns.neuralscale.prune.schedule import PruneConfig, lr_at, recording_started, target_units
-from pyns.neuralscale.prune.shrink import ShrinkReport, derived_keep, mask_network, shrink_network
+from pyns.neuralscale.prune.keep import derived_keep
+from pyns.neuralscale.prune.shrink import ShrinkReport, mask_network, shrink_network
 from pyns.neuralscale.prune.state import PruneResult, PruneState
 
 __all__ = [

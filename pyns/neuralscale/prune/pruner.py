@@ -39,7 +39,8 @@ from pyns.neuralscale.prune.schedule import (
     recording_started,
     target_units,
 )
-from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network, shrink_network, top_positions
+from pyns.neuralscale.prune.keep import top_positions
+from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network, shrink_network
 from pyns.neuralscale.prune.state import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, PruneState, load_prune_checkpoint
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from pyns.runfiles import append_jsonl, atomic_torch_save, capture_rng_state, restore_rng_state, write_jsonl

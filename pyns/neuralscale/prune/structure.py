@@ -26,7 +26,7 @@ import torch
 from pyns.builder import build_module
 from pyns.channels import ChannelMap, channel_map, count_filters, pin_shortcuts
 from pyns.cost.program import compile_program
-from pyns.neuralscale.prune.shrink import top_positions
+from pyns.neuralscale.prune.keep import top_positions
 
 __all__ = ["PrunedNetwork"]
 
