@@ -16,19 +16,16 @@ from pyns.dsl.expr import Const, Sym, evaluate, to_source
 from pyns.errors import DSLError
 
 
+def _residuals(network: ir.Network, mode: str | None = None) -> list[ir.Residual]:
+    """Every residual of the tree (inside other residuals and concat branches too), of one shortcut mode
+    when `mode` is given."""
+    return [node for node in ir.every_node(network.layers)
+            if isinstance(node, ir.Residual) and (mode is None or node.mode == mode)]
+
+
 def identity_adds(network: ir.Network) -> list[ir.Residual]:
     """Every residual whose add always happens with an identity shortcut: its two widths must be equal."""
-    out: list[ir.Residual] = []
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Residual):
-                visit(node.body)
-                if node.mode == "identity":
-                    out.append(node)
-
-    visit(network.layers)
-    return out
+    return _residuals(network, "identity")
 
 
 def check_identity_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
@@ -45,20 +42,7 @@ def check_identity_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
 
 def partial_adds(network: ir.Network) -> list[ir.Residual]:
     """Every partial residual (`residual(shortcut = partial)`): its output may not be narrower than its input."""
-    out: list[ir.Residual] = []
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Residual):
-                visit(node.body)
-                if node.mode == "partial":
-                    out.append(node)
-            elif isinstance(node, ir.Concat):
-                for branch in node.branches:
-                    visit(branch)
-
-    visit(network.layers)
-    return out
+    return _residuals(network, "partial")
 
 
 def check_partial_adds(network: ir.Network, widths: Mapping[str, int]) -> None:
@@ -75,19 +59,9 @@ def fill_pairs(network) -> list[tuple[int, int]]:
     """Symbol index pairs (program input order) that a residual ties while they are equal: an identity
     add, or a stride-1 shortcut that exists only while the two widths differ."""
     index = {name: i for i, name in enumerate(network.symbol_names)}
-    pairs: list[tuple[int, int]] = []
-
-    def visit(nodes) -> None:
-        for node in nodes:
-            if isinstance(node, ir.Residual):
-                visit(node.body)
-                if (node.project_when != Const(1) and node.mode != "partial"
-                        and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym)
-                        and node.in_ch.name != node.out_ch.name):
-                    pairs.append((index[node.in_ch.name], index[node.out_ch.name]))
-
-    visit(network.layers)
-    return pairs
+    return [(index[node.in_ch.name], index[node.out_ch.name]) for node in _residuals(network)
+            if node.project_when != Const(1) and node.mode != "partial"
+            and isinstance(node.in_ch, Sym) and isinstance(node.out_ch, Sym) and node.in_ch.name != node.out_ch.name]
 
 
 __all__ = ["identity_adds", "check_identity_adds", "partial_adds", "check_partial_adds", "fill_pairs"]

@@ -70,6 +70,26 @@ def test_identity_add_width_mismatch():
     assert "width mismatch at identity add" in err.message
 
 
+def test_identity_add_inside_a_concat_branch_is_checked_at_other_widths():
+    """Widths that make an identity add inside a concat branch unequal cannot be built: count() refuses
+    them at the residual, as it does for an add outside a concat."""
+    arch = loads("""
+network t(classes = 5, resolution = 8, in_channels = 3)
+width a = 8, b = 8
+body {
+    conv(a, 3) bn relu
+    concat {
+        branch { residual { conv(b, 3) bn } }
+        branch { }
+    }
+    gap flatten linear(classes)
+}
+""")
+    with pytest.raises(DSLError, match="identity add joins `a` = 8 and `b` = 6") as err:
+        arch.count({"b": 6})
+    assert err.value.pos.line == 7
+
+
 def test_spatial_size_reaching_zero():
     err = error_of(GOOD.replace("    gap", "    maxpool(2)\n    maxpool(2)\n    maxpool(2)\n    maxpool(2)\n    gap"))
     assert "spatial size reaches zero" in err.message
