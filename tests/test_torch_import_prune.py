@@ -11,7 +11,7 @@ from pyns.neuralscale.prune.importance import gates_by_symbol
 from pyns.neuralscale.prune.keep import derived_keep, top_positions
 from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 from torch_models import model as make_model
-from bn_state import randomise_bn
+from shrink_checks import randomise_bn
 
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:efficientnet_b0",
@@ -52,16 +52,15 @@ def test_shrunk_imported_network_equals_masked(spec, one_thread):
     assert report.exact, report
 
 
-def test_prune_shrinks_an_imported_se_network(tmp_path, one_thread):
-    """A few prune steps on synthetic data: the module trained is always the network the widths describe,
-    and it gets physically smaller; squeeze-excite widths have gates and are pruned too."""
+def _short_prune(arch, tmp_path, *, samples: int, batch: int):
+    """Two epochs of one prune step per minibatch (8 units each) from a quarter of the widths, on synthetic
+    32x32 data; returns the result, the module's parameter count after every minibatch, and whether each
+    equalled the cost engine's count at the state's widths."""
     from pyns.data import load_dataset
     from pyns.neuralscale.prune.run import prune
     from pyns.neuralscale.prune.schedule import PruneConfig
 
-    arch = pyns.from_torch(make_model("torchvision:mobilenet_v3_small"), (3, 32, 32))
-    arch = pyns.loads(arch.to_text(), classes=10)
-    data = load_dataset("synthetic", split="train", num_samples=64, num_classes=10, seed=1, resolution=32)
+    data = load_dataset("synthetic", split="train", num_samples=samples, num_classes=10, seed=1, resolution=32)
     sizes, exact = [], []
 
     def check(state, model):
@@ -69,9 +68,18 @@ def test_prune_shrinks_an_imported_se_network(tmp_path, one_thread):
         sizes.append(n)
         exact.append(n == arch.count(state.widths).params)
 
-    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=32, prune_every=1, units_per_step=8,
+    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=batch, prune_every=1, units_per_step=8,
                          stop_at_min_width=False, augment=False)
     result = prune(arch, data, config, tmp_path / "run", widths=arch.uniform_widths(0.25), callback=check)
+    return result, sizes, exact
+
+
+def test_prune_shrinks_an_imported_se_network(tmp_path, one_thread):
+    """A few prune steps on synthetic data: the module trained is always the network the widths describe,
+    and it gets physically smaller; squeeze-excite widths have gates and are pruned too."""
+    arch = pyns.from_torch(make_model("torchvision:mobilenet_v3_small"), (3, 32, 32))
+    arch = pyns.loads(arch.to_text(), classes=10)
+    result, sizes, exact = _short_prune(arch, tmp_path, samples=64, batch=32)
     assert len(result.rows) == 4 and all(exact)
     assert sizes[-1] < sizes[0]
     se_widths = [s for s in arch.searchable if s.endswith("_fc1")]
@@ -132,23 +140,9 @@ def test_shrinking_through_a_channel_shuffle_is_reported_approximate(one_thread)
 def test_prune_shrinks_rexnet_and_mixnet(spec, tmp_path, one_thread):
     """A few prune steps on synthetic data: the partial residuals of ReXNet and the refined segments of
     MixNet's mixed convs shrink physically, and the module is always the network the widths describe."""
-    from pyns.data import load_dataset
-    from pyns.neuralscale.prune.run import prune
-    from pyns.neuralscale.prune.schedule import PruneConfig
-
     arch = pyns.loads(pyns.from_torch(make_model(spec), (3, 32, 32)).to_text(), classes=10)
-    data = load_dataset("synthetic", split="train", num_samples=32, num_classes=10, seed=1, resolution=32)
-    sizes, exact = [], []
-
-    def check(state, model):
-        n = sum(p.numel() for p in model.parameters())
-        sizes.append(n)
-        exact.append(n == arch.count(state.widths).params)
-
-    config = PruneConfig(warmup_epochs=0, max_epochs=2, batch_size=16, prune_every=1, units_per_step=8,
-                         stop_at_min_width=False, augment=False)
+    result, sizes, exact = _short_prune(arch, tmp_path, samples=32, batch=16)
     start = arch.uniform_widths(0.25)
-    result = prune(arch, data, config, tmp_path / "run", widths=start, callback=check)
     assert all(exact) and sizes[-1] < sizes[0]
     assert any(result.rows[-1]["widths"][s] < start[s] for s in arch.searchable)
 

@@ -15,7 +15,7 @@ from pyns.neuralscale.prune.keep import normalize_keep, top_positions
 from pyns.neuralscale.prune.shrink import mask_network, shrink_network
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from torch_models import model as make_model
-from bn_state import randomise_bn
+from shrink_checks import randomise_bn
 
 # 4 groups of g = 3 channels after a 1x1 conv, a grouped 3x3 conv with 4 groups of h = 2 output channels.
 GROUPED = """network grouped(classes = 5, resolution = 8, in_channels = 3)

@@ -24,7 +24,7 @@ from pyns.neuralscale.prune.shrink import ApproximateShrinkWarning, mask_network
 from pyns.neuralscale.prune.structure import PrunedNetwork
 from test_torch_import import MODELS
 from torch_models import model as make_model
-from bn_state import randomise_bn
+from shrink_checks import randomise_bn
 
 # Where removing a channel is not the function of masking it, the shrink says so (ShrinkReport.approximate)
 # and the run passes the report on; these are the only families where it may (README "Pruning an imported
