@@ -64,6 +64,31 @@ def test_float64_forward_backward_and_running_stats_match_torch(c, shape):
     assert int(rows.num_batches_tracked) == 3
 
 
+# The kernel runs over segments of k whole rows (csrc/batchnorm.cpp, tile_rows): k = 64 at C = 1, 16 at
+# C = 5 and 31, 4 at C = 100 (lanes a multiple of 16), 8 at C = 65 (16 * 65 lanes would pass the cap),
+# 1 at C = 129 (plain rows). 33 * 31 * 33 = 33,759 rows is a multiple of none of those k, so the last
+# segment is short, and every case is above the size where the work is split between threads.
+@pytest.mark.parametrize("c", [1, 5, 31, 65, 100, 129])
+@pytest.mark.parametrize("relu", [False, True])
+def test_every_segment_shape_matches_torch(c, relu):
+    n, h, w = (33, 31, 33) if c < 65 else (3, 31, 33)
+    ref, rows = _pair(c)
+    x = _input(n, c, h, w)
+    grad = torch.randn(n, c, h, w, dtype=torch.float64).contiguous(memory_format=CL)
+    reference = nn.Sequential(ref, nn.ReLU()) if relu else ref
+    folded = use_rows_batchnorm(nn.Sequential(rows, nn.ReLU())) if relu else rows
+    assert (rows._folded is not None) == relu
+
+    def outputs(module, bn):
+        y = module(x)
+        return [y.detach(), *torch.autograd.grad(y, [x, bn.weight, bn.bias], grad)]
+
+    for a, b in zip(outputs(reference, ref), outputs(folded, rows)):
+        torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-11)
+    for a, b in zip(_state(ref), _state(rows)):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kwargs", [{"momentum": None}, {"affine": False}, {"track_running_stats": False},
                                     {"momentum": 0.3, "eps": 1e-3}])
 def test_options_match_torch(kwargs):
