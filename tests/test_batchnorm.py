@@ -66,8 +66,9 @@ def test_float64_forward_backward_and_running_stats_match_torch(c, shape):
 
 # The kernel runs over segments of k whole rows (csrc/batchnorm.cpp, tile_rows): k = 64 at C = 1, 16 at
 # C = 5 and 31, 4 at C = 100 (lanes a multiple of 16), 8 at C = 65 (16 * 65 lanes would pass the cap),
-# 1 at C = 129 (plain rows). 33 * 31 * 33 = 33,759 rows is a multiple of none of those k, so the last
-# segment is short, and every case is above the size where the work is split between threads.
+# 1 at C = 129 (plain rows). 33 * 31 * 33 = 33,759 rows (3 * 31 * 33 = 3,069 for the wider C) is odd, a
+# multiple of no k > 1, so the last segment is short; every case is above the size where the work is
+# split between threads.
 @pytest.mark.parametrize("c", [1, 5, 31, 65, 100, 129])
 @pytest.mark.parametrize("relu", [False, True])
 def test_every_segment_shape_matches_torch(c, relu):
