@@ -15,8 +15,8 @@
 //             dx = w * invstd * (dy - sum_dy / R - (x - mean) * invstd^2 * dot / R)
 //
 // Sums are formed in the input dtype, each lane over kSegmentRun segments (so 64 rows), and added in
-// float64 in a fixed order (thread by thread), so a result depends only on the thread count. No torch here (SPEC §2): Python
-// checks the tensors and passes data_ptr() integers.
+// float64 in a fixed order (thread by thread), so a result depends only on the thread count. No torch
+// here (SPEC §2): Python checks the tensors and passes data_ptr() integers.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
